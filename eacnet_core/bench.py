@@ -1,0 +1,180 @@
+"""``eacnet bench``: latency, parameters and operation counts of the model family.
+
+All requested models are timed in one process, interleaved round by round (one run of
+each model per round), so slow drifts of a shared machine hit every model alike and
+the ratios stay fair. Warm-up runs are excluded; CUDA is synchronised around each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .flops import module_macs, total_flops
+from .models import MODELS, build_model
+from .runtime import DTYPES, resolve_device, resolve_precision, sync
+
+
+@dataclass
+class BenchResult:
+    model: str
+    params: int
+    gmacs: float
+    gflops: float
+    latency_ms_median: float
+    latency_ms_p90: float
+    fps: float
+    height: int
+    width: int
+    batch: int
+    device: str
+    precision: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = tuple(MODELS)
+    height: int = 512
+    width: int = 1024
+    classes: int = 19
+    batch: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    backend: str = "torch"
+    warmup: int = 3
+    runs: int = 10
+    threads: int = 0
+
+
+def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device, precision: str) -> Callable:
+    model = model.to(device, dtype=DTYPES[precision]).eval()
+    x = torch.randn(cfg.batch, 3, cfg.height, cfg.width, device=device, dtype=DTYPES[precision])
+    if cfg.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+        sync(device)
+
+    return step
+
+
+def _ort_runner(model: torch.nn.Module, name: str, cfg: BenchConfig, device: torch.device, folder: Path) -> Callable:
+    from .export import export_onnx, ort_session
+
+    path = export_onnx(model, folder / f"{name}.onnx", cfg.height, cfg.width, dynamic_batch=cfg.batch > 1)
+    session = ort_session(path, device, cfg.threads)
+    x = np.random.default_rng(0).standard_normal((cfg.batch, 3, cfg.height, cfg.width), dtype=np.float32)
+    return lambda: session.run(None, {"image": x})
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
+    import tempfile
+
+    unknown = [m for m in cfg.models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if cfg.height < 8 or cfg.width < 8 or cfg.batch < 1 or cfg.runs < 1 or cfg.warmup < 0:
+        raise ValueError("height/width must be >= 8, batch and runs >= 1, warmup >= 0")
+    device = resolve_device(cfg.device, fallback=False)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.backend == "onnxruntime" and precision != "fp32":
+        raise ValueError("the onnxruntime backend runs fp32 only")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    models = {name: build_model(name, cfg.classes).eval() for name in cfg.models}
+    counts = {name: (sum(p.numel() for p in m.parameters()), module_macs(m, cfg.height, cfg.width),
+                     total_flops(m, cfg.height, cfg.width)) for name, m in models.items()}
+    with tempfile.TemporaryDirectory(prefix="eacnet-bench-") as tmp:
+        runners = {name: (_ort_runner(m, name, cfg, device, Path(tmp)) if cfg.backend == "onnxruntime"
+                          else _torch_runner(m, cfg, device, precision)) for name, m in models.items()}
+        times = _interleaved(runners, cfg.warmup, cfg.runs, progress)
+    results = []
+    for name, samples in times.items():
+        params, macs, flops = counts[name]
+        median = float(np.median(samples))
+        results.append(BenchResult(model=name, params=params, gmacs=macs / 1e9, gflops=flops / 1e9,
+                                   latency_ms_median=median, latency_ms_p90=float(np.percentile(samples, 90)),
+                                   fps=1000.0 * cfg.batch / median, height=cfg.height, width=cfg.width,
+                                   batch=cfg.batch, device=str(device), precision=precision, backend=cfg.backend))
+    return results
+
+
+def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, progress: bool) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for step in runners.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    rounds = range(runs)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="bench rounds", unit="round", leave=False)
+    for _ in rounds:
+        for name, step in runners.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return times
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    base = next((r.latency_ms_median for r in results if r.model == "erfnet"), None)
+    header = f"{'model':<14}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
+    header += f"{'x erfnet':>10}" if base else ""
+    lines = [header, "-" * len(header)]
+    for r in results:
+        line = (f"{r.model:<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
+                f"{r.latency_ms_p90:>9.1f}{r.fps:>8.2f}")
+        lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else ""))
+    first = results[0]
+    lines.append(f"{first.width}x{first.height} (WxH), batch {first.batch}, {first.device}, {first.precision}, "
+                 f"{first.backend}. GMACs: module MACs (paper/thop convention, attention products excluded); "
+                 "GFLOPs: all conv + matrix-product FLOPs (2 per MAC).")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time the model family (latency, FPS, params, MACs)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="all", help="comma-separated registry names, or 'all' (default)")
+    p.add_argument("--height", type=int, default=512, help="input height (default 512)")
+    p.add_argument("--width", type=int, default=1024, help="input width (default 1024)")
+    p.add_argument("--classes", type=int, default=19, help="number of classes (default 19, as the paper)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (torch backend)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="torch eager, or the exported ONNX graph in onnxruntime")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
+    p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: library default)")
+    p.add_argument("--json", help="write the results as a JSON list to this path")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = tuple(MODELS) if args.models == "all" else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    cfg = BenchConfig(models=names, height=args.height, width=args.width, classes=args.classes, batch=args.batch,
+                      device=args.device, precision=args.precision, channels_last=args.channels_last,
+                      backend=args.backend, warmup=args.warmup, runs=args.runs, threads=args.threads)
+    results = run_bench(cfg)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0

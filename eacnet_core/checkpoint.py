@@ -1,0 +1,117 @@
+"""Self-describing checkpoints, safe loading and the packaged default weights.
+
+A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` can read:
+
+    {"format": "eacnet-checkpoint", "version": 1, "model": registry name,
+     "num_classes": int, "dataset": DatasetInfo.to_dict(), "state_dict": {...},
+     "config": {...} (the training run's config), "epoch": int, "metrics": {...},
+     "model_kwargs": {...} (e.g. {"pool": 4}), ...training state for --resume}
+
+Everything a consumer needs to run the model (classes, palette, mean/std) is in it,
+so the Segmenter, the node and the bag tools carry no dataset knowledge.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .classes import DatasetInfo
+from .models import MODELS, build_model
+
+FORMAT = "eacnet-checkpoint"
+VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not what the caller expected."""
+
+
+def make_checkpoint(model_name: str, model: nn.Module, dataset: DatasetInfo, **extra: Any) -> dict:
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    ckpt = {"format": FORMAT, "version": VERSION, "model": model_name, "num_classes": dataset.num_classes,
+            "dataset": dataset.to_dict(), "state_dict": state}
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash or SIGKILL mid-write never leaves a truncated checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, expect_model: Optional[str] = None,
+                    expect_classes: Optional[int] = None) -> dict:
+    """Read and validate a checkpoint with ``weights_only=True`` (no code execution).
+
+    Raises CheckpointError naming the file and what was expected and found."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, unsafe pickle...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: expected an {FORMAT} dict, found {found!r} "
+                              "(was it written by `eacnet train` or eacnet_core.checkpoint?)")
+    for key in ("model", "num_classes", "dataset", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks the {key!r} field")
+    if ckpt["model"] not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}; known: {', '.join(MODELS)}")
+    if expect_model is not None and ckpt["model"] != expect_model:
+        raise CheckpointError(f"{path}: expected weights for model {expect_model!r}, found {ckpt['model']!r}")
+    if expect_classes is not None and ckpt["num_classes"] != expect_classes:
+        raise CheckpointError(f"{path}: expected {expect_classes} classes, found {ckpt['num_classes']}")
+    return ckpt
+
+
+def dataset_info(ckpt: dict) -> DatasetInfo:
+    return DatasetInfo.from_dict(ckpt["dataset"])
+
+
+def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> nn.Module:
+    """Build the registry model a checkpoint names and load its weights strictly."""
+    model = build_model(ckpt["model"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit model {ckpt['model']!r} with "
+                              f"{ckpt['num_classes']} classes: {' '.join(first[:3])}") from None
+    return model
+
+
+def packaged_weights(model_name: str) -> Optional[Path]:
+    """The default weights shipped inside the package for ``model_name``, if any."""
+    candidate = WEIGHTS_DIR / f"{model_name}_camvid.pt"
+    return candidate if candidate.is_file() else None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under DistributedDataParallel / torch.compile wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return getattr(model, "_orig_mod", model)

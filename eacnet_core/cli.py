@@ -1,0 +1,14 @@
+"""The core subcommands of ``eacnet``. Each feature module owns its arguments
+(``add_parser``) and its ``run``; this file only lists them."""
+
+from __future__ import annotations
+
+from . import bench, export
+
+#: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
+CORE_COMMANDS = (bench, export)
+
+
+def add_core_commands(subparsers) -> None:
+    for module in CORE_COMMANDS:
+        module.add_parser(subparsers)

@@ -1,0 +1,71 @@
+"""Device and precision choice, shared by inference, benchmarks and training.
+
+Rules: ``auto`` means CUDA when present else CPU; an explicitly requested but unavailable
+CUDA device falls back to CPU with one warning (a robot must still start); fp16 only on
+CUDA; bf16 only where the hardware runs it natively.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(spec: str = "auto", fallback: bool = True) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a usable torch.device."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not match:
+        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N; got {spec!r}")
+    index = int(match.group(1) or 0)
+    if torch.cuda.is_available() and index < torch.cuda.device_count():
+        return torch.device("cuda", index)
+    reason = "CUDA is not available" if not torch.cuda.is_available() else \
+        f"only {torch.cuda.device_count()} CUDA device(s)"
+    if not fallback:
+        raise ValueError(f"device {spec!r} requested but {reason}")
+    log.warning("device %r requested but %s: falling back to CPU", spec, reason)
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 (AVX512-BF16 / AMX), where bf16 is actually faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Validate a precision for a device; 'auto' -> fp16 on CUDA, fp32 on CPU.
+
+    bf16 is never chosen automatically on CPU: on the CPUs we measured it was either
+    unsupported or not faster for these small convolutions."""
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (CPU fp16 convolutions are slow "
+                         "and unsupported in places); use fp32 or bf16 on CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise ValueError("precision bf16 requested but this CPU has no native bf16 support; use fp32")
+    return precision
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
