@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from . import bench, export
+from . import bench, export, segment
 
 #: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
-CORE_COMMANDS = (bench, export)
+CORE_COMMANDS = (bench, export, segment)
 
 
 def add_core_commands(subparsers) -> None:
