@@ -23,7 +23,9 @@ class SelfCalibrationAttention(nn.Module):
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
         self.pool_size = pool
-        self.pool = nn.MaxPool2d(pool, stride=pool) if pool > 1 else nn.Identity()
+        # ceil_mode: identical to the reference on even maps, and odd or tiny maps (a 1x1 map
+        # from an 8x8 image) keep their last row/column as keys instead of failing.
+        self.pool = nn.MaxPool2d(pool, stride=pool, ceil_mode=True) if pool > 1 else nn.Identity()
         self.query = nn.Conv2d(channels, channels, 1, bias=True)
         self.key = nn.Conv2d(channels, channels, 1, bias=True)
         self.value = nn.Conv2d(channels, channels, 1, bias=True)
@@ -61,8 +63,11 @@ class SelfCalibrationAttention(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self._qkv(x)
         k_t = k.transpose(1, 2)
-        rows = max(64, self.block_elements // k_t.shape[-1])
-        out = torch.cat([self._attend(q_block, k_t, v) for q_block in q.split(rows, dim=1)], dim=1)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            out = self._attend(q, k_t, v)  # one block: shapes stay symbolic, the runtime fuses
+        else:
+            rows = max(64, self.block_elements // k_t.shape[-1])
+            out = torch.cat([self._attend(q_block, k_t, v) for q_block in q.split(rows, dim=1)], dim=1)
         # Back to a contiguous NCHW map: a channels-last view here made the following
         # bilinear upsample 10x slower (it copies its input back to NCHW).
         out = out.transpose(1, 2).contiguous().view(b, c, h, w)

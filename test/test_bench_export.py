@@ -1,0 +1,82 @@
+"""eacnet bench (JSON fields, interleaving) and ONNX export equivalence for all six models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eacnet_core.export import compare_with_torch, export_onnx, ort_session
+from eacnet_core.models import MODELS, build_model
+from eacnet_ros.cli import main
+
+pytest.importorskip("onnxruntime")
+
+BENCH_KEYS = {"model", "params", "gmacs", "gflops", "latency_ms_median", "latency_ms_p90", "fps", "height", "width",
+              "batch", "device", "precision", "backend"}
+
+
+def test_bench_json_fields_present_and_sane(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "erfnet,eacnet_erf", "--height", "32", "--width", "48", "--classes", "5",
+                 "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["erfnet", "eacnet_erf"]
+    for row in rows:
+        assert set(row) == BENCH_KEYS
+        assert row["params"] > 0 and row["gmacs"] > 0 and row["gflops"] > 0
+        assert 0 < row["latency_ms_median"] <= row["latency_ms_p90"]
+        assert row["fps"] == pytest.approx(1000 / row["latency_ms_median"])
+        assert (row["height"], row["width"], row["batch"]) == (32, 48, 1)
+        assert (row["device"], row["precision"], row["backend"]) == ("cpu", "fp32", "torch")
+    table = capsys.readouterr().out
+    assert "x erfnet" in table and "eacnet_erf" in table
+
+
+def test_bench_onnxruntime_backend(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "dabnet", "--height", "32", "--width", "32", "--backend", "onnxruntime",
+                 "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["backend"] == "onnxruntime" and row["latency_ms_median"] > 0
+
+
+def test_bench_rejects_unknown_model(capsys):
+    assert main(["bench", "--models", "resnet", "--height", "32", "--width", "32"]) == 2
+    assert "unknown model(s) resnet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_matches_torch(name, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(name, 7).eval()
+    if hasattr(model, "attention"):
+        model.attention.gamma.data.fill_(0.5)  # exercise the attention, not the identity
+    path = export_onnx(model, tmp_path / f"{name}.onnx", 48, 64)
+    check = compare_with_torch(model, path, 48, 64)
+    assert check["max_abs_diff"] < 1e-3
+    assert check["argmax_agreement"] > 0.999
+
+
+def test_dynamic_batch_export(tmp_path):
+    model = build_model("eacnet_dab", 3).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", 32, 32, dynamic_batch=True)
+    out = ort_session(path).run(None, {"image": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert out.shape == (3, 3, 32, 32)
+
+
+def test_export_cli_reports_agreement(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "eacnet_erf", "--classes", "5", "--height", "32", "--width", "48",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 1_000_000  # ~1.9M float32 parameters
+    assert "argmax agreement 100.000%" in capsys.readouterr().out
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("bench", "export", "segment"):
+        assert command in text
