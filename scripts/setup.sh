@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv and install eacnet_ros
+# into it, editable, with the test and ONNX extras. torch==2.13.0 goes first: it is the
+# CPU build here, and any looser spec could pull a multi-GB CUDA build instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${EACNET_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+"$PYTHON" - <<'PY' || { echo "eacnet setup: Python 3.10-3.12 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+import sys
+sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
+PY
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "eacnet setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "eacnet setup: installing torch==2.13.0"
+  "${PIP[@]}" install "torch==2.13.0"
+fi
+echo "eacnet setup: installing eacnet_ros and its dependencies"
+"${PIP[@]}" install -e ".[test]"
