@@ -12,6 +12,8 @@ from typing import Optional
 from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
 
+from . import bags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_core_commands(sub)
+    bags.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""The bag-eval report: one self-contained ``index.html`` (images embedded) plus the same
+charts and sample strips as PNG files beside it, so a person can look rather than read.
+
+matplotlib is driven through its object API with the Agg canvas (no pyplot, no global
+backend switch), so writing a report never opens a window or changes the caller's state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from .bags import BagEvalResult, Sample
+
+COLUMNS = ("input", "ground truth", "prediction", "overlay")
+
+
+def _figure_png(draw, size: tuple[float, float]) -> bytes:
+    """Render ``draw(axes)`` on a fresh Agg figure and return the PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    draw(fig.add_subplot(1, 1, 1))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def iou_chart(per_class: dict, miou: Optional[float], palette: Sequence[Sequence[int]] = ()) -> bytes:
+    """Horizontal bars of per-class IoU (%), coloured with the class palette, mIoU as a line."""
+    names = list(per_class)
+    values = [100.0 * float(v) for v in per_class.values()]
+    colours = [tuple(c / 255.0 for c in palette[i]) if i < len(palette) else "tab:blue" for i in range(len(names))]
+
+    def draw(ax):
+        bars = ax.barh(range(len(names)), values, color=colours, edgecolor="black", linewidth=0.5)
+        ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("IoU %")
+        if miou is not None:
+            ax.axvline(100.0 * miou, color="red", linestyle="--", label=f"mIoU {100.0 * miou:.1f}%")
+            ax.legend(loc="lower right")
+
+    return _figure_png(draw, (6.0, 0.35 * len(names) + 1.2))
+
+
+def latency_histogram(latencies_ms: Sequence[float], percentiles: dict) -> bytes:
+    """Per-frame latency histogram with p50/p90/p99 marked."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+
+    def draw(ax):
+        ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="tab:gray", edgecolor="black", linewidth=0.3)
+        for key, colour in (("p50", "tab:green"), ("p90", "tab:orange"), ("p99", "tab:red")):
+            if percentiles.get(key) is not None:
+                ax.axvline(percentiles[key], color=colour, linestyle="--", label=f"{key} {percentiles[key]:.1f} ms")
+        ax.set_xlabel("latency per frame (ms)")
+        ax.set_ylabel("frames")
+        ax.legend(loc="upper right")
+
+    return _figure_png(draw, (6.0, 3.2))
+
+
+def sample_strip(sample: Sample) -> bytes:
+    """input | ground truth | prediction | overlay side by side; a grey tile where no label."""
+    h, w = sample.image.shape[:2]
+    truth = sample.truth if sample.truth is not None else _placeholder(h, w, "no label")
+    tiles = [sample.image, truth, sample.prediction, sample.overlay]
+    tiles = [t if t.shape[:2] == (h, w) else cv2.resize(t, (w, h), interpolation=cv2.INTER_NEAREST) for t in tiles]
+    gap = np.full((h, 4, 3), 255, np.uint8)
+    strip = np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+    ok, png = cv2.imencode(".png", strip)
+    if not ok:
+        raise OSError("OpenCV could not encode a sample strip as PNG")
+    return png.tobytes()
+
+
+def _placeholder(h: int, w: int, text: str) -> np.ndarray:
+    tile = np.full((h, w, 3), 200, np.uint8)
+    cv2.putText(tile, text, (4, max(12, h // 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
+    return tile
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _pct(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _ms(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def _figures_table(result: BagEvalResult) -> str:
+    lat = result.latency_ms or {}
+    rows = [("model", result.model), ("trained", "yes" if result.trained else "NO (random weights)"),
+            ("bag", result.bag), ("image topic", result.image_topic), ("label topic", result.label_topic or "none"),
+            ("frames", result.frames), ("evaluated (with label)", result.evaluated),
+            ("undecodable frames", result.undecodable), ("unpaired labels", result.unpaired),
+            ("unusable labels", result.mismatched_labels), ("mIoU", _pct(result.miou)),
+            ("pixel accuracy", _pct(result.pixel_accuracy)), ("latency p50", _ms(lat.get("p50"))),
+            ("latency p90", _ms(lat.get("p90"))), ("latency p99", _ms(lat.get("p99"))),
+            ("FPS", "n/a" if result.fps is None else f"{result.fps:.2f}"),
+            ("output bag", result.output_bag or "not written"), ("runtime", result.segmenter)]
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table class='figures'>{body}</table>"
+
+
+def _legend(names: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
+    swatches = "".join(
+        f"<span class='sw'><i style='background:rgb({c[0]},{c[1]},{c[2]})'></i>{html.escape(n)}</span>"
+        for n, c in zip(names, palette, strict=False))
+    return f"<p class='legend'>{swatches}</p>"
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1400px}
+table.figures th{text-align:left;padding-right:1em}table.figures td{font-family:monospace}
+.warn{background:#fdd;border:2px solid #c00;padding:.6em;font-weight:bold}
+.sw{margin-right:1em;white-space:nowrap}.sw i{display:inline-block;width:1em;height:1em;margin-right:.3em;
+border:1px solid #000;vertical-align:middle}img{max-width:100%}"""
+
+
+def build_html(result: BagEvalResult, charts: dict[str, bytes], strips: Sequence[bytes]) -> str:
+    """The page; every image is inlined so the file alone is the whole report."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>bag-eval: {html.escape(result.bag)}"
+             f"</title><style>{STYLE}</style></head><body><h1>bag-eval report</h1>"]
+    if not result.trained:
+        parts.append(f"<p class='warn'>Model {html.escape(result.model)} is UNTRAINED (random weights): its "
+                     "predictions and mIoU are noise, not a measure of the method.</p>")
+    parts.append(_figures_table(result))
+    if "per_class_iou.png" in charts:
+        parts.append("<h2>Per-class IoU</h2>" + _img(charts["per_class_iou.png"], "per-class IoU"))
+        if result.absent_classes:
+            parts.append(f"<p>Absent from the labels (IoU counted as 0): "
+                         f"{html.escape(', '.join(result.absent_classes))}</p>")
+    else:
+        parts.append("<p>No label was paired with a frame: no IoU to show.</p>")
+    if "latency_hist.png" in charts:
+        parts.append("<h2>Latency</h2><p>Per frame: decode + segment + colour mask + overlay + encode, as the "
+                     "node runs it.</p>" + _img(charts["latency_hist.png"], "latency histogram"))
+    if strips:
+        header = " | ".join(COLUMNS)
+        parts.append(f"<h2>Samples</h2><p>{html.escape(header)}</p>")
+        parts.append(_legend(result.class_names, result.palette))
+        parts += [f"<p>{_img(png, f'sample {i}')}</p>" for i, png in enumerate(strips)]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: Path, result: BagEvalResult) -> Path:
+    """Write ``index.html`` and the PNGs into ``out_dir``; returns the HTML path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts: dict[str, bytes] = {}
+    if result.per_class:
+        charts["per_class_iou.png"] = iou_chart(result.per_class, result.miou, result.palette)
+    if len(result.latencies):
+        charts["latency_hist.png"] = latency_histogram(result.latencies, result.latency_ms)
+    strips = [sample_strip(s) for s in result.samples]
+    files = dict(charts, **{f"sample_{i:02d}.png": png for i, png in enumerate(strips)})
+    for name, png in files.items():
+        _write_atomic(out_dir / name, png)
+    index = out_dir / "index.html"
+    _write_atomic(index, build_html(result, charts, strips).encode("utf-8"))
+    return index
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
