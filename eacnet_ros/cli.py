@@ -12,7 +12,7 @@ from typing import Optional
 from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
 
-from . import bags
+from . import bags, demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_core_commands(sub)
     bags.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 

