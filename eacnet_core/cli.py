@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from . import bench, export, segment
+from . import bench, evaluate, export, segment, train
 
 #: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
-CORE_COMMANDS = (bench, export, segment)
+CORE_COMMANDS = (bench, export, segment, train, evaluate)
 
 
 def add_core_commands(subparsers) -> None:

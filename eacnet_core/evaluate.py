@@ -1,0 +1,269 @@
+"""``eacnet eval``: mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split.
+
+The network sees the image exactly as the inference path prepares it (same
+normalisation, optional resize to an inference size), the class mask is brought back to
+the label's resolution with nearest neighbour as the Segmenter does, and the confusion
+matrix is accumulated over every valid pixel at full label resolution. Training's
+validation calls ``evaluate_model`` too, so the two numbers are the same number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
+from .classes import DatasetInfo
+from .datasets import DATASET_KINDS, DatasetError, SegmentationDataset, build_dataset, default_data_root
+from .metrics import ConfusionMatrix
+from .runtime import DTYPES, resolve_device, resolve_precision, sync
+from .transforms import EvalTransform, parse_hw
+
+#: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
+PredictionHook = Callable[[np.ndarray, list[int]], None]
+
+
+@dataclass
+class EvalResult:
+    confusion: ConfusionMatrix
+    images: int
+    seconds: float  # wall time of the whole loop (loading included)
+    model_seconds: float  # forward + argmax only
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def model_images_per_s(self) -> float:
+        return self.images / self.model_seconds if self.model_seconds > 0 else 0.0
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """torch.autocast for fp16/bf16, a no-op context for fp32 (None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np.ndarray:
+    """argmax at the network's output size, then nearest-neighbour to the label size
+    (what ``Segmenter.segment`` does), as a (B, H, W) numpy array."""
+    pred = logits.argmax(1)
+    pred = pred.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32).cpu().numpy()
+    if pred.shape[1:] == tuple(label_hw):
+        return pred
+    return np.stack([cv2.resize(p, (label_hw[1], label_hw[0]), interpolation=cv2.INTER_NEAREST) for p in pred])
+
+
+def evaluate_model(model: nn.Module, loader: DataLoader, info: DatasetInfo, device: torch.device,
+                   amp_dtype: Optional[torch.dtype] = None, progress: bool = False,
+                   on_predictions: Optional[PredictionHook] = None) -> EvalResult:
+    """Run ``model`` over ``loader`` in eval mode and accumulate the confusion matrix.
+
+    Under torch.distributed each process evaluates its own shard and the matrices are
+    summed, so every process returns the whole split's result."""
+    confusion = ConfusionMatrix(info.num_classes, info.ignore_index, info.class_names)
+    was_training = model.training
+    model.eval()
+    images, model_seconds = 0, 0.0
+    start = time.perf_counter()
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True)
+    with torch.inference_mode():
+        for batch in batches:
+            image, label, index = batch[0], batch[1], batch[2]
+            t0 = time.perf_counter()
+            x = image.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            pred = predict_to_label_size(logits.float(), tuple(label.shape[-2:]))
+            sync(device)
+            model_seconds += time.perf_counter() - t0
+            labels = label.numpy()
+            for p, lbl in zip(pred, labels, strict=True):
+                confusion.update(p, lbl)
+            images += len(pred)
+            if on_predictions is not None:
+                on_predictions(pred, [int(i) for i in index])
+    model.train(was_training)
+    seconds = time.perf_counter() - start
+    if dist.is_available() and dist.is_initialized():
+        confusion.matrix, images, seconds, model_seconds = _all_reduce(confusion.matrix, images, seconds,
+                                                                       model_seconds, device)
+    return EvalResult(confusion, images, seconds, model_seconds)
+
+
+def _all_reduce(matrix: np.ndarray, images: int, seconds: float, model_seconds: float,
+                device: torch.device) -> tuple[np.ndarray, int, float, float]:
+    """Sum matrices and image counts over processes; times are the slowest process's."""
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = torch.from_numpy(np.append(matrix.ravel(), images)).to(backend_device)
+    dist.all_reduce(counts)
+    times = torch.tensor([seconds, model_seconds], dtype=torch.float64, device=backend_device)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    counts = counts.cpu().numpy()
+    return counts[:-1].reshape(matrix.shape), int(counts[-1]), float(times[0]), float(times[1])
+
+
+def same_size_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack a batch, with a clear message when image sizes differ (use batch size 1)."""
+    sizes = {tuple(item[0].shape) for item in batch} | {tuple(item[1].shape) for item in batch}
+    if len({s[-2:] for s in sizes}) > 1:
+        raise DatasetError(f"images of different sizes in one evaluation batch ({sorted(sizes)}): "
+                           "use --batch-size 1 or an inference size (--size HxW)")
+    return (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]),
+            torch.tensor([b[2] for b in batch]))
+
+
+def eval_loader(dataset: Dataset, batch_size: int = 1, workers: int = 0, sampler=None,
+                pin_memory: bool = False) -> DataLoader:
+    # A generator of its own: starting an evaluation must not advance the global torch RNG.
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                      collate_fn=same_size_collate, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------------------- reporting
+def report_json(result: EvalResult, model: str, dataset: str, split: str, weights: str = "") -> dict:
+    return {"model": model, "dataset": dataset, "split": split, "images": result.images,
+            **result.confusion.summary(), "images_per_s": result.images_per_s, "weights": weights}
+
+
+def plot_per_class(confusion: ConfusionMatrix, path: str | Path, title: str = "") -> Path:
+    """Per-class IoU bar chart (headless Agg backend) with the mIoU as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ious = 100 * confusion.per_class_iou
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(ious) + 2), 4.5))
+    bars = ax.bar(range(len(ious)), ious, color="#3a78b5")
+    ax.axhline(100 * confusion.miou, color="#c0392b", linestyle="--", label=f"mIoU {100 * confusion.miou:.1f}%")
+    for bar, value in zip(bars, ious, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 1, f"{value:.1f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(ious)))
+    ax.set_xticklabels(confusion.class_names, rotation=45, ha="right")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(title or "per-class IoU")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def prediction_writer(dataset: SegmentationDataset, folder: str | Path, info: DatasetInfo) -> PredictionHook:
+    """Writes ``<stem>.png`` (class ids, uint8) and ``<stem>_color.png`` (palette) per image."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    palette_bgr = np.zeros((256, 3), np.uint8)
+    palette_bgr[: info.num_classes] = info.palette_array()[:, ::-1]
+
+    def write(pred: np.ndarray, indices: list[int]) -> None:
+        for mask, index in zip(pred, indices, strict=True):
+            stem = dataset.samples[index].image.stem
+            cv2.imwrite(str(folder / f"{stem}.png"), mask.astype(np.uint8))
+            cv2.imwrite(str(folder / f"{stem}_color.png"), palette_bgr[mask.astype(np.uint8)])
+
+    return write
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="mIoU / per-class IoU of a checkpoint on a dataset split",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--weights", help="checkpoint written by `eacnet train` (e.g. runs/x/best.pt)")
+    which.add_argument("--model", help="evaluate the packaged weights of this registry model")
+    p.add_argument("--dataset", default="camvid", choices=DATASET_KINDS, help="default camvid")
+    p.add_argument("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    p.add_argument("--split", default="val", help="val (default), test, train")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
+    p.add_argument("--size", default="", help="inference size HxW the images are resized to (default: native)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="autocast precision (default fp32; fp16 needs CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: library default)")
+    p.add_argument("--json", help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
+    p.add_argument("--plot", help="write a per-class IoU bar chart (PNG) here")
+    p.add_argument("--save-predictions", help="write class-id and colour masks into this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
+    if args.weights:
+        return load_checkpoint(args.weights), Path(args.weights)
+    path = packaged_weights(args.model)
+    if path is None:
+        raise CheckpointError(f"no packaged weights for model {args.model!r}: pass --weights with a checkpoint "
+                              "written by `eacnet train` (its out dir holds best.pt)")
+    return load_checkpoint(path, expect_model=args.model), path
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt, weights = _load_weights(args)
+    info = dataset_info(ckpt)
+    root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
+    size = parse_hw(args.size)
+    transform = EvalTransform(info.mean, info.std, size if size != (0, 0) else None)
+    dataset = build_dataset(args.dataset, root, args.split, limit=args.limit, transform=transform)
+    if dataset.info.num_classes != info.num_classes:
+        raise CheckpointError(f"{weights}: model has {info.num_classes} classes, dataset {args.dataset} has "
+                              f"{dataset.info.num_classes}")
+    info = replace(info, ignore_index=dataset.info.ignore_index)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = model_from_checkpoint(ckpt, weights).to(device)
+    hook = prediction_writer(dataset, args.save_predictions, info) if args.save_predictions else None
+    loader = eval_loader(dataset, args.batch_size, args.workers, pin_memory=device.type == "cuda")
+    print(f"eval: {ckpt['model']} ({weights}) on {dataset.name}, {len(dataset)} images, {device}, {precision}")
+    try:
+        result = evaluate_model(model, loader, info, device, None if precision == "fp32" else DTYPES[precision],
+                                progress=not args.no_progress, on_predictions=hook)
+    except DatasetError as exc:  # raised inside a worker: keep the one line that names the file
+        raise DatasetError.clean(exc) from None
+    _print_result(result, ckpt["model"], dataset.name)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report_json(result, ckpt["model"], args.dataset, args.split, str(weights)),
+                                   indent=2))
+    if args.plot:
+        plot_per_class(result.confusion, args.plot, f"{ckpt['model']} on {dataset.name}")
+    return 0
+
+
+def _print_result(result: EvalResult, model: str, name: str) -> None:
+    print(result.confusion.table(title=model))
+    cm = result.confusion
+    print(f"{name}: mIoU {100 * cm.miou:.2f}%  pixel accuracy {100 * cm.pixel_accuracy:.2f}%  "
+          f"images {result.images}  {result.images_per_s:.2f} images/s "
+          f"(model {result.model_images_per_s:.2f} images/s)")
+    if result.confusion.absent_classes:
+        print(f"note: no labelled pixels for {', '.join(result.confusion.absent_classes)} in this split "
+              "(their IoU counts as 0 in the mIoU)")

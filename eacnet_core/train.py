@@ -1,0 +1,833 @@
+"""``eacnet train``: train a registry model on CamVid, Cityscapes or a plain folder dataset.
+
+One process or many (``torchrun --nproc_per_node=N``: DistributedDataParallel, nccl on
+GPU, gloo on CPU). Checkpoints are self-describing (``checkpoint.make_checkpoint``) and
+load with ``weights_only=True``: ``last.pt`` every epoch (and on SIGINT/SIGTERM),
+``best.pt`` by validation mIoU. ``--resume`` continues exactly where ``last.pt`` stopped,
+mid-epoch included: model, optimiser, scheduler, AMP scaler, position in the epoch and
+the RNG states of every process are restored, and the data order and augmentation are
+functions of (seed, epoch, index), not of how far global RNGs have run.
+
+Hierarchical training (the paper): train a backbone (``erfnet_enc`` or ``dabnet``), then
+``--init-from`` its checkpoint into the larger model (``eacnet_erf``, ``eacnet_erf_nl``,
+``erfnet``, ``eacnet_dab``); parameter names are matched directly or through the
+``backbone.`` prefix, whichever matches more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from .classes import DatasetInfo
+from .datasets import (
+    DATASET_KINDS,
+    DatasetError,
+    SegmentationDataset,
+    build_dataset,
+    class_pixel_counts,
+    dataset_info,
+    default_data_root,
+)
+from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
+from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
+from .models import MODELS, build_model
+from .runtime import resolve_device, resolve_precision
+from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
+from .transforms import EvalTransform, TrainTransform, parse_hw
+
+LAST, BEST, LOG = "last.pt", "best.pt", "metrics.jsonl"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf: the run stops and the last good checkpoint stays."""
+
+
+# ============================================================================ distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*), or
+    run alone. nccl on CUDA, gloo on CPU; each process drives cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_spec)
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def teardown_distributed(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """nccl reduces CUDA tensors, gloo CPU tensors."""
+    return device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_values(values: Sequence[float], device: torch.device, info: DistInfo) -> list[float]:
+    """Sum a few scalars over processes (identity when alone)."""
+    if not info.enabled:
+        return [float(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device(device))
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+# ============================================================================ sampling
+class ShardSampler(Sampler[int]):
+    """Per-epoch shuffle seeded by (seed, epoch), sharded over processes like
+    DistributedSampler (padded by repetition so every process gets the same number of
+    batches), trimmed to whole batches, and able to skip the batches a resumed run has
+    already done. Works without a process group (one process)."""
+
+    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        self.size, self.batch_size = size, batch_size
+        self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
+        self.epoch = 0
+        self.skip_batches = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.size / self.num_replicas) // self.batch_size
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = int(epoch), int(skip_batches)
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = math.ceil(self.size / self.num_replicas) * self.num_replicas
+        order = (order * math.ceil(total / self.size))[:total]
+        return order[self.rank::self.num_replicas][: self.batches_per_epoch * self.batch_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard()[self.skip_batches * self.batch_size:])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.skip_batches) * self.batch_size
+
+
+def _worker_init(_: int) -> None:
+    """DataLoader workers ignore SIGINT: Ctrl-C reaches the whole process group, and a
+    worker dying of it would turn a clean "save and stop" into a crash. cv2 gets one
+    thread per worker so workers do not oversubscribe the cores."""
+    import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+
+
+# ============================================================================ schedule
+class PolyWarmup:
+    """lr factor: linear warm-up from ``warmup_ratio`` to 1 over ``warmup_iters``, times
+    (1 - it / total) ** power, per iteration (the reference WarmupPolyLR). A class, not a
+    closure, so LambdaLR's state_dict keeps its numbers (weights_only-safe primitives)."""
+
+    def __init__(self, total_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 1 / 3):
+        self.total_iters, self.power = int(total_iters), float(power)
+        self.warmup_iters, self.warmup_ratio = int(warmup_iters), float(warmup_ratio)
+
+    def __call__(self, it: int) -> float:
+        factor = max(0.0, 1.0 - it / max(1, self.total_iters)) ** self.power
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            factor *= self.warmup_ratio * (1 - alpha) + alpha
+        return factor
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam (betas 0.9/0.999, eps 1e-8, as ERFNet's reference) or SGD with momentum."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+# ============================================================================ RNG state
+def rng_state() -> dict:
+    """torch (CPU + CUDA), numpy and python ``random`` states as tensors/primitives only."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ============================================================================ init-from
+@dataclass
+class InitReport:
+    """What ``--init-from`` did: target keys loaded, target keys left new, source keys unused."""
+
+    source: str
+    mapping: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        return "\n".join([
+            f"init-from {self.source} (names matched {self.mapping}):",
+            f"  loaded     {len(self.loaded):4d}: {_summarise(self.loaded)}",
+            f"  new        {len(self.new):4d}: {_summarise(self.new)}",
+            f"  unexpected {len(self.unexpected):4d}: {_summarise(self.unexpected)}",
+        ])
+
+
+_KEY_MAPPINGS: dict[str, Callable[[str], str]] = {
+    "directly": lambda k: k,
+    "with a 'backbone.' prefix added": lambda k: "backbone." + k,
+    "with the 'backbone.' prefix removed": lambda k: k[len("backbone."):] if k.startswith("backbone.") else k,
+}
+
+
+def _source_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from one of our checkpoints, or a bare (possibly DDP ``module.``) state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: --init-from checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = load_checkpoint(path)["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state_dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def init_from(model: nn.Module, path: str | os.PathLike) -> InitReport:
+    """Load matching weights from ``path`` into ``model`` (hierarchical training).
+
+    Of the key mappings (direct, add ``backbone.``, strip ``backbone.``) the one matching
+    most target names wins. A matched name with a different shape is an error: silently
+    skipping it would train a different model than the user asked for."""
+    source = _source_state(path)
+    target = model.state_dict()
+    name, mapper = max(_KEY_MAPPINGS.items(), key=lambda item: sum(item[1](k) in target for k in source))
+    mapped = {mapper(k): (k, v) for k, v in source.items()}
+    matched = {t: kv for t, kv in mapped.items() if t in target}
+    if not matched:
+        raise CheckpointError(f"{path}: no parameter name in common with the model "
+                              f"(source keys look like {next(iter(source), '-')!r}, model keys like "
+                              f"{next(iter(target), '-')!r})")
+    mismatched = [f"{src} {tuple(v.shape)} -> {t} {tuple(target[t].shape)}"
+                  for t, (src, v) in matched.items() if v.shape != target[t].shape]
+    if mismatched:
+        raise CheckpointError(f"{path}: shape mismatch for {len(mismatched)} tensor(s): "
+                              + "; ".join(mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
+                              + " (different number of classes?)")
+    model.load_state_dict({t: v for t, (_, v) in matched.items()}, strict=False)
+    return InitReport(str(path), name, loaded=sorted(matched), new=sorted(set(target) - set(matched)),
+                      unexpected=sorted(src for t, (src, _) in mapped.items() if t not in target))
+
+
+def _summarise(keys: Sequence[str], limit: int = 8) -> str:
+    """Short lists in full; long ones grouped by their first two name components."""
+    if not keys:
+        return "-"
+    if len(keys) <= limit:
+        return ", ".join(keys)
+    groups: dict[str, int] = {}
+    for key in keys:
+        prefix = ".".join(key.split(".")[:2])
+        groups[prefix] = groups.get(prefix, 0) + 1
+    return ", ".join(f"{g}.* ({n})" for g, n in groups.items())
+
+
+def freeze_unused(model: nn.Module) -> list[str]:
+    """Freeze parameters the forward pass never uses (ERFNet keeps its encoder's 1x1
+    classifier, as the reference does). They would get no gradient anyway; frozen, DDP
+    needs no ``find_unused_parameters`` and the optimiser skips them."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
+    model(x).float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
+# ============================================================================ stopping
+class StopSignal:
+    """SIGINT/SIGTERM ask the loop to stop after the current step, save and exit. A
+    second SIGINT (Ctrl-C pressed twice) interrupts at once."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        self.signum = self.signum or int(signum)
+
+    def _handler(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.request(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving {LAST} "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+# ============================================================================ the run
+@dataclass
+class TrainResult:
+    out: Path
+    epochs_done: int
+    iterations: int
+    best_miou: float
+    stopped_by_signal: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """One training run: built from a resolved TrainConfig, then ``run()``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print):
+        self._print = log
+        self.dist, self.device = setup_distributed(cfg.device)
+        self.out = Path(cfg.out)
+        self.resume_ckpt = self._resume_checkpoint() if resume else None
+        if self.resume_ckpt is not None:
+            cfg = _resumed_config(self.resume_ckpt, cfg, self._log)
+        elif (self.out / LAST).exists():
+            raise ValueError(f"{self.out / LAST} exists: pass --resume to continue that run, or choose another --out")
+        self.cfg = cfg.resolved()
+        self.stop = StopSignal()
+        self.on_step: Optional[Callable[[Trainer], None]] = None  # called after every optimiser step
+        self._setup_runtime()
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimisation()
+        self.epoch, self.iteration, self.epoch_iteration = 0, 0, 0
+        self.epoch_loss, self.epoch_images, self.best_miou = 0.0, 0, -1.0
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        self.writer = self._tensorboard()
+
+    # ------------------------------------------------------------------ setup
+    def _log(self, message: str) -> None:
+        if self.dist.is_main:
+            self._print(message)
+
+    def _resume_checkpoint(self) -> dict:
+        path = self.out / LAST
+        if not path.is_file():
+            raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {self.out})")
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt or "config" not in ckpt:
+            raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
+        return ckpt
+
+    def _setup_runtime(self) -> None:
+        cfg = self.cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        seed_everything(cfg.seed + self.dist.rank)
+        self.amp_dtype: Optional[torch.dtype] = None
+        if cfg.amp:
+            wanted = cfg.amp_dtype if cfg.amp_dtype != "auto" else ("fp16" if self.device.type == "cuda" else "bf16")
+            precision = resolve_precision(wanted, self.device)
+            self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.scaler = _grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        root = Path(cfg.data_root) if cfg.data_root else default_data_root(cfg.dataset)
+        self.info: DatasetInfo = dataset_info(cfg.dataset, root)
+        train_tf = TrainTransform(cfg.crop, self.info.mean, self.info.std, self.info.ignore_index,
+                                  tuple(cfg.scales), cfg.flip)
+        val_tf = EvalTransform(self.info.mean, self.info.std, cfg.val_size if cfg.val_size != (0, 0) else None)
+        self.train_set = build_dataset(cfg.dataset, root, "train", cfg.limit, train_tf, cfg.seed)
+        self.val_set: Optional[SegmentationDataset] = None
+        if cfg.val_every > 0:
+            self.val_set = build_dataset(cfg.dataset, root, "val", cfg.limit, val_tf, cfg.seed)
+            if [s.image for s in self.val_set.samples] == [s.image for s in self.train_set.samples]:
+                self._log(f"note: {root} has no separate val split: validating on the training images")
+        self.sampler = ShardSampler(len(self.train_set), cfg.batch_size, self.dist.world_size, self.dist.rank,
+                                    cfg.seed)
+        if self.sampler.batches_per_epoch == 0:
+            raise ValueError(f"{self.train_set.name}: {len(self.train_set)} training images are fewer than "
+                             f"--batch-size {cfg.batch_size} x {self.dist.world_size} process(es)")
+        self.iters_per_epoch = self.sampler.batches_per_epoch
+        self.total_iters = self.iters_per_epoch * cfg.epochs
+        self._log(f"data: {self.train_set} (train), {self.val_set or 'no validation'} (val), root {root}")
+
+    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
+        # An explicit generator: creating an iterator must not advance the global torch RNG
+        # (it would shift dropout masks between an uninterrupted and a resumed run).
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=False, worker_init_fn=_worker_init,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        self.model_kwargs = {"pool": cfg.pool} if cfg.pool else {}
+        try:
+            model = build_model(cfg.model, self.info.num_classes, **self.model_kwargs)
+        except TypeError:
+            raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
+        if cfg.init_from and self.resume_ckpt is None:
+            self._log(init_from(model, cfg.init_from).format())
+        model.to(self.device)
+        frozen = freeze_unused(model)
+        if frozen:
+            self._log(f"unused by {cfg.model}'s forward, frozen: {_summarise(frozen)}")
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp_model: nn.Module = model
+        if self.dist.enabled:
+            if cfg.sync_bn and self.device.type == "cuda":
+                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif cfg.sync_bn:
+                self._log("note: --sync-bn needs CUDA; using per-process BatchNorm")
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        params = sum(p.numel() for p in model.parameters())
+        self._log(f"model: {cfg.model}, {self.info.num_classes} classes, {params:,} parameters, device {self.device}"
+                  f"{f', {self.dist.world_size} processes' if self.dist.enabled else ''}"
+                  f"{f', amp {self.amp_dtype}' if self.amp_dtype else ''}")
+
+    def _setup_optimisation(self) -> None:
+        cfg = self.cfg
+        weight = None
+        if cfg.loss == "weighted-ce":
+            counts, image_pixels = class_pixel_counts(self.train_set)
+            weights = class_weights(counts, image_pixels, cfg.class_weights, cfg.class_weight_c)
+            self._log(f"class weights ({cfg.class_weights}): "
+                      + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.info.class_names, weights, strict=True)))
+            weight = torch.tensor(weights, dtype=torch.float32)
+        self.criterion = build_criterion(cfg.loss, self.info.ignore_index, weight, cfg.ohem_thresh,
+                                         cfg.ohem_min_kept).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.poly = PolyWarmup(self.total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.poly)
+
+    def _tensorboard(self):
+        if not (self.cfg.tensorboard and self.dist.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, metrics: dict, training_state: bool) -> dict:
+        extra = {"config": self.cfg.to_dict(), "epoch": self.epoch, "iteration": self.iteration,
+                 "metrics": metrics, "model_kwargs": dict(self.model_kwargs)}
+        if training_state:
+            extra.update(epoch_iteration=self.epoch_iteration, optimizer=self.optimizer.state_dict(),
+                         scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                         best_miou=self.best_miou, epoch_loss=self.epoch_loss, epoch_images=self.epoch_images,
+                         world_size=self.dist.world_size, rng=self._gather_rng())
+        return make_checkpoint(self.cfg.model, self.model, self.info, **extra)
+
+    def _gather_rng(self) -> list[dict]:
+        """Every process's RNG state (collective: all processes must call it)."""
+        state = rng_state()
+        if not self.dist.enabled:
+            return [state]
+        states: list = [None] * self.dist.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def save_last(self, metrics: dict) -> None:
+        ckpt = self._checkpoint(metrics, training_state=True)  # collective when distributed
+        if self.dist.is_main:
+            save_atomic(ckpt, self.out / LAST)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.poly.total_iters != self.total_iters:  # --epochs changed: stretch the schedule
+            self._log(f"schedule: {self.poly.total_iters} -> {self.total_iters} iterations (new --epochs)")
+            self.poly.total_iters = self.total_iters
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        self.epoch_iteration = int(ckpt.get("epoch_iteration", 0))
+        self.epoch_loss, self.epoch_images = float(ckpt.get("epoch_loss", 0.0)), int(ckpt.get("epoch_images", 0))
+        self.best_miou = float(ckpt.get("best_miou", -1.0))
+        states = ckpt.get("rng", [])
+        if len(states) == self.dist.world_size:
+            set_rng_state(states[self.dist.rank])
+        else:
+            self._log(f"note: {LAST} was written by {len(states)} process(es), now {self.dist.world_size}: "
+                      "RNG states reseeded, the run continues but not bit-exactly")
+        self._log(f"resumed {self.out / LAST}: epoch {self.epoch} + {self.epoch_iteration} iterations, "
+                  f"iteration {self.iteration}")
+
+    # ------------------------------------------------------------------ training
+    def run(self) -> TrainResult:
+        """Train to ``cfg.epochs``; returns early (after saving) on SIGINT/SIGTERM."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        history: list[dict] = []
+        self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.iters_per_epoch} iterations, batch "
+                  f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[0]}x{cfg.crop[1]}, {cfg.optimizer} "
+                  f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
+        with self.stop.installed():
+            while self.epoch < cfg.epochs:
+                started = time.perf_counter()
+                completed = self._train_epoch()
+                if not completed:
+                    self.save_last({"train_loss": self._mean_loss()})
+                    self._log(f"stopped by {signal.Signals(self.stop.signum).name}: saved {self.out / LAST} "
+                              f"(epoch {self.epoch} + {self.epoch_iteration} iterations); continue with --resume")
+                    return self._result(history, self.stop.signum)
+                record = self._end_epoch(time.perf_counter() - started)
+                history.append(record)
+                if self._agreed_stop():
+                    self._log(f"stopped by {signal.Signals(self.stop.signum).name} after epoch {self.epoch}; "
+                              "continue with --resume")
+                    return self._result(history, self.stop.signum)
+        return self._result(history, 0)
+
+    def _result(self, history: list[dict], signum: int) -> TrainResult:
+        if self.writer is not None:
+            self.writer.close()
+        return TrainResult(self.out, self.epoch, self.iteration, self.best_miou, signum, history)
+
+    def _mean_loss(self) -> float:
+        return self.epoch_loss / max(1, self.epoch_images)
+
+    def _agreed_stop(self) -> bool:
+        """All processes stop together (or none do), whoever got the signal."""
+        return all_reduce_values([float(self.stop.signum > 0)], self.device, self.dist)[0] > 0
+
+    def _train_epoch(self) -> bool:
+        """One (possibly resumed) epoch; False when stopped by a signal mid-epoch."""
+        self.ddp_model.train()
+        self.sampler.set_epoch(self.epoch, self.epoch_iteration)
+        self.train_set.set_epoch(self.epoch)
+        loader = self._loader(self.train_set, self.sampler, self.cfg.batch_size)
+        bar = self._progress(len(loader))
+        tick = time.perf_counter()
+        self._session_images = self._session_iters = 0
+        try:
+            for image, label, _ in loader:
+                loss, stop = self._step(image, label)
+                self.epoch_iteration += 1
+                self.iteration += 1
+                n = image.shape[0] * self.dist.world_size
+                self.epoch_loss += loss * n
+                self.epoch_images += n
+                self._session_images += n
+                self._session_iters += 1
+                if self.on_step is not None:
+                    self.on_step(self)
+                if bar is not None:
+                    rate = self._session_images / max(1e-9, time.perf_counter() - tick)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                    img_s=f"{rate:.1f}", refresh=False)
+                    bar.update(1)
+                if stop:
+                    return False
+        except DatasetError as exc:
+            raise DatasetError.clean(exc) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        return True
+
+    def _progress(self, total: int):
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it", dynamic_ncols=True,
+                    leave=False)
+
+    def _step(self, image: torch.Tensor, label: torch.Tensor) -> tuple[float, bool]:
+        """Forward, loss, agreement on (mean loss, stop request) across processes, then the
+        update. A non-finite loss raises before the update touches the weights."""
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.ddp_model(image)
+        loss = self.criterion(logits.float(), label)
+        loss_sum, stop = all_reduce_values([loss.item(), float(self.stop.signum > 0)], self.device, self.dist)
+        mean_loss = loss_sum / self.dist.world_size
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLoss(f"loss is {mean_loss} at epoch {self.epoch + 1}, iteration {self.iteration + 1}: "
+                                f"stopping; the last good checkpoint {self.out / LAST} is kept "
+                                "(lower --lr, check the labels, or try without --amp)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if stop > 0 and not self.stop.signum:
+            self.stop.request(signal.SIGTERM)  # another process got the signal
+        return mean_loss, stop > 0
+
+    def _end_epoch(self, seconds: float) -> dict:
+        cfg = self.cfg
+        images, iters = self._session_images, self._session_iters  # this process's share of a resumed epoch
+        record = {"epoch": self.epoch + 1, "iteration": self.iteration, "train_loss": self._mean_loss(),
+                  "lr": self.scheduler.get_last_lr()[0], "images": self.epoch_images, "seconds": seconds,
+                  "images_per_s": images / seconds if seconds > 0 else 0.0,
+                  "seconds_per_iter": seconds / iters if iters else 0.0}
+        self.epoch += 1
+        self.epoch_iteration, self.epoch_loss, self.epoch_images = 0, 0.0, 0
+        val: Optional[EvalResult] = None
+        if self.val_set is not None and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
+            val = self.validate()
+            record.update(val_miou=val.confusion.miou, val_pixel_acc=val.confusion.pixel_accuracy,
+                          val_per_class=val.confusion.summary()["per_class"], val_images=val.images)
+        improved = val is not None and val.confusion.miou > self.best_miou
+        if improved:
+            self.best_miou = val.confusion.miou
+        record["best_miou"] = self.best_miou if self.best_miou >= 0 else None
+        metrics = {k: v for k, v in record.items() if k not in ("epoch", "iteration")}
+        self.save_last(metrics)
+        if self.dist.is_main:
+            if improved:
+                save_atomic(self._checkpoint(metrics, training_state=False), self.out / BEST)
+            self._write_log(record)
+        self._log(_epoch_line(record, cfg.epochs))
+        return record
+
+    def validate(self) -> EvalResult:
+        """Validation on every process's shard with rank 0's BatchNorm statistics (DDP
+        keeps parameters equal, but each process updates its running stats locally)."""
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer.data, src=0)
+        indices = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+        loader = eval_loader(self.val_set, self.cfg.val_batch_size, self.cfg.workers, sampler=indices,
+                             pin_memory=self.device.type == "cuda")
+        try:
+            return evaluate_model(self.model, loader, self.val_set.info, self.device, self.amp_dtype)
+        except DatasetError as exc:
+            raise DatasetError.clean(exc) from None
+
+    def _write_log(self, record: dict) -> None:
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc"):
+                if key in record:
+                    self.writer.add_scalar(key, record[key], record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        teardown_distributed(self.dist)
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['images_per_s']:.1f} img/s  {record['seconds_per_iter']:.2f} s/it")
+    if "val_miou" in record:
+        line += f"  val mIoU {100 * record['val_miou']:.2f}% (best {100 * record['best_miou']:.2f}%)"
+    return line
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    """GradScaler for fp16 autocast (bf16 needs none); torch.amp's where available."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+def _resumed_config(ckpt: dict, given: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """The checkpoint's config, with only the options that do not change the training
+    state taken from the command line; others given differently are reported and ignored."""
+    saved = TrainConfig.from_dict(ckpt["config"])
+    default = TrainConfig()
+    overrides = {k: getattr(given, k) for k in RESUME_OVERRIDABLE if getattr(given, k) != getattr(default, k)}
+    ignored = [k for k in given.__dataclass_fields__ if k not in RESUME_OVERRIDABLE and k != "out"
+               and getattr(given, k) != getattr(default, k) and getattr(given, k) != getattr(saved, k)]
+    if ignored:
+        log(f"note: --resume keeps the run's config; ignored: {', '.join('--' + k.replace('_', '-') for k in ignored)}")
+    return replace(saved, out=given.out, **overrides)
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_step: Optional[Callable[[Trainer], None]] = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Programmatic entry point (the CLI and the tests use it)."""
+    trainer = Trainer(cfg, resume=resume, log=log)
+    trainer.on_step = on_step
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+# ============================================================================ CLI
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales takes comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--scales must be positive numbers, got {text!r}")
+    return values
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        return parse_hw(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(subparsers) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser("train", help="train a model (single process or torchrun DDP)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              argument_default=argparse.SUPPRESS)
+    a = p.add_argument
+    a("--model", choices=tuple(MODELS), help="registry model to train (required unless --resume)")
+    a("--dataset", choices=DATASET_KINDS, help=f"default {d.dataset}")
+    a("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    a("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl, tensorboard/")
+    a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt)")
+    a("--resume", action="store_true", default=False, help="continue the run in --out from its last.pt")
+    a("--epochs", type=int, help=f"default {d.epochs}")
+    a("--batch-size", type=int, help=f"per process, default {d.batch_size}")
+    a("--crop", type=_hw, help="training crop HxW (default camvid 360x480, cityscapes 512x1024, folder 512x512)")
+    a("--scales", type=_scales, help="random scales, comma-separated (default the paper's 0.75,...,2.0)")
+    a("--no-flip", dest="flip", action="store_false", help="no random horizontal flip")
+    a("--lr", type=float, help="initial learning rate (default adam 5e-4, sgd 4.5e-2)")
+    a("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    a("--momentum", type=float, help=f"SGD momentum, default {d.momentum}")
+    a("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
+    a("--poly-power", type=float, help=f"poly decay power, default {d.poly_power}")
+    a("--warmup-iters", type=int, help="linear warm-up iterations (default 0)")
+    a("--warmup-ratio", type=float, help="lr factor at the start of the warm-up (default 1/3)")
+    a("--loss", choices=LOSSES, help=f"default {d.loss}")
+    a("--ohem-thresh", type=float, help=f"OHEM probability threshold, default {d.ohem_thresh}")
+    a("--ohem-min-kept", type=int, help="OHEM minimum kept pixels per batch (default batch*crop pixels/16)")
+    a("--class-weights", choices=WEIGHTINGS, help="weighting for --loss weighted-ce (default enet)")
+    a("--class-weight-c", type=float, help=f"ENet constant c in 1/ln(c+p), default {d.class_weight_c}")
+    a("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
+    a("--val-size", type=_hw, help="validate at this inference size HxW (default native)")
+    a("--val-batch-size", type=int, help=f"default {d.val_batch_size}")
+    a("--limit", type=int, help="use only the first N images of each split (smoke runs)")
+    a("--workers", type=int, help=f"DataLoader workers per process, default {d.workers}")
+    a("--seed", type=int, help=f"default {d.seed}")
+    a("--device", help="auto | cpu | cuda | cuda:N (default auto; under torchrun cuda:LOCAL_RANK)")
+    a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")
+    a("--amp-dtype", choices=AMP_DTYPES, help="auto = fp16 on CUDA, bf16 on CPU")
+    a("--threads", type=int, help="torch CPU threads (default: library default)")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA DDP)")
+    a("--pool", type=int, help="EAC key/value pooling of eacnet_erf/eacnet_dab (default 2)")
+    a("--channels-last", action="store_true", help="NHWC memory format")
+    a("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults overlaid with the options actually given."""
+    known = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if not args.resume and not cfg.model:
+        raise ValueError("--model is required (or --resume to continue a run)")
+    try:
+        result = train(cfg, resume=args.resume)
+    except NonFiniteLoss as exc:
+        print(f"eacnet train: {exc}", file=sys.stderr)
+        return 1
+    if result.stopped_by_signal:
+        return 128 + result.stopped_by_signal
+    if result.best_miou >= 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: best val mIoU {100 * result.best_miou:.2f}% -> {result.out / BEST}")
+    return 0

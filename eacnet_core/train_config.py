@@ -1,0 +1,108 @@
+"""The one configuration object of a training run.
+
+Every choice a run makes lives in ``TrainConfig``; ``resolved()`` replaces the "use the
+dataset's / optimiser's default" markers (0, empty) with concrete values, and the
+resolved config is what the checkpoint stores (``to_dict``), so a checkpoint says
+exactly how it was trained and ``--resume`` continues with the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .losses import LOSSES, WEIGHTINGS
+from .transforms import PAPER_SCALES
+
+OPTIMIZERS = ("adam", "sgd")
+AMP_DTYPES = ("auto", "fp16", "bf16")
+#: H x W crops of the paper / reference code.
+DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512, 512)}
+#: Reference learning rates: Adam 5e-4 (ERFNet/EACNet-ERF), SGD 4.5e-2 (DABNet on Cityscapes).
+DEFAULT_LR = {"adam": 5e-4, "sgd": 4.5e-2}
+#: Fields that may change when a run is resumed: they do not alter the training state.
+RESUME_OVERRIDABLE = ("epochs", "workers", "device", "threads", "val_every", "val_batch_size", "tensorboard",
+                      "progress")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = ""
+    dataset: str = "camvid"
+    data_root: str = ""  # "" = the dataset's default location (CamVid only)
+    out: str = ""
+    init_from: str = ""  # checkpoint whose weights initialise the model (hierarchical training)
+    epochs: int = 400
+    batch_size: int = 8  # per process
+    crop: tuple[int, int] = (0, 0)  # H, W; (0, 0) = dataset default
+    lr: float = 0.0  # 0 = optimiser default
+    optimizer: str = "adam"
+    momentum: float = 0.9  # SGD
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_ratio: float = 1.0 / 3.0  # lr factor at iteration 0 of the warm-up
+    loss: str = "ohem"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 0  # 0 = batch * crop_h * crop_w / 16, as the DABNet reference
+    class_weights: str = "enet"  # for weighted-ce: enet | median
+    class_weight_c: float = 1.02  # ENet constant (DABNet: 1.10)
+    scales: tuple[float, ...] = PAPER_SCALES
+    flip: bool = True
+    val_every: int = 1  # epochs between validations; 0 = never
+    val_size: tuple[int, int] = (0, 0)  # inference size for validation; (0, 0) = native
+    val_batch_size: int = 1
+    limit: int = 0  # first N images of each split; 0 = all
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: str = "auto"  # auto = fp16 on CUDA, bf16 on CPU
+    threads: int = 0  # torch CPU threads; 0 = library default
+    sync_bn: bool = False
+    pool: int = 0  # EAC key/value pooling for eacnet_erf / eacnet_dab; 0 = model default
+    channels_last: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """Concrete values for every "default" marker, after validating the choices."""
+        self.validate()
+        crop = self.crop if self.crop != (0, 0) else DEFAULT_CROPS[self.dataset]
+        lr = self.lr or DEFAULT_LR[self.optimizer]
+        min_kept = self.ohem_min_kept or max(1, self.batch_size * crop[0] * crop[1] // 16)
+        return replace(self, crop=tuple(crop), lr=lr, ohem_min_kept=min_kept)
+
+    def validate(self) -> None:
+        from .datasets import DATASET_KINDS
+        from .models import MODELS
+
+        checks = [
+            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}"),
+            (self.dataset in DATASET_KINDS, f"--dataset must be one of {', '.join(DATASET_KINDS)}"),
+            (bool(self.out), "--out DIR is required"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.class_weights in WEIGHTINGS, f"--class-weights must be one of {', '.join(WEIGHTINGS)}"),
+            (self.amp_dtype in AMP_DTYPES, f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}"),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.val_batch_size >= 1,
+             "--epochs, --batch-size and --val-batch-size must be >= 1"),
+            (self.lr >= 0 and self.weight_decay >= 0 and self.warmup_iters >= 0 and 0 < self.warmup_ratio <= 1,
+             "--lr, --weight-decay and --warmup-iters must be >= 0 and --warmup-ratio in (0, 1]"),
+            (self.val_every >= 0 and self.limit >= 0 and self.workers >= 0 and self.pool >= 0,
+             "--val-every, --limit, --workers and --pool must be >= 0"),
+            (len(self.crop) == 2 and len(self.val_size) == 2, "--crop and --val-size are HxW"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        """Plain containers only (lists, not tuples) for a ``weights_only`` checkpoint."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of ``to_dict``; unknown keys (from a newer version) are dropped."""
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
