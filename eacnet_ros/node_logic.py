@@ -1,0 +1,568 @@
+"""Everything the segmentation node does that does not need rclpy.
+
+``segment_node.py`` is a thin shell: it declares the parameters listed here, creates the
+subscription and publishers, and hands messages to the objects below. Keeping the logic
+here means parameter validation, the per-frame pipeline, drop counting, diagnostics and
+the label map are tested on any machine, with rosbags' message classes standing in for
+the rclpy ones (the codec is duck-typed, see ``codec.py``).
+
+Threading model (the reason for ``LatestFrame`` and ``FrameWorker``):
+
+* The subscription callback runs on the executor thread and only calls
+  ``LatestFrame.put``: it stores the newest message and, if the previous one was never
+  taken, counts it as dropped. It never waits for the model.
+* ``FrameWorker`` is a plain daemon thread that takes the newest message, decodes,
+  segments, encodes and publishes. Inference (torch, onnxruntime, OpenCV) releases the
+  GIL, so the executor keeps receiving and counting while a frame is being processed.
+
+Why a dedicated thread rather than a timer or the subscription callback itself:
+
+* Doing the work in the subscription callback would leave the backlog to the middleware's
+  KEEP_LAST(1) queue: frames would still be dropped, but silently, and nobody could count
+  them. Drops must be visible in diagnostics.
+* A polling timer adds up to one period of latency per frame and burns wake-ups when no
+  images come; the worker waits on a condition variable and starts the moment a frame
+  arrives.
+* A thread is independent of the executor: it works under ``rclpy.spin`` (single
+  threaded) without callback groups, and the diagnostics timer and parameter services
+  stay responsive while a slow model runs. rclpy publishers may be used from any thread.
+
+What cannot be counted: a message replaced inside the middleware's depth-1 queue before
+the executor ran the callback at all. The callback is a few microseconds, so that needs an
+executor starved for a whole frame interval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Union
+
+import numpy as np
+
+from eacnet_core.inference import BACKENDS, Segmenter, SegmenterOptions
+from eacnet_core.models.registry import model_for
+from eacnet_core.runtime import PRECISIONS
+
+from . import codec
+
+Scalar = Union[bool, int, float, str]
+
+# ---------------------------------------------------------------------------- parameters
+
+_OPTIONS = SegmenterOptions()  # the Segmenter's defaults are the node's defaults: one place each
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+MAX_INFERENCE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: what ``declare_parameter`` needs and what validation checks.
+
+    ``runtime`` parameters may change while the node runs; all others are read-only,
+    because changing them means rebuilding the model, the subscription or the QoS."""
+
+    name: str
+    default: Scalar
+    description: str
+    choices: tuple[str, ...] = ()
+    int_range: Optional[tuple[int, int]] = None
+    float_range: Optional[tuple[float, float]] = None
+    runtime: bool = False
+
+    @property
+    def read_only(self) -> bool:
+        return not self.runtime
+
+    def constraints(self) -> str:
+        """Human-readable allowed values (ParameterDescriptor.additional_constraints)."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.int_range:
+            return f"integer in [{self.int_range[0]}, {self.int_range[1]}]"
+        if self.float_range:
+            return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
+        return ""
+
+    def full_description(self) -> str:
+        note = "Changes apply at run time." if self.runtime else "Read-only: restart the node to change it."
+        return f"{self.description} {note}"
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("backbone", "erfnet", "Network backbone; with 'attention' it selects the registry model.",
+              choices=("erfnet", "dabnet")),
+    ParamSpec("attention", "eac", "Attention head on the backbone's coarse logits (dabnet has no nonlocal).",
+              choices=("eac", "nonlocal", "none")),
+    ParamSpec("weights", "", "Checkpoint file written by `eacnet train`; empty: the packaged default weights "
+                             "of the chosen model."),
+    ParamSpec("device", _OPTIONS.device, "Where the model runs; auto and an unavailable cuda fall back to CPU.",
+              choices=("auto", "cpu", "cuda", "cuda:N")),
+    ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA, fp32 on CPU.",
+              choices=PRECISIONS),
+    ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: torch.", choices=BACKENDS),
+    ParamSpec("inference_height", _OPTIONS.inference_height, "Network input height in pixels; 0 (with "
+              "inference_width 0): the image's own size.", int_range=(0, MAX_INFERENCE_SIZE)),
+    ParamSpec("inference_width", _OPTIONS.inference_width, "Network input width in pixels; 0 (with "
+              "inference_height 0): the image's own size.", int_range=(0, MAX_INFERENCE_SIZE)),
+    ParamSpec("overlay_alpha", 0.5, "Weight of the colour mask in the overlay image.", float_range=(0.0, 1.0),
+              runtime=True),
+    ParamSpec("reliability", "best_effort", "QoS reliability of the image subscription; best_effort also "
+              "receives from reliable publishers.", choices=("best_effort", "reliable")),
+    ParamSpec("transport", "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage "
+              "(jpeg, png) on 'image/compressed'.", choices=("raw", "compressed")),
+)
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+class ParameterError(ValueError):
+    """Invalid node parameters; the message names every bad one and what it accepts."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The validated parameters of one node run (defaults: ``PARAMETERS``, via ``from_values({})``)."""
+
+    backbone: str
+    attention: str
+    weights: str
+    device: str
+    precision: str
+    backend: str
+    inference_height: int
+    inference_width: int
+    overlay_alpha: float
+    reliability: str
+    transport: str
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> NodeConfig:
+        """Validate parameter values (missing ones take their defaults) and report every
+        problem at once, so a bad launch file is fixed in one go."""
+        merged = {p.name: values.get(p.name, p.default) for p in PARAMETERS}
+        errors = [e for p in PARAMETERS for e in [check_value(p, merged[p.name])] if e]
+        if not errors:
+            errors += _cross_check(merged)
+        if errors:
+            raise ParameterError("invalid parameters: " + "; ".join(errors))
+        merged["overlay_alpha"] = float(merged["overlay_alpha"])
+        merged["weights"] = os.path.expanduser(merged["weights"]) if merged["weights"] else ""
+        merged["device"] = merged["device"].lower()
+        return cls(**merged)
+
+    @property
+    def model_name(self) -> str:
+        return model_for(self.backbone, self.attention)
+
+    @property
+    def compressed(self) -> bool:
+        return self.transport == "compressed"
+
+    @property
+    def input_topic(self) -> str:
+        """Relative, so namespaces and remapping apply."""
+        return "image/compressed" if self.compressed else "image"
+
+
+def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
+    """Why ``value`` is not acceptable for ``spec``, or None when it is."""
+    expected = type(spec.default)
+    if expected is float:
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok_type = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok_type:
+        return f"{spec.name}={value!r} must be a {expected.__name__}"
+    if spec.name == "device":
+        return None if DEVICE_PATTERN.fullmatch(value.lower()) else f"device={value!r} must be {spec.constraints()}"
+    if spec.choices and value not in spec.choices:
+        return f"{spec.name}={value!r} must be {spec.constraints()}"
+    bounds = spec.int_range or spec.float_range
+    if bounds and not (bounds[0] <= value <= bounds[1] and not (isinstance(value, float) and math.isnan(value))):
+        return f"{spec.name}={value!r} must be a {spec.constraints()}"
+    return None
+
+
+def _cross_check(values: Mapping[str, Any]) -> list[str]:
+    errors = []
+    try:
+        model_for(values["backbone"], values["attention"])
+    except ValueError as exc:
+        errors.append(str(exc))
+    if (values["inference_height"] == 0) != (values["inference_width"] == 0):
+        errors.append(f"inference_height={values['inference_height']} and inference_width="
+                      f"{values['inference_width']} must both be positive or both 0 (the image's own size)")
+    return errors
+
+
+def parameter_update_error(name: str, value: Any) -> Optional[str]:
+    """Reason to reject a parameter change while the node runs, or None to accept it.
+
+    rclpy already rejects writes to read-only parameters before calling the node's
+    callback; this check also covers anything else (e.g. a future non-read-only
+    parameter) and validates the value of the run-time ones. Parameters the node does
+    not own (use_sim_time, ...) are accepted untouched."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return None
+    if not spec.runtime:
+        return f"{name} is read at start-up: restart the node to change it"
+    return check_value(spec, value)
+
+
+# ---------------------------------------------------------------------------- start-up
+
+def choose_device(device: str, precision: str, cuda_available: Optional[bool] = None,
+                  cuda_count: Optional[int] = None) -> tuple[str, str, Optional[str]]:
+    """Resolve ``device``/``precision`` for the Segmenter; a robot must still start, so
+    auto and an unavailable CUDA device fall back to CPU with one warning (returned, not
+    logged, so the caller logs it once through ROS). A GPU-only precision requested for
+    the fallback CPU becomes fp32 in the same warning."""
+    if cuda_available is None or cuda_count is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+        cuda_count = torch.cuda.device_count() if cuda_available else 0
+    device = device.lower()
+    if device == "cpu":
+        return "cpu", precision, None
+    index = 0 if device in ("auto", "cuda") else int(device.split(":")[1])
+    if cuda_available and index < cuda_count:
+        return ("cuda" if device == "auto" else f"cuda:{index}"), precision, None
+    reason = "CUDA is not available" if not cuda_available else f"only {cuda_count} CUDA device(s)"
+    warning = f"device {device}: {reason}; running on CPU"
+    if precision not in ("auto", "fp32"):
+        warning += f" with fp32 instead of {precision}"
+        precision = "fp32"
+    return "cpu", precision, warning
+
+
+def segmenter_options(config: NodeConfig, device: str, precision: str) -> SegmenterOptions:
+    return SegmenterOptions(device=device, precision=precision, backend=config.backend,
+                            inference_height=config.inference_height, inference_width=config.inference_width)
+
+
+def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter:
+    """Load the model once and warm it, so the first camera frame is not the slow one.
+
+    Errors (missing weights, fp16 on CPU, onnxruntime with fp16...) propagate as
+    ValueError subclasses with one clear message; ``main`` prints it and exits 1."""
+    device, precision, warning = choose_device(config.device, config.precision)
+    if warning:
+        warn(warning)
+    segmenter = Segmenter.from_name(config.model_name, config.weights or None,
+                                    segmenter_options(config, device, precision))
+    segmenter.warmup()
+    return segmenter
+
+
+def startup_error_text(exc: BaseException) -> str:
+    """One line for ``[eacnet] error: ...``: our own errors carry a message made for
+    users; anything else also names its type so it can be searched for."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+
+
+# ---------------------------------------------------------------------------- labels
+
+LABEL_THRESHOLD = 0.0  # argmax segmentation: every pixel gets a class, no confidence cut-off
+
+
+def label_map(segmenter: Segmenter) -> list[tuple[int, str]]:
+    """(class id, class name) pairs for vision_msgs/LabelInfo; the ids are the mask values."""
+    return list(enumerate(segmenter.dataset.class_names))
+
+
+# ---------------------------------------------------------------------------- per-frame pipeline
+
+@dataclass
+class SegmentedFrame:
+    """Outputs of one frame; colour mask and overlay are None when nobody wants them."""
+
+    mask: np.ndarray
+    color_mask: Optional[np.ndarray] = None
+    overlay: Optional[np.ndarray] = None
+
+
+class FrameProcessor:
+    """BGR frame -> mask (always), colour mask and overlay (only when subscribed)."""
+
+    def __init__(self, segmenter: Segmenter, overlay_alpha: float = 0.5):
+        self.segmenter = segmenter
+        self.overlay_alpha = overlay_alpha
+
+    @property
+    def overlay_alpha(self) -> float:
+        return self._alpha
+
+    @overlay_alpha.setter
+    def overlay_alpha(self, value: float) -> None:
+        # Set from the parameter callback while the worker reads it: one float attribute
+        # assignment is atomic, so no lock is needed.
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {value}")
+        self._alpha = float(value)
+
+    def process(self, bgr: np.ndarray, want_color: bool, want_overlay: bool) -> SegmentedFrame:
+        mask = self.segmenter.segment(bgr)
+        colours = self.segmenter.colorize(mask) if (want_color or want_overlay) else None
+        overlay = self.segmenter.overlay(bgr, mask, self._alpha, color_mask=colours) if want_overlay else None
+        return SegmentedFrame(mask, colours if want_color else None, overlay)
+
+
+OUTPUT_ENCODINGS = {"mask": "mono8", "color_mask": "bgr8", "overlay": "bgr8"}
+
+
+def encode_frame(frame: SegmentedFrame, header: Any, image_type: type) -> dict[str, Any]:
+    """Output topic -> Image message, each carrying the input's header unchanged so
+    rviz and message_filters line them up with the camera frame."""
+    arrays = {"mask": frame.mask, "color_mask": frame.color_mask, "overlay": frame.overlay}
+    return {topic: codec.array_to_image(image_type, header, pixels, OUTPUT_ENCODINGS[topic])
+            for topic, pixels in arrays.items() if pixels is not None}
+
+
+# ---------------------------------------------------------------------------- newest-frame mailbox
+
+class LatestFrame:
+    """A one-slot mailbox between the subscription callback and the worker.
+
+    ``put`` replaces whatever is waiting (returning True when it overwrote an untaken
+    message: a dropped frame); ``take`` waits for a message. No backlog can build up."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Optional[tuple[Any, float]] = None
+        self._closed = False
+
+    def put(self, msg: Any, received_at: float) -> bool:
+        with self._cond:
+            replaced = self._item is not None
+            self._item = (msg, received_at)
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: Optional[float] = None) -> Optional[tuple[Any, float]]:
+        """The newest (message, receive time), or None on timeout or after ``close``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
+            item, self._item = self._item, None
+        return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+# ---------------------------------------------------------------------------- statistics and diagnostics
+
+OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+
+
+@dataclass(frozen=True)
+class DiagnosticReport:
+    level: int
+    message: str
+    values: tuple[tuple[str, str], ...]
+
+    def value(self, key: str) -> str:
+        return dict(self.values)[key]
+
+
+@dataclass
+class _Counters:
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    bad: int = 0
+    failed: int = 0
+
+
+class FrameStats:
+    """Thread-safe counters and latencies, updated by the callback and the worker and
+    read once a second for diagnostics.
+
+    Latency is measured from the subscription callback to the outputs being published
+    (queue wait + decode + inference + encode + publish) with a monotonic clock: the part
+    of the delay this node adds, independent of clock skew and of sim time."""
+
+    def __init__(self, window: int = 200, clock: Callable[[], float] = time.monotonic):
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._total = _Counters()
+        self._period = _Counters()
+        self._latency_ms: deque[float] = deque(maxlen=window)
+        self._period_start = clock()
+
+    def on_received(self, dropped_previous: bool) -> None:
+        with self._lock:
+            for c in (self._total, self._period):
+                c.received += 1
+                c.dropped += int(dropped_previous)
+
+    def on_published(self, received_at: float) -> None:
+        latency = (self._clock() - received_at) * 1000.0
+        with self._lock:
+            self._total.processed += 1
+            self._period.processed += 1
+            self._latency_ms.append(latency)
+
+    def on_bad_frame(self) -> None:
+        with self._lock:
+            self._total.bad += 1
+            self._period.bad += 1
+
+    def on_failed_frame(self) -> None:
+        with self._lock:
+            self._total.failed += 1
+            self._period.failed += 1
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(vars(self._total))
+
+    def report(self, static: Sequence[tuple[str, str]] = ()) -> DiagnosticReport:
+        """Diagnostics for the period since the previous report (then starts a new one)."""
+        now = self._clock()
+        with self._lock:
+            period, total, latencies = self._period, _Counters(**vars(self._total)), list(self._latency_ms)
+            elapsed = max(now - self._period_start, 1e-9)
+            self._period, self._period_start = _Counters(), now
+        fps = period.processed / elapsed
+        p50, p90, p99 = (np.percentile(latencies, [50, 90, 99]) if latencies else (math.nan,) * 3)
+        values = (("fps", f"{fps:.2f}"), ("latency_ms_p50", f"{p50:.1f}"), ("latency_ms_p90", f"{p90:.1f}"),
+                  ("latency_ms_p99", f"{p99:.1f}"), ("frames_received", str(total.received)),
+                  ("frames_processed", str(total.processed)), ("frames_dropped", str(total.dropped)),
+                  ("frames_bad", str(total.bad)), ("frames_failed", str(total.failed)),
+                  ("dropped_last_period", str(period.dropped))) + tuple(static)
+        level, message = _summary(period, fps, p50)
+        return DiagnosticReport(level, message, values)
+
+
+def _summary(period: _Counters, fps: float, p50: float) -> tuple[int, str]:
+    """Level and one-line message: WARN for bad or failed frames or no input, ERROR when
+    every frame of the period failed."""
+    if period.failed and not period.processed:
+        return ERROR, f"all {period.failed} frame(s) of the last period failed"
+    if period.bad or period.failed:
+        return WARN, f"{period.bad} undecodable and {period.failed} failed frame(s) skipped; {fps:.1f} fps"
+    if not period.received:
+        return WARN, "no input images"
+    return OK, f"{fps:.1f} fps, latency p50 {p50:.0f} ms, {period.dropped} dropped"
+
+
+def static_diagnostics(segmenter: Segmenter, config: NodeConfig) -> tuple[tuple[str, str], ...]:
+    """Key/values that do not change while the node runs."""
+    size = (f"{config.inference_width}x{config.inference_height}" if config.inference_height else "input size")
+    return (("model", segmenter.model_name), ("device", str(segmenter.device)), ("precision", segmenter.precision),
+            ("backend", segmenter.backend), ("inference_size", size),
+            ("weights", str(segmenter.weights) if segmenter.weights else "untrained"),
+            ("transport", config.transport))
+
+
+# ---------------------------------------------------------------------------- throttled warnings
+
+class Throttle:
+    """At most one message per key and period, with a count of what was held back:
+    a camera sending only bad frames at 30 Hz must not flood the log."""
+
+    def __init__(self, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.period_s = period_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, text: str) -> Optional[str]:
+        """The text to log now (with a suppressed count), or None to stay quiet."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            held = self._suppressed.pop(key, 0)
+        return f"{text} ({held} similar message(s) suppressed)" if held else text
+
+
+# ---------------------------------------------------------------------------- the worker
+
+class PublisherLike(Protocol):
+    def publish(self, msg: Any) -> None: ...
+
+    def get_subscription_count(self) -> int: ...
+
+
+@dataclass
+class FrameWorker:
+    """Takes the newest frame from ``slot``, runs the pipeline and publishes.
+
+    ``publishers`` maps 'mask', 'color_mask', 'overlay' to rclpy publishers (or anything
+    with ``publish`` and ``get_subscription_count``). A bad frame or an exception is
+    logged (throttled), counted, and the loop goes on: one frame never kills the node."""
+
+    slot: LatestFrame
+    processor: FrameProcessor
+    stats: FrameStats
+    publishers: Mapping[str, PublisherLike]
+    image_type: type
+    warn: Callable[[str], None]
+    active: Callable[[], bool] = lambda: True  # False once ROS is shut down: stop publishing
+    throttle: Throttle = field(default_factory=Throttle)
+    _thread: Optional[threading.Thread] = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="eacnet-segment-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the mailbox and wait for the frame in progress to finish."""
+        self.slot.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.slot.closed:
+            item = self.slot.take(timeout=0.5)
+            if item is not None:
+                self.process_one(*item)
+
+    def process_one(self, msg: Any, received_at: float) -> bool:
+        """Run one message through decode -> segment -> encode -> publish; True if published."""
+        try:
+            bgr = codec.to_bgr(msg)
+        except codec.ImageDecodeError as exc:
+            self.stats.on_bad_frame()
+            self._warn("bad_frame", f"skipping an image that cannot be decoded: {exc}")
+            return False
+        try:
+            want_color = self.publishers["color_mask"].get_subscription_count() > 0
+            want_overlay = self.publishers["overlay"].get_subscription_count() > 0
+            frame = self.processor.process(bgr, want_color, want_overlay)
+            messages = encode_frame(frame, msg.header, self.image_type)
+            if not self.active():
+                return False
+            for topic, out in messages.items():
+                self.publishers[topic].publish(out)
+        except Exception as exc:  # one frame must never kill the node
+            self.stats.on_failed_frame()
+            self._warn("frame_error", f"processing a frame failed and it was skipped: {type(exc).__name__}: {exc}")
+            return False
+        self.stats.on_published(received_at)
+        return True
+
+    def _warn(self, key: str, text: str) -> None:
+        line = self.throttle(key, text)
+        if line is not None:
+            self.warn(line)
