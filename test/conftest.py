@@ -1,0 +1,106 @@
+"""Shared test fixtures: tiny synthetic segmentation datasets in the three layouts the
+loaders read (CamVid/SegNet, Cityscapes, plain folders), written into tmp_path.
+
+Images are colour-coded by class (each class a fixed colour plus mild noise) on a grid
+of 8x8 blocks, so a network can actually learn them in a few dozen iterations and the
+alignment of image and label is checkable pixel by pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The shared CamVid copy, found relative to the repository (skip tests when absent).
+REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
+
+#: BGR colour per class id for synthetic images (distinct, far apart).
+CLASS_BGR = np.array([[40, 40, 200], [40, 200, 40], [200, 40, 40], [200, 200, 40], [40, 200, 200],
+                      [200, 40, 200], [120, 120, 120], [20, 90, 160], [160, 20, 90], [90, 160, 20],
+                      [240, 240, 240]], dtype=np.uint8)
+
+
+def synthetic_pair(rng: np.random.Generator, height: int = 32, width: int = 48, num_classes: int = 3,
+                   block: int = 8, noise: int = 12, ignore: int | None = None,
+                   ignore_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(BGR uint8 image, uint8 label): random class per block, colour = class colour + noise.
+    With ``ignore``, a fraction of the blocks is labelled ``ignore`` (their colour is grey)."""
+    gh, gw = -(-height // block), -(-width // block)
+    grid = rng.integers(0, num_classes, size=(gh, gw)).astype(np.uint8)
+    label = np.kron(grid, np.ones((block, block), np.uint8))[:height, :width]
+    image = CLASS_BGR[label % len(CLASS_BGR)].astype(np.int16)
+    image += rng.integers(-noise, noise + 1, size=image.shape, dtype=np.int16)
+    if ignore is not None and ignore_fraction > 0:
+        void = np.kron(rng.random((gh, gw)) < ignore_fraction, np.ones((block, block), bool))[:height, :width]
+        label[void] = ignore
+        image[void] = 128
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array), path
+    return path
+
+
+def make_camvid(root: Path, splits: dict[str, int] | None = None, height: int = 32, width: int = 48,
+                num_classes: int = 11, list_files: bool = True, seed: int = 0) -> Path:
+    """SegNet-layout CamVid: <split>/, <split>annot/ and <split>.txt with /SegNet/CamVid/ paths."""
+    rng = np.random.default_rng(seed)
+    for split, count in (splits or {"train": 4, "val": 2}).items():
+        lines = []
+        for i in range(count):
+            image, label = synthetic_pair(rng, height, width, num_classes, ignore=11, ignore_fraction=0.1)
+            name = f"{split}_{i:03d}.png"
+            write_png(root / split / name, image)
+            write_png(root / f"{split}annot" / name, label)
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
+        if list_files:
+            (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_cityscapes(root: Path, split: str = "train", cities: tuple[str, ...] = ("aachen", "bremen"),
+                    per_city: int = 1, height: int = 32, width: int = 64, train_ids: bool = False,
+                    seed: int = 0) -> list[tuple[Path, np.ndarray]]:
+    """Official layout with labelIds drawn from all 34 ids (and labelTrainIds if asked).
+    Returns (label path, raw ids) per image for checking the mapping."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for city in cities:
+        for i in range(per_city):
+            stem = f"{city}_{i:06d}_000019"
+            image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+            ids = rng.integers(0, 34, size=(height, width), dtype=np.uint8)
+            write_png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
+            label = write_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids)
+            written.append((label, ids))
+    return written
+
+
+def make_folder(root: Path, count: int = 4, height: int = 32, width: int = 48, num_classes: int = 3,
+                splits: tuple[str, ...] = (), yaml_text: str | None = None, seed: int = 0) -> Path:
+    """images/ + labels/ (or <split>/images + <split>/labels) with a classes.yaml."""
+    rng = np.random.default_rng(seed)
+    names = [f"c{i}" for i in range(num_classes)]
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml_text if yaml_text is not None else
+                                       f"names: [{', '.join(names)}]\nignore_index: 255\n")
+    for base in ([root / s for s in splits] or [root]):
+        for i in range(count):
+            image, label = synthetic_pair(rng, height, width, num_classes, ignore=255, ignore_fraction=0.05)
+            write_png(base / "images" / f"img{i:03d}.jpg", image)
+            write_png(base / "labels" / f"img{i:03d}.png", label)
+    return root
+
+
+@pytest.fixture
+def synthetic():
+    """Builders for tiny synthetic datasets (call them with a folder under tmp_path)."""
+    return SimpleNamespace(pair=synthetic_pair, write_png=write_png, camvid=make_camvid, cityscapes=make_cityscapes,
+                           folder=make_folder, class_bgr=CLASS_BGR, real_camvid=REAL_CAMVID)
