@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import itertools
 import json
 import logging
 import os
@@ -182,8 +183,16 @@ def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Optional[Path]]]:
 
 
 def camvid_frames(root: Path, split: str, labels_dir: Optional[Path] = None) -> Iterator[Frame]:
-    """Frames (BGR) and labels of a CamVid split; ``labels_dir`` overrides ``<split>annot``."""
-    for image_path, label_path in camvid_pairs(root, split):
+    """Frames (BGR) and labels of a CamVid split; ``labels_dir`` overrides ``<split>annot``.
+    The split is checked now, not on first iteration, so a bad path fails before any output."""
+    pairs = camvid_pairs(root, split)
+    if labels_dir is not None and not labels_dir.is_dir():
+        raise FileNotFoundError(f"labels folder {labels_dir} does not exist")
+    return _camvid_iter(pairs, labels_dir)
+
+
+def _camvid_iter(pairs: list[tuple[Path, Optional[Path]]], labels_dir: Optional[Path]) -> Iterator[Frame]:
+    for image_path, label_path in pairs:
         if labels_dir is not None:
             label_path = labels_dir / image_path.name
             label_path = label_path if label_path.is_file() else None
@@ -193,12 +202,19 @@ def camvid_frames(root: Path, split: str, labels_dir: Optional[Path] = None) -> 
 
 
 def folder_frames(images: Path, labels_dir: Optional[Path] = None) -> Iterator[Frame]:
-    """Sorted images of a folder (or one video), labels matched by file stem as ``<stem>.png``."""
+    """Sorted images of a folder (or one video), labels matched by file stem as ``<stem>.png``.
+    The first frame is read now, so a missing or empty source fails before any output."""
     from eacnet_core.segment import iter_frames
 
     if labels_dir is not None and not labels_dir.is_dir():
         raise FileNotFoundError(f"labels folder {labels_dir} does not exist")
-    for name, bgr in iter_frames(images):
+    frames = iter_frames(images)
+    first = next(frames, None)
+    return _folder_iter(itertools.chain([first] if first else [], frames), labels_dir)
+
+
+def _folder_iter(frames: Iterable[tuple[str, Optional[np.ndarray]]], labels_dir: Optional[Path]) -> Iterator[Frame]:
+    for name, bgr in frames:
         label_path = labels_dir / f"{name}.png" if labels_dir is not None else None
         has_label = bgr is not None and label_path is not None and label_path.is_file()
         yield Frame(name, bgr, read_label(label_path, bgr.shape) if has_label else None)
@@ -774,10 +790,11 @@ def frames_from_args(args: argparse.Namespace) -> tuple[Iterator[Frame], Path]:
 
 
 def run_make_bag(args: argparse.Namespace) -> int:
-    frames, source = frames_from_args(args)
     opts = MakeBagOptions(storage=args.storage, rate=args.rate, compressed=args.compressed,
                           image_topic=args.image_topic, label_topic=args.label_topic, frame_id=args.frame_id,
                           limit=args.limit, start_ns=round(args.start_time * 1e9), overwrite=args.overwrite)
+    _check_make_options(opts)  # option mistakes first: cheaper than reading the source
+    frames, source = frames_from_args(args)
     summary = make_bag(frames, args.out, opts, inputs=(source,))
     print(f"wrote {summary['frames']} frame(s) on {summary['image_topic']}"
           + (f" and {summary['labels']} label(s) on {summary['label_topic']}" if summary["labels"] else "")
