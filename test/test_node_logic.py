@@ -1,0 +1,511 @@
+"""The segmentation node's logic without rclpy: parameters, the per-frame pipeline, drop
+counting, bad frames, diagnostics and labels.
+
+Messages are rosbags' sensor_msgs classes (the codec is duck-typed on the fields), the
+model a tiny untrained eacnet_erf at a small inference size, so every test is fast.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from rosbags.typesys import Stores, get_typestore
+
+from eacnet_core.checkpoint import CheckpointError, make_checkpoint, packaged_weights, save_atomic
+from eacnet_core.classes import CAMVID
+from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.models import build_model
+from eacnet_ros import codec, node_logic
+from eacnet_ros.node_logic import (
+    PARAMETERS,
+    SPECS,
+    FrameProcessor,
+    FrameStats,
+    FrameWorker,
+    LatestFrame,
+    NodeConfig,
+    ParameterError,
+    Throttle,
+)
+
+H, W = 24, 32
+TYPES = get_typestore(Stores.ROS2_HUMBLE).types
+Image = TYPES["sensor_msgs/msg/Image"]
+CompressedImage = TYPES["sensor_msgs/msg/CompressedImage"]
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    torch.manual_seed(0)
+    options = SegmenterOptions(device="cpu", inference_height=16, inference_width=24)
+    return Segmenter.from_name("eacnet_erf", options=options, allow_untrained=True)
+
+
+def header(sec: int = 7, frame_id: str = "camera_optical"):
+    return TYPES["std_msgs/msg/Header"](stamp=TYPES["builtin_interfaces/msg/Time"](sec=sec, nanosec=11),
+                                        frame_id=frame_id)
+
+
+def frame(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def image_msg(seed: int = 0, sec: int = 7, encoding: str = "bgr8"):
+    """A bgr8 frame; ``encoding`` relabels it (to build unsupported-encoding frames)."""
+    msg = codec.array_to_image(Image, header(sec), frame(seed), "bgr8")
+    msg.encoding = encoding
+    return msg
+
+
+class FakePublisher:
+    """Records what is published; ``subscribers`` stands in for get_subscription_count()."""
+
+    def __init__(self, subscribers: int = 0, fail: bool = False):
+        self.subscribers = subscribers
+        self.fail = fail
+        self.sent: list = []
+
+    def publish(self, msg) -> None:
+        if self.fail:
+            raise RuntimeError("publisher is gone")
+        self.sent.append(msg)
+
+    def get_subscription_count(self) -> int:
+        return self.subscribers
+
+
+def make_worker(segmenter, color_subs=0, overlay_subs=0, warnings=None, **kwargs) -> FrameWorker:
+    publishers = {"mask": FakePublisher(), "color_mask": FakePublisher(color_subs),
+                  "overlay": FakePublisher(overlay_subs)}
+    return FrameWorker(LatestFrame(), FrameProcessor(segmenter, 0.5), FrameStats(), publishers, Image,
+                       warn=(warnings if warnings is not None else []).append, **kwargs)
+
+
+# ---------------------------------------------------------------------------- parameters
+
+def test_parameter_set_matches_the_issue():
+    assert [p.name for p in PARAMETERS] == [
+        "backbone", "attention", "weights", "device", "precision", "backend", "inference_height",
+        "inference_width", "overlay_alpha", "reliability", "transport"]
+    assert SPECS["backbone"].choices == ("erfnet", "dabnet")
+    assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
+    assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16")
+    assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime")
+    assert SPECS["reliability"].choices == ("best_effort", "reliable")
+    assert SPECS["transport"].choices == ("raw", "compressed")
+    assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
+    assert SPECS["inference_height"].int_range[0] == 0
+
+
+def test_only_overlay_alpha_changes_at_run_time_and_descriptions_say_so():
+    assert [p.name for p in PARAMETERS if not p.read_only] == ["overlay_alpha"]
+    for spec in PARAMETERS:
+        assert spec.description and spec.full_description().startswith(spec.description)
+        assert ("restart" in spec.full_description()) == spec.read_only
+        assert spec.name == "weights" or spec.constraints()
+
+
+def test_defaults_are_valid_and_pick_eacnet_erf():
+    config = NodeConfig.from_values({})
+    assert config.model_name == "eacnet_erf"
+    assert (config.device, config.precision, config.backend) == ("auto", "auto", "auto")
+    assert (config.inference_height, config.inference_width, config.overlay_alpha) == (0, 0, 0.5)
+    assert config.input_topic == "image" and not config.compressed
+
+
+@pytest.mark.parametrize("backbone, attention, model", [
+    ("erfnet", "eac", "eacnet_erf"), ("erfnet", "nonlocal", "eacnet_erf_nl"), ("erfnet", "none", "erfnet_enc"),
+    ("dabnet", "eac", "eacnet_dab"), ("dabnet", "none", "dabnet")])
+def test_backbone_and_attention_pick_the_registry_model(backbone, attention, model):
+    assert NodeConfig.from_values({"backbone": backbone, "attention": attention}).model_name == model
+
+
+def test_compressed_transport_subscribes_to_image_compressed():
+    assert NodeConfig.from_values({"transport": "compressed"}).input_topic == "image/compressed"
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"backbone": "resnet"}, "backbone='resnet' must be one of: erfnet, dabnet"),
+    ({"attention": "se"}, "attention='se' must be one of: eac, nonlocal, none"),
+    ({"backbone": "dabnet", "attention": "nonlocal"}, "no model for backbone='dabnet' attention='nonlocal'"),
+    ({"device": "gpu"}, "device='gpu' must be one of: auto, cpu, cuda, cuda:N"),
+    ({"device": "cuda:x"}, "device='cuda:x'"),
+    ({"precision": "int8"}, "precision='int8' must be one of: auto, fp32, fp16, bf16"),
+    ({"backend": "tensorrt"}, "backend='tensorrt' must be one of"),
+    ({"inference_height": -1, "inference_width": 32}, "inference_height=-1 must be a integer in"),
+    ({"inference_height": 360}, "must both be positive or both 0"),
+    ({"overlay_alpha": 1.5}, r"overlay_alpha=1.5 must be a number in \[0.0, 1.0\]"),
+    ({"overlay_alpha": float("nan")}, "overlay_alpha=nan"),
+    ({"overlay_alpha": "half"}, "overlay_alpha='half' must be a float"),
+    ({"inference_width": True}, "inference_width=True must be a int"),
+    ({"reliability": "sometimes"}, "reliability='sometimes' must be one of: best_effort, reliable"),
+    ({"transport": "theora"}, "transport='theora' must be one of: raw, compressed"),
+])
+def test_invalid_parameters_raise_a_clear_message(values, words):
+    with pytest.raises(ParameterError, match=words):
+        NodeConfig.from_values(values)
+
+
+def test_all_invalid_parameters_are_reported_at_once():
+    with pytest.raises(ParameterError) as info:
+        NodeConfig.from_values({"backbone": "x", "transport": "y", "overlay_alpha": 3.0})
+    message = str(info.value)
+    assert "backbone='x'" in message and "transport='y'" in message and "overlay_alpha=3.0" in message
+
+
+def test_accepted_values_are_normalised():
+    config = NodeConfig.from_values({"device": "CUDA:1", "overlay_alpha": 1, "weights": "~/w.pt"})
+    assert config.device == "cuda:1" and config.overlay_alpha == 1.0 and isinstance(config.overlay_alpha, float)
+    assert not config.weights.startswith("~") and config.weights.endswith("w.pt")
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("overlay_alpha", 0.25, None),
+    ("overlay_alpha", 1.0, None),
+    ("overlay_alpha", 1.2, "overlay_alpha=1.2 must be"),
+    ("backbone", "dabnet", "backbone is read at start-up: restart the node"),
+    ("reliability", "reliable", "restart the node"),
+    ("use_sim_time", True, None),  # not ours: accepted untouched
+])
+def test_run_time_parameter_updates(name, value, words):
+    reason = node_logic.parameter_update_error(name, value)
+    assert reason is None if words is None else words in reason
+
+
+# ---------------------------------------------------------------------------- device and start-up
+
+@pytest.mark.parametrize("device, precision, cuda, count, expected, warns", [
+    ("cpu", "auto", True, 1, ("cpu", "auto"), None),
+    ("auto", "auto", True, 1, ("cuda", "auto"), None),
+    ("cuda:1", "fp16", True, 2, ("cuda:1", "fp16"), None),
+    ("auto", "auto", False, 0, ("cpu", "auto"), "device auto: CUDA is not available; running on CPU"),
+    ("cuda", "fp16", False, 0, ("cpu", "fp32"), "with fp32 instead of fp16"),
+    ("cuda:3", "auto", True, 1, ("cpu", "auto"), "only 1 CUDA device(s)"),
+])
+def test_choose_device_falls_back_to_cpu_with_one_warning(device, precision, cuda, count, expected, warns):
+    chosen, new_precision, warning = node_logic.choose_device(device, precision, cuda, count)
+    assert (chosen, new_precision) == expected
+    assert warning is None if warns is None else warns in warning
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(1)
+    model = build_model("eacnet_erf", CAMVID.num_classes)
+    return save_atomic(make_checkpoint("eacnet_erf", model, CAMVID),
+                       tmp_path_factory.mktemp("weights") / "tiny_eacnet_erf.pt")
+
+
+def _config(**values) -> NodeConfig:
+    base = {"device": "cpu", "inference_height": 16, "inference_width": 24}
+    return NodeConfig.from_values({**base, **values})
+
+
+def test_load_segmenter_loads_and_warms_the_checkpoint(checkpoint, monkeypatch):
+    warmed = []
+    monkeypatch.setattr(Segmenter, "warmup", lambda self, *a, **k: warmed.append(self))
+    warnings: list[str] = []
+    seg = node_logic.load_segmenter(_config(weights=str(checkpoint)), warnings.append)
+    assert seg.trained and seg.weights == checkpoint and str(seg.device) == "cpu"
+    assert warmed == [seg] and warnings == []
+    assert seg.segment(frame()).shape == (H, W)
+
+
+def test_cuda_request_without_cuda_warns_once_and_runs_on_cpu(checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warnings: list[str] = []
+    seg = node_logic.load_segmenter(_config(weights=str(checkpoint), device="cuda", precision="fp16"),
+                                    warnings.append)
+    assert str(seg.device) == "cpu" and seg.precision == "fp32"
+    assert len(warnings) == 1 and "running on CPU" in warnings[0]
+
+
+def test_missing_weights_file_is_a_clear_start_up_error(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint file not found") as info:
+        node_logic.load_segmenter(_config(weights=str(tmp_path / "nope.pt")), print)
+    line = node_logic.startup_error_text(info.value)
+    assert "\n" not in line and "nope.pt" in line
+
+
+@pytest.mark.skipif(packaged_weights("eacnet_dab") is not None, reason="packaged weights exist now")
+def test_no_weights_and_no_packaged_default_says_which_file_to_pass():
+    with pytest.raises(CheckpointError, match="pass a checkpoint"):
+        node_logic.load_segmenter(_config(backbone="dabnet", attention="eac"), print)
+
+
+def test_fp16_on_cpu_is_a_start_up_error(checkpoint):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        node_logic.load_segmenter(_config(weights=str(checkpoint), precision="fp16"), print)
+
+
+def test_startup_error_text_is_one_line_and_names_unexpected_types():
+    assert node_logic.startup_error_text(ValueError("bad\n  thing")) == "bad thing"
+    assert node_logic.startup_error_text(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+# ---------------------------------------------------------------------------- per-frame processing
+
+def test_mask_has_input_size_and_valid_class_ids(segmenter):
+    out = FrameProcessor(segmenter).process(frame(), want_color=False, want_overlay=False)
+    assert out.mask.shape == (H, W) and out.mask.dtype == np.uint8
+    assert out.mask.max() < segmenter.num_classes
+    assert out.color_mask is None and out.overlay is None
+
+
+def test_colour_and_overlay_only_when_wanted(segmenter):
+    processor = FrameProcessor(segmenter, overlay_alpha=0.5)
+    image = frame()
+    colour_only = processor.process(image, want_color=True, want_overlay=False)
+    assert colour_only.overlay is None
+    assert np.array_equal(colour_only.color_mask, segmenter.colorize(colour_only.mask))
+    overlay_only = processor.process(image, want_color=False, want_overlay=True)
+    assert overlay_only.color_mask is None and overlay_only.overlay.shape == (H, W, 3)
+
+
+def test_overlay_alpha_is_applied_and_validated(segmenter):
+    processor = FrameProcessor(segmenter, overlay_alpha=0.0)
+    image = frame()
+    assert np.array_equal(processor.process(image, False, True).overlay, image)
+    processor.overlay_alpha = 1.0
+    out = processor.process(image, True, True)
+    assert np.array_equal(out.overlay, out.color_mask)
+    with pytest.raises(ValueError, match="overlay_alpha"):
+        processor.overlay_alpha = 1.5
+    assert processor.overlay_alpha == 1.0
+
+
+def test_encoded_outputs_carry_the_input_header(segmenter):
+    store = get_typestore(Stores.ROS2_JAZZY)
+    src = header(sec=42, frame_id="left")
+    out = FrameProcessor(segmenter).process(frame(), True, True)
+    messages = node_logic.encode_frame(out, src, store.types["sensor_msgs/msg/Image"])
+    assert set(messages) == {"mask", "color_mask", "overlay"}
+    for topic, encoding in node_logic.OUTPUT_ENCODINGS.items():
+        msg = store.deserialize_cdr(store.serialize_cdr(messages[topic], "sensor_msgs/msg/Image"),
+                                    "sensor_msgs/msg/Image")
+        assert (msg.encoding, msg.height, msg.width) == (encoding, H, W)
+        assert (msg.header.frame_id, msg.header.stamp.sec, msg.header.stamp.nanosec) == ("left", 42, 11)
+    assert np.array_equal(codec.image_to_array(messages["mask"])[..., 0], out.mask)
+
+
+# ---------------------------------------------------------------------------- newest-frame mailbox
+
+def test_latest_frame_keeps_only_the_newest_and_reports_overwrites():
+    slot = LatestFrame()
+    assert slot.put("a", 1.0) is False
+    assert slot.put("b", 2.0) is True  # "a" was never taken: dropped
+    assert slot.take(timeout=0) == ("b", 2.0)
+    assert slot.take(timeout=0.01) is None
+
+
+def test_latest_frame_close_wakes_a_waiting_taker():
+    slot = LatestFrame()
+    result = []
+    taker = threading.Thread(target=lambda: result.append(slot.take(timeout=5)))
+    taker.start()
+    time.sleep(0.05)
+    slot.close()
+    taker.join(2)
+    assert not taker.is_alive() and result == [None]
+
+
+# ---------------------------------------------------------------------------- the worker
+
+def test_worker_publishes_mask_with_header_and_skips_unwatched_outputs(segmenter):
+    worker = make_worker(segmenter)
+    msg = image_msg(sec=99)
+    assert worker.process_one(msg, time.monotonic())
+    (mask,) = worker.publishers["mask"].sent
+    assert mask.header is msg.header and mask.encoding == "mono8" and (mask.height, mask.width) == (H, W)
+    assert worker.publishers["color_mask"].sent == [] and worker.publishers["overlay"].sent == []
+    assert worker.stats.totals()["processed"] == 1
+
+
+def test_worker_computes_colour_and_overlay_while_subscribed(segmenter):
+    worker = make_worker(segmenter, color_subs=1, overlay_subs=2)
+    worker.process_one(image_msg(), time.monotonic())
+    assert worker.publishers["color_mask"].sent[0].encoding == "bgr8"
+    assert worker.publishers["overlay"].sent[0].encoding == "bgr8"
+    worker.publishers["color_mask"].subscribers = 0  # the viewer closed
+    worker.process_one(image_msg(), time.monotonic())
+    assert len(worker.publishers["color_mask"].sent) == 1 and len(worker.publishers["overlay"].sent) == 2
+
+
+def test_worker_decodes_compressed_images(segmenter):
+    jpeg = codec.bgr_to_compressed(CompressedImage, header(), frame(), "jpeg")
+    worker = make_worker(segmenter)
+    assert worker.process_one(jpeg, time.monotonic())
+    assert worker.publishers["mask"].sent[0].width == W
+
+
+def test_bad_frames_are_counted_warned_and_the_worker_goes_on(segmenter):
+    warnings: list[str] = []
+    worker = make_worker(segmenter, warnings=warnings)
+    assert not worker.process_one(image_msg(encoding="32FC1"), time.monotonic())
+    broken = image_msg()
+    broken.data = broken.data[:-3]
+    assert not worker.process_one(broken, time.monotonic())
+    assert worker.process_one(image_msg(), time.monotonic())
+    totals = worker.stats.totals()
+    assert (totals["bad"], totals["processed"]) == (2, 1)
+    assert len(warnings) == 1 and "unsupported encoding '32FC1'" in warnings[0]  # second one throttled
+
+
+def test_an_exception_in_one_frame_is_counted_and_not_fatal(segmenter, monkeypatch):
+    warnings: list[str] = []
+    worker = make_worker(segmenter, warnings=warnings)
+    calls = iter([RuntimeError("CUDA out of memory")])
+
+    def flaky_segment(bgr):
+        error = next(calls, None)
+        if error:
+            raise error
+        return Segmenter.segment(segmenter, bgr)
+
+    monkeypatch.setattr(worker.processor, "segmenter", _Wrapped(segmenter, segment=flaky_segment))
+    assert not worker.process_one(image_msg(), time.monotonic())
+    assert worker.process_one(image_msg(), time.monotonic())
+    assert worker.stats.totals()["failed"] == 1 and worker.stats.totals()["processed"] == 1
+    assert "RuntimeError: CUDA out of memory" in warnings[0]
+
+
+def test_a_failing_publisher_is_counted_not_fatal(segmenter):
+    worker = make_worker(segmenter)
+    worker.publishers["mask"].fail = True
+    assert not worker.process_one(image_msg(), time.monotonic())
+    assert worker.stats.totals()["failed"] == 1
+
+
+def test_nothing_is_published_after_shutdown(segmenter):
+    worker = make_worker(segmenter, active=lambda: False)
+    assert not worker.process_one(image_msg(), time.monotonic())
+    assert worker.publishers["mask"].sent == []
+
+
+class _Wrapped:
+    """The segmenter with some methods replaced."""
+
+    def __init__(self, inner, **methods):
+        self._inner, self._methods = inner, methods
+
+    def __getattr__(self, name):
+        return self._methods.get(name) or getattr(self._inner, name)
+
+
+def test_slow_model_drops_frames_instead_of_queueing(segmenter):
+    """Frames arrive faster than the model runs: the worker always takes the newest, the
+    overwritten ones are counted, and every received frame is accounted for."""
+    def slow_segment(bgr):
+        time.sleep(0.03)
+        return Segmenter.segment(segmenter, bgr)
+
+    worker = make_worker(segmenter)
+    worker.processor.segmenter = _Wrapped(segmenter, segment=slow_segment)
+    worker.start()
+    try:
+        for i in range(40):
+            msg = image_msg(seed=i % 3, sec=i)
+            worker.stats.on_received(dropped_previous=worker.slot.put(msg, time.monotonic()))
+            time.sleep(0.002)
+        deadline = time.monotonic() + 10  # let the last frame finish, even on a busy machine
+        while sum(worker.stats.totals()[k] for k in ("processed", "dropped")) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    totals = worker.stats.totals()
+    sent = worker.publishers["mask"].sent
+    assert totals["received"] == 40 and totals["dropped"] >= 20
+    assert totals["processed"] + totals["dropped"] == 40
+    assert sent[-1].header.stamp.sec == 39  # the newest frame is never lost
+    assert [m.header.stamp.sec for m in sent] == sorted(m.header.stamp.sec for m in sent)
+
+
+def test_worker_stop_joins_the_thread(segmenter):
+    worker = make_worker(segmenter)
+    worker.start()
+    worker.stop(timeout=2)
+    assert not worker._thread.is_alive()
+
+
+# ---------------------------------------------------------------------------- statistics and diagnostics
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_report_gives_fps_latency_percentiles_and_counters():
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    for i in range(10):
+        stats.on_received(dropped_previous=i % 2 == 1)
+        received = clock.now
+        clock.now += 0.01 * (i + 1)  # published (even i): latencies 10, 30, 50, 70, 90 ms
+        if i % 2 == 0:
+            stats.on_published(received)
+    clock.now = 102.0
+    report = stats.report(static=(("device", "cpu"), ("precision", "fp32")))
+    assert report.level == node_logic.OK
+    assert report.value("fps") == "2.50"  # 5 frames in 2 s
+    assert report.value("latency_ms_p50") == "50.0"
+    assert float(report.value("latency_ms_p90")) == pytest.approx(82.0)
+    assert float(report.value("latency_ms_p99")) == pytest.approx(89.2)
+    assert (report.value("frames_received"), report.value("frames_processed")) == ("10", "5")
+    assert report.value("frames_dropped") == "5" and report.value("dropped_last_period") == "5"
+    assert report.value("device") == "cpu" and report.value("precision") == "fp32"
+    assert "2.5 fps" in report.message and "5 dropped" in report.message
+
+
+def test_report_periods_reset_but_totals_accumulate():
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    stats.on_received(True)
+    stats.report()
+    clock.now += 1.0
+    second = stats.report()
+    assert second.value("frames_dropped") == "1" and second.value("dropped_last_period") == "0"
+    assert second.value("fps") == "0.00"
+    assert (second.level, second.message) == (node_logic.WARN, "no input images")
+    assert second.value("latency_ms_p50") == "nan"
+
+
+def test_report_levels_for_bad_and_failed_frames():
+    stats = FrameStats()
+    stats.on_received(False)
+    stats.on_bad_frame()
+    report = stats.report()
+    assert report.level == node_logic.WARN and "1 undecodable" in report.message
+    assert report.value("frames_bad") == "1"
+    stats.on_received(False)
+    stats.on_failed_frame()
+    report = stats.report()
+    assert report.level == node_logic.ERROR and report.value("frames_failed") == "1"
+
+
+def test_static_diagnostics_name_model_device_precision(segmenter):
+    values = dict(node_logic.static_diagnostics(segmenter, _config()))
+    assert values["model"] == "eacnet_erf" and values["device"] == "cpu" and values["precision"] == "fp32"
+    assert values["backend"] == "torch" and values["inference_size"] == "24x16"
+    assert values["weights"] == "untrained"
+
+
+def test_label_map_lists_the_checkpoint_classes(segmenter):
+    labels = node_logic.label_map(segmenter)
+    assert labels[0] == (0, "Sky") and labels[-1] == (10, "Bicyclist") and len(labels) == segmenter.num_classes
+
+
+def test_throttle_lets_one_message_per_period_and_counts_the_rest():
+    clock = FakeClock()
+    throttle = Throttle(period_s=5.0, clock=clock)
+    assert throttle("bad", "first") == "first"
+    assert throttle("bad", "again") is None and throttle("bad", "again") is None
+    assert throttle("other", "independent") == "independent"
+    clock.now += 5.0
+    assert throttle("bad", "later") == "later (2 similar message(s) suppressed)"
