@@ -640,6 +640,9 @@ def evaluate_bag(bag: Path, segmenter: Segmenter, opts: EvalOptions = EvalOption
         label_conns = [c for c in reader.connections if c.topic == label_topic]
         frame_type = frame_conns[0].msgtype
         scan = _prescan(reader, frame_conns, label_conns, frame_type, bag)
+        if not len(scan.frame_stamps):
+            listed = sum(c.msgcount for c in frame_conns)
+            raise BagError(f"bag {bag}: no readable frame on {topic} (its metadata lists {listed} message(s))")
         result = BagEvalResult(bag=str(bag), image_topic=topic, label_topic=label_topic,
                                model=segmenter.model_name, trained=segmenter.trained,
                                segmenter=segmenter.describe(), unpaired=scan.unpaired)

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from eacnet_core.inference import Segmenter
 
 from . import bags
@@ -125,6 +127,7 @@ def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str =
                          bags.MakeBagOptions(storage=storage, limit=limit, overwrite=True, progress=progress),
                          inputs=(root,))
     print(f"bag: {made['frames']} {SPLIT} frame(s) and {made['labels']} label(s) -> {input_bag} ({storage})")
+    torch.manual_seed(0)  # an untrained model is then the same random net on every run
     segmenter = Segmenter.from_name(model, options=options or SegmenterOptions(), allow_untrained=True)
     print(segmenter.describe())
     result = bags.evaluate_bag(input_bag, segmenter,
@@ -140,8 +143,9 @@ def headline(result: bags.BagEvalResult) -> str:
     fps = "n/a" if result.fps is None else f"{result.fps:.2f}"
     line = f"demo: {result.model} on {result.evaluated} CamVid {SPLIT} frame(s): mIoU {miou}, FPS {fps}"
     if not result.trained:
-        line += ("\ndemo: the model is UNTRAINED (no trained weights ship yet): this mIoU is chance level and "
-                 "only shows the pipeline runs end to end; pass trained weights to `eacnet bag-eval --weights`")
+        line += ("\ndemo: the model is UNTRAINED (no trained weights ship yet): this mIoU means nothing about the "
+                 "method, it only shows the pipeline runs end to end; for real figures pass a checkpoint from "
+                 "`eacnet train` to `eacnet bag-eval --weights`")
     return line
 
 

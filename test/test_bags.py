@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.metadata import parse_qos
 from torch import nn
 
 from eacnet_core.classes import CAMVID
@@ -154,13 +155,13 @@ def test_compressed_frames_round_trip(fmt, oracle, tmp_path):
 
 # ---------------------------------------------------------------- pairing
 def write_raw_bag(path: Path, entries: list[tuple[str, str, int, object]], version: int = 8,
-                  storage: str = "mcap") -> Path:
+                  storage: str = "mcap", qos: tuple = ()) -> Path:
     """entries: (topic, msgtype, receive time, message); connections in first-seen order."""
     with Writer(path, version=version, storage_plugin=bags.STORAGES[storage]) as writer:
         conns = {}
         for topic, msgtype, t, msg in entries:
             if topic not in conns:
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=STORE)
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=STORE, offered_qos_profiles=qos)
             raw = msg if isinstance(msg, (bytes, bytearray)) else STORE.serialize_cdr(msg, msgtype)
             writer.write(conns[topic], t, raw)
     return path
@@ -233,20 +234,40 @@ def write_humble_sqlite_bag(path: Path, frames: list[Frame]) -> Path:
                     (t, bytes(STORE.serialize_cdr(image_msg(f.label, t, "mono8"), IMAGE_TYPE))))
     con.commit()
     con.close()
-    n, duration = len(frames), (len(frames) - 1) * 10**8
+    (path / "metadata.yaml").write_text(humble_metadata(db.name, "sqlite3", len(frames), start))
+    return path
+
+
+def humble_metadata(file_name: str, storage: str, n: int, start: int) -> str:
+    """metadata.yaml version 5 as Humble writes it, for /cam/image and /camera/labels, n each, 0.1 s apart."""
+    duration = (n - 1) * 10**8
     topic = ("  - topic_metadata:\n      name: {name}\n      type: sensor_msgs/msg/Image\n"
              "      serialization_format: cdr\n      offered_qos_profiles: {qos}\n    message_count: {n}\n")
     qos = json.dumps(HUMBLE_QOS)
-    (path / "metadata.yaml").write_text(
-        "rosbag2_bagfile_information:\n  version: 5\n  storage_identifier: sqlite3\n"
-        f"  duration:\n    nanoseconds: {duration}\n  starting_time:\n    nanoseconds_since_epoch: {start}\n"
-        f"  message_count: {2 * n}\n  topics_with_message_count:\n"
-        + topic.format(name="/cam/image", qos=qos, n=n) + topic.format(name="/camera/labels", qos=qos, n=n)
-        + '  compression_format: ""\n  compression_mode: ""\n'
-        f"  relative_file_paths:\n    - {db.name}\n  files:\n    - path: {db.name}\n"
-        f"      starting_time:\n        nanoseconds_since_epoch: {start}\n"
-        f"      duration:\n        nanoseconds: {duration}\n      message_count: {2 * n}\n")
-    return path
+    return ("rosbag2_bagfile_information:\n  version: 5\n"
+            f"  storage_identifier: {storage}\n"
+            f"  duration:\n    nanoseconds: {duration}\n  starting_time:\n    nanoseconds_since_epoch: {start}\n"
+            f"  message_count: {2 * n}\n  topics_with_message_count:\n"
+            + topic.format(name="/cam/image", qos=qos, n=n) + topic.format(name="/camera/labels", qos=qos, n=n)
+            + '  compression_format: ""\n  compression_mode: ""\n'
+            f"  relative_file_paths:\n    - {file_name}\n  files:\n    - path: {file_name}\n"
+            f"      starting_time:\n        nanoseconds_since_epoch: {start}\n"
+            f"      duration:\n        nanoseconds: {duration}\n      message_count: {2 * n}\n")
+
+
+def test_reads_a_humble_mcap_bag(oracle, tmp_path):
+    """Humble's mcap plugin writes the same ros2 mcap profile; only metadata.yaml is older."""
+    frames, start = synthetic_frames(3, oracle), 1_600_000_000 * 10**9
+    entries = []
+    for i, f in enumerate(frames):
+        t = start + i * 10**8
+        entries += [("/cam/image", IMAGE_TYPE, t, image_msg(f.bgr, t)),
+                    ("/camera/labels", IMAGE_TYPE, t, image_msg(f.label, t, "mono8"))]
+    bag = write_raw_bag(tmp_path / "humble", entries, qos=tuple(parse_qos(HUMBLE_QOS)))
+    (bag / "humble.mcap").rename(bag / "humble_0.mcap")
+    (bag / "metadata.yaml").write_text(humble_metadata("humble_0.mcap", "mcap", 3, start))
+    result = evaluate_bag(bag, oracle, EvalOptions(**QUIET))
+    assert result.image_topic == "/cam/image" and result.evaluated == 3 and perfect(result)
 
 
 def test_reads_a_humble_sqlite3_bag_and_keeps_its_qos(oracle, tmp_path):
@@ -388,6 +409,13 @@ def test_undecodable_compressed_frames_are_counted(oracle, tmp_path):
     entries = [("/cam/compressed", COMPRESSED_TYPE, 1, good), ("/cam/compressed", COMPRESSED_TYPE, 2, bad)]
     result = evaluate_bag(write_raw_bag(tmp_path / "bag", entries), oracle, EvalOptions(**QUIET))
     assert (result.frames, result.undecodable) == (2, 1)
+
+
+def test_a_topic_without_a_readable_frame_is_an_error(oracle, tmp_path):
+    bag = write_raw_bag(tmp_path / "bag", [("/camera/image_raw", IMAGE_TYPE, 1, b"\x00\x01\x00\x00garbage")])
+    with pytest.raises(BagError, match=r"no readable frame on /camera/image_raw \(its metadata lists 1"):
+        evaluate_bag(bag, oracle, EvalOptions(out=tmp_path / "out", **QUIET))
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- outputs never destroy data
