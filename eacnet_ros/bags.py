@@ -4,8 +4,9 @@ make-bag turns CamVid splits, image folders or videos into a bag that ``ros2 bag
 accepts: frames as ``sensor_msgs/Image`` bgr8 (or ``CompressedImage``), labels as mono8
 Images carrying their frame's header, stamps spaced at ``--rate``.
 
-bag-eval replays a bag through exactly the ROS node's path (``codec.to_bgr`` ->
-``Segmenter.segment`` -> colour mask and overlay -> ``codec.array_to_image``), pairs
+bag-eval replays a bag through exactly the ROS node's path, using the node's own code
+(``codec.to_bgr`` -> ``node_logic.FrameProcessor`` (Segmenter.segment, colour mask,
+overlay) -> ``node_logic.encode_frame`` (codec.array_to_image, input header)), pairs
 label images with frames by header stamp and reports mIoU, per-class IoU, latency and
 FPS; optionally it writes the node's outputs into a new bag beside the input frames.
 
@@ -44,6 +45,7 @@ from rosbags.typesys import Stores, get_typestore
 from eacnet_core.inference import Segmenter
 
 from . import codec
+from .node_logic import FrameProcessor, SegmentedFrame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ BAG_VERSION = 8
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_LABEL_TOPIC = "/camera/labels"
-MASK_TOPIC, COLOR_TOPIC, OVERLAY_TOPIC = "/eacnet/mask", "/eacnet/color_mask", "/eacnet/overlay"
 OUTPUT_PREFIX = "/eacnet/"
+#: node_logic.encode_frame's keys -> the topics the node publishes them on (default namespace)
+OUTPUT_TOPICS = {"mask": "/eacnet/mask", "color_mask": "/eacnet/color_mask", "overlay": "/eacnet/overlay"}
 #: Default first stamp of make-bag (2023-11-14 22:13:20 UTC): fixed so the same input gives the same bag.
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
@@ -489,6 +492,7 @@ class _Evaluator:
         from eacnet_core.metrics import ConfusionMatrix
 
         self.seg, self.opts, self.scan, self.result = segmenter, opts, scan, result
+        self.processor = FrameProcessor(segmenter, opts.alpha)
         self.writer, self.frame_type = writer, frame_type
         self.metric = ConfusionMatrix(segmenter.num_classes, segmenter.dataset.ignore_index,
                                       segmenter.dataset.class_names)
@@ -500,16 +504,12 @@ class _Evaluator:
         self.warm = False
 
     # -------------------------------------------------------------- node path
-    def node_path(self, msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-        """Exactly what the ROS node does with one frame: decode, segment, colour, overlay, encode."""
+    def node_path(self, msg: Any) -> tuple[np.ndarray, SegmentedFrame, dict[str, Any]]:
+        """Exactly what the ROS node's worker does with one frame, through its own code
+        (node_logic): decode, segment, colour mask and overlay (as with both subscribed), encode."""
         bgr = codec.to_bgr(msg)
-        mask = self.seg.segment(bgr)
-        colour = self.seg.colorize(mask)
-        overlay = self.seg.overlay(bgr, mask, self.opts.alpha, colour)
-        outputs = (codec.array_to_image(Image, msg.header, mask, "mono8"),
-                   codec.array_to_image(Image, msg.header, colour, "bgr8"),
-                   codec.array_to_image(Image, msg.header, overlay, "bgr8"))
-        return bgr, mask, overlay, outputs
+        frame = self.processor.process(bgr, want_color=True, want_overlay=True)
+        return bgr, frame, encode_frame(frame, msg.header, Image)
 
     def on_frame(self, conn: Any, receive_ns: int, raw: bytes) -> None:
         self.result.frames += 1
@@ -522,7 +522,7 @@ class _Evaluator:
             self._warmup(msg)
         start = time.perf_counter()
         try:
-            bgr, mask, overlay, outputs = self.node_path(msg)
+            bgr, frame, outputs = self.node_path(msg)
         except codec.ImageDecodeError as exc:
             log.debug("undecodable frame at %d: %s", stamp, exc)
             self.result.undecodable += 1
@@ -533,11 +533,11 @@ class _Evaluator:
         if self.writer is not None:
             self._write(conn, receive_ns, raw, outputs)
         if stamp in self.samples:
-            self.samples[stamp] = Sample(stamp, _shrink(bgr), _shrink(self.seg.colorize(mask)), _shrink(overlay))
+            self.samples[stamp] = Sample(stamp, _shrink(bgr), _shrink(frame.color_mask), _shrink(frame.overlay))
         if stamp in self.pending_labels:
-            self._score(stamp, mask, self.pending_labels.pop(stamp))
+            self._score(stamp, frame.mask, self.pending_labels.pop(stamp))
         elif stamp in self.scan.label_set:
-            self.pending_preds[stamp] = mask
+            self.pending_preds[stamp] = frame.mask
 
     def _warmup(self, msg: Any) -> None:
         """First-frame costs (allocation, kernel choice) happen at node start-up, not per frame."""
@@ -548,16 +548,17 @@ class _Evaluator:
         self.warm = True
         self.seg.warmup(bgr.shape[0], bgr.shape[1])
 
-    def _write(self, conn: Any, receive_ns: int, raw: bytes, outputs: tuple) -> None:
+    def _write(self, conn: Any, receive_ns: int, raw: bytes, outputs: dict[str, Any]) -> None:
+        """The input frame unchanged, then the node's outputs, all at the frame's receive time."""
         if not self.out_conns:
             self.out_conns["input"] = self.writer.add_connection(
                 conn.topic, conn.msgtype, typestore=STORE,
                 offered_qos_profiles=getattr(conn.ext, "offered_qos_profiles", ()))
-            for topic in (MASK_TOPIC, COLOR_TOPIC, OVERLAY_TOPIC):
-                self.out_conns[topic] = self.writer.add_connection(topic, IMAGE_TYPE, typestore=STORE)
+            for key, topic in OUTPUT_TOPICS.items():
+                self.out_conns[key] = self.writer.add_connection(topic, IMAGE_TYPE, typestore=STORE)
         self.writer.write(self.out_conns["input"], receive_ns, raw)
-        for topic, msg in zip((MASK_TOPIC, COLOR_TOPIC, OVERLAY_TOPIC), outputs, strict=True):
-            self.writer.write(self.out_conns[topic], receive_ns, STORE.serialize_cdr(msg, IMAGE_TYPE))
+        for key, msg in outputs.items():
+            self.writer.write(self.out_conns[key], receive_ns, STORE.serialize_cdr(msg, IMAGE_TYPE))
 
     # -------------------------------------------------------------- labels
     def on_label(self, raw: bytes) -> None:
