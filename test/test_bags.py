@@ -525,6 +525,20 @@ def test_cli_make_bag_from_images_with_labels(tmp_path, capsys):
     assert len(content["/camera/image_raw/compressed"]) == 3 and len(content["/camera/labels"]) == 2
 
 
+def test_cli_make_bag_from_video(tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    for f in synthetic_frames(4):
+        writer.write(f.bgr)
+    writer.release()
+    assert main(["make-bag", "--video", str(video), "--out", str(tmp_path / "b"), "--rate", "5"]) == 0
+    images = read_bag(tmp_path / "b")["/camera/image_raw"]
+    assert len(images) == 4 and (images[0][1].width, images[0][1].height) == (W, H)
+    assert images[1][0] - images[0][0] == 200_000_000
+    assert main(["make-bag", "--video", str(video), "--labels", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "--labels does not apply to --video" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="no CamVid at ../shared/data/CamVid")
 def test_make_bag_from_real_camvid(tmp_path):
     assert main(["make-bag", "--camvid", str(CAMVID_ROOT), "--split", "val", "--limit", "3",
