@@ -107,9 +107,18 @@ class SegmentNode(Node):
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
+        self._worker: Optional[FrameWorker] = None
         self._log_bridge = _RosLogHandler(self.get_logger())
         logging.getLogger("eacnet_core").addHandler(self._log_bridge)
-        self._worker: Optional[FrameWorker] = None
+        try:
+            self._start()
+        except BaseException:
+            logging.getLogger("eacnet_core").removeHandler(self._log_bridge)
+            raise
+
+    def _start(self) -> None:
+        """Parameters, model, publishers, worker, subscription, timer: in that order, so no
+        frame arrives before everything it needs exists."""
         self.config = self._declare_parameters()
         self.segmenter = node_logic.load_segmenter(self.config, warn=self.get_logger().warning)
         self.get_logger().info(f"loaded {self.segmenter.describe()}")
