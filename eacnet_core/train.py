@@ -611,7 +611,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                     img_s=f"{rate:.1f}", refresh=False)
                     bar.update(1)
-                if stop:
+                if stop or (self.stop.signum and not self.dist.enabled):  # many processes: agreed in _step
                     return False
         except DatasetError as exc:
             raise DatasetError.clean(exc) from None

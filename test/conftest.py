@@ -84,16 +84,17 @@ def make_cityscapes(root: Path, split: str = "train", cities: tuple[str, ...] = 
 
 
 def make_folder(root: Path, count: int = 4, height: int = 32, width: int = 48, num_classes: int = 3,
-                splits: tuple[str, ...] = (), yaml_text: str | None = None, seed: int = 0) -> Path:
+                splits: tuple[str, ...] = (), yaml_text: str | None = None, seed: int = 0, block: int = 8) -> Path:
     """images/ + labels/ (or <split>/images + <split>/labels) with a classes.yaml."""
     rng = np.random.default_rng(seed)
     names = [f"c{i}" for i in range(num_classes)]
-    (root).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "classes.yaml").write_text(yaml_text if yaml_text is not None else
                                        f"names: [{', '.join(names)}]\nignore_index: 255\n")
     for base in ([root / s for s in splits] or [root]):
         for i in range(count):
-            image, label = synthetic_pair(rng, height, width, num_classes, ignore=255, ignore_fraction=0.05)
+            image, label = synthetic_pair(rng, height, width, num_classes, block=block, ignore=255,
+                                          ignore_fraction=0.05)
             write_png(base / "images" / f"img{i:03d}.jpg", image)
             write_png(base / "labels" / f"img{i:03d}.png", label)
     return root
