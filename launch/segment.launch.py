@@ -34,12 +34,15 @@ RVIZ_NAMESPACE = "/eacnet/"
 
 def _share_dir() -> str:
     """The installed share folder; the source tree when running uninstalled."""
+    source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
+    except ImportError:
+        return source_tree
+    try:
         return get_package_share_directory(PACKAGE)
-    except (ImportError, PackageNotFoundError):
-        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    except PackageNotFoundError:
+        return source_tree
 
 
 def _is_true(text: str) -> bool:

@@ -1,0 +1,134 @@
+"""Packaging of the ROS side: package.xml, setup.py's installed files, the parameter YAML,
+the rviz config, and ruff on the code that ships (launch/, eacnet_ros/, test/)."""
+
+from __future__ import annotations
+
+import ast
+import runpy
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import setuptools
+import yaml
+
+from eacnet_ros import node_logic
+from eacnet_ros.node_logic import NodeConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "eacnet_ros"
+
+
+@pytest.fixture(scope="module")
+def setup_kwargs():
+    """What setup.py passes to setuptools.setup, without building anything."""
+    captured = {}
+    original = setuptools.setup
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
+    finally:
+        setuptools.setup = original
+    return captured
+
+
+# ---------------------------------------------------------------------------- package.xml
+
+@pytest.fixture(scope="module")
+def manifest() -> ET.Element:
+    return ET.parse(REPO / "package.xml").getroot()
+
+
+def test_package_xml_is_format_3_with_the_leading_elements_in_order(manifest):
+    assert manifest.tag == "package" and manifest.get("format") == "3"
+    order = [child.tag for child in manifest][:5]
+    assert order == ["name", "version", "description", "maintainer", "license"]
+    assert manifest.findtext("name") == PACKAGE
+    assert manifest.find("maintainer").get("email")
+    assert manifest.find("export").findtext("build_type") == "ament_python"
+
+
+def test_package_xml_declares_what_the_node_and_launch_import(manifest):
+    exec_depends = {e.text for e in manifest.findall("exec_depend")} | {e.text for e in manifest.findall("depend")}
+    required = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs", "launch",
+                "launch_ros", "ament_index_python", "python3-numpy", "python3-opencv", "python3-yaml", "ros2bag",
+                "rviz2"}
+    assert required <= exec_depends, f"missing: {sorted(required - exec_depends)}"
+    test_depends = {e.text for e in manifest.findall("test_depend")}
+    assert {"launch_testing", "launch_testing_ros", "python3-pytest"} <= test_depends
+
+
+def test_package_xml_and_setup_py_agree_on_the_version(manifest, setup_kwargs):
+    assert manifest.findtext("version") == setup_kwargs["version"]
+
+
+# ---------------------------------------------------------------------------- setup.py
+
+def test_setup_installs_launch_config_and_the_ament_marker(setup_kwargs):
+    data = {dest: sorted(files) for dest, files in setup_kwargs["data_files"]}
+    assert data[f"share/{PACKAGE}/launch"] == ["launch/segment.launch.py"]
+    assert {"config/segment.yaml", "config/segment.rviz"} <= set(data[f"share/{PACKAGE}/config"])
+    assert data["share/ament_index/resource_index/packages"] == [f"resource/{PACKAGE}"]
+    assert data[f"share/{PACKAGE}"] == ["package.xml"]
+    for files in data.values():
+        for file in files:
+            assert (REPO / file).is_file(), file
+
+
+def test_console_script_points_at_segment_node_main(setup_kwargs):
+    scripts = dict(s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"])
+    assert scripts["segment_node"] == "eacnet_ros.segment_node:main"
+    tree = ast.parse((REPO / "eacnet_ros" / "segment_node.py").read_text())
+    assert "main" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_ros2_run_finds_the_executables():
+    """ament_python: console scripts must land in lib/<package> for `ros2 run`."""
+    text = (REPO / "setup.cfg").read_text()
+    assert f"script_dir=$base/lib/{PACKAGE}" in text and f"install_scripts=$base/lib/{PACKAGE}" in text
+
+
+def test_only_segment_node_imports_rclpy():
+    importers = []
+    for path in sorted((REPO / "eacnet_ros").glob("*.py")) + sorted((REPO / "eacnet_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "rclpy" or n.startswith("rclpy.") for n in names):
+                importers.append(path.relative_to(REPO).as_posix())
+    assert sorted(set(importers)) == ["eacnet_ros/segment_node.py"]
+
+
+# ---------------------------------------------------------------------------- config files
+
+def test_yaml_lists_every_parameter_with_its_default():
+    data = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())
+    params = data["/**"]["ros__parameters"]
+    defaults = {spec.name: spec.default for spec in node_logic.PARAMETERS}
+    assert params == defaults
+    assert {k: type(v) for k, v in params.items()} == {k: type(v) for k, v in defaults.items()}  # 0.5 not 1
+    NodeConfig.from_values(params)  # and they validate
+
+
+def test_rviz_config_shows_camera_overlay_and_colour_mask():
+    config = yaml.safe_load((REPO / "config" / "segment.rviz").read_text())
+    displays = config["Visualization Manager"]["Displays"]
+    assert [d["Class"] for d in displays] == ["rviz_default_plugins/Image"] * 3
+    assert [d["Topic"]["Value"] for d in displays] == ["/camera/image_raw", "/eacnet/overlay", "/eacnet/color_mask"]
+    assert all(d["Enabled"] and d["Topic"]["Reliability Policy"] == "Best Effort" for d in displays)
+    panels = config["Window Geometry"]
+    assert all(d["Name"] in panels for d in displays)  # each image gets its own dock panel
+
+
+# ---------------------------------------------------------------------------- lint
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+                    reason="ruff is not installed")
+def test_ruff_is_clean_on_launch_node_and_tests():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", "launch", "eacnet_ros", "test"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
