@@ -122,10 +122,11 @@ def _all_reduce(matrix: np.ndarray, images: int, seconds: float, model_seconds: 
 
 def same_size_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack a batch, with a clear message when image sizes differ (use batch size 1)."""
-    sizes = {tuple(item[0].shape) for item in batch} | {tuple(item[1].shape) for item in batch}
-    if len({s[-2:] for s in sizes}) > 1:
-        raise DatasetError(f"images of different sizes in one evaluation batch ({sorted(sizes)}): "
-                           "use --batch-size 1 or an inference size (--size HxW)")
+    image_sizes = {tuple(item[0].shape[-2:]) for item in batch}
+    label_sizes = {tuple(item[1].shape[-2:]) for item in batch}
+    if len(image_sizes) > 1 or len(label_sizes) > 1:
+        raise DatasetError(f"images of different sizes in one evaluation batch ({sorted(image_sizes | label_sizes)}): "
+                           "use --batch-size 1")
     return (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]),
             torch.tensor([b[2] for b in batch]))
 

@@ -27,10 +27,20 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small shared CPU, two threads contending with other
+    processes made these tiny forward passes up to 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(root: Path, out: Path, **overrides) -> TrainConfig:
     """A tiny CPU run on a synthetic folder dataset (32x48 images)."""
     base = dict(model="dabnet", dataset="folder", data_root=str(root), out=str(out), epochs=2, batch_size=2,
-                crop=(32, 48), scales=(1.0, 1.25), workers=0, threads=2, progress=False, tensorboard=False,
+                crop=(32, 48), scales=(1.0, 1.25), workers=0, threads=1, progress=False, tensorboard=False,
                 loss="ce", val_every=1)
     base.update(overrides)
     return TrainConfig(**base)
@@ -368,7 +378,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, synthetic):
 def test_real_camvid_smoke_with_limit(tmp_path, capsys):
     rc = cli_main(["train", "--model", "dabnet", "--data-root", str(REAL_CAMVID), "--out", str(tmp_path / "run"),
                    "--limit", "2", "--epochs", "1", "--batch-size", "2", "--crop", "96x128", "--workers", "0",
-                   "--loss", "weighted-ce", "--class-weight-c", "1.10", "--no-progress", "--threads", "2"])
+                   "--loss", "weighted-ce", "--class-weight-c", "1.10", "--no-progress", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "camvid/train', 2 images" in out and "class weights (enet): Sky" in out

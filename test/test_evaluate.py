@@ -1,0 +1,179 @@
+"""``eacnet eval``: same numbers as the inference path, report files, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from eacnet_core.checkpoint import make_checkpoint
+from eacnet_core.classes import CAMVID
+from eacnet_core.datasets import DatasetError, camvid, image_folder
+from eacnet_core.evaluate import eval_loader, evaluate_model, plot_per_class, predict_to_label_size
+from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.models import build_model
+from eacnet_ros.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small shared CPU, two threads contending with other
+    processes made these tiny forward passes up to 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _camvid_checkpoint(tmp_path: Path, name: str = "dabnet") -> Path:
+    torch.manual_seed(0)
+    model = build_model(name, CAMVID.num_classes)
+    path = tmp_path / f"{name}.pt"
+    torch.save(make_checkpoint(name, model, CAMVID, epoch=3, metrics={}), path)
+    return path
+
+
+def _segmenter_confusion(weights: Path, dataset, size: tuple[int, int] = (0, 0)) -> ConfusionMatrix:
+    """The reference: the deployed inference path, one image at a time."""
+    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", channels_last=False,
+                                                              inference_height=size[0], inference_width=size[1]))
+    cm = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index)
+    for i in range(len(dataset)):
+        image, label = dataset.load(i)
+        cm.update(seg.segment(image), label)
+    return cm
+
+
+@pytest.mark.parametrize("size", [(0, 0), (24, 40)])
+def test_eval_equals_the_inference_path(tmp_path, synthetic, capsys, size):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
+    weights = _camvid_checkpoint(tmp_path)
+    out = tmp_path / "report.json"
+    args = ["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers", "0",
+            "--no-progress", "--device", "cpu"]
+    if size != (0, 0):
+        args += ["--size", f"{size[0]}x{size[1]}"]
+    assert cli_main(args) == 0
+    report = json.loads(out.read_text())
+    expected = _segmenter_confusion(weights, camvid(root, "val"), size)
+    assert report["miou"] == pytest.approx(expected.miou, abs=1e-12)
+    assert report["pixel_acc"] == pytest.approx(expected.pixel_accuracy, abs=1e-12)
+    assert report["per_class"] == pytest.approx(dict(zip(CAMVID.class_names, expected.per_class_iou, strict=True)))
+    printed = capsys.readouterr().out
+    assert "Sky" in printed and "Bicyclist" in printed and "mIoU" in printed and "images/s" in printed
+
+
+def test_eval_json_plot_and_predictions(tmp_path, synthetic):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
+    weights = _camvid_checkpoint(tmp_path)
+    rc = cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "val", "--limit", "2",
+                   "--json", str(tmp_path / "r" / "e.json"), "--plot", str(tmp_path / "r" / "iou.png"),
+                   "--save-predictions", str(tmp_path / "pred"), "--workers", "0", "--no-progress",
+                   "--batch-size", "2"])
+    assert rc == 0
+    report = json.loads((tmp_path / "r" / "e.json").read_text())
+    assert {"model", "dataset", "split", "images", "miou", "pixel_acc", "per_class"} <= set(report)
+    assert (report["model"], report["dataset"], report["split"], report["images"]) == ("dabnet", "camvid", "val", 2)
+    assert list(report["per_class"]) == list(CAMVID.class_names)
+    assert all(0.0 <= v <= 1.0 for v in report["per_class"].values()) and 0.0 <= report["miou"] <= 1.0
+    assert (tmp_path / "r" / "iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert written == ["val_000.png", "val_000_color.png", "val_001.png", "val_001_color.png"]
+    mask = cv2.imread(str(tmp_path / "pred" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", channels_last=False))
+    assert np.array_equal(mask, seg.segment(cv2.imread(str(root / "val" / "val_000.png"))))
+    colour = cv2.imread(str(tmp_path / "pred" / "val_000_color.png"))
+    assert np.array_equal(colour, seg.colorize(mask))
+
+
+def test_test_split_with_withheld_labels_names_missing_files(tmp_path, synthetic, capsys):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 1, "test": 2})
+    for f in (root / "testannot").iterdir():
+        f.unlink()
+    weights = _camvid_checkpoint(tmp_path)
+    assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 annotation files missing" in err and "testannot/test_000.png" in err
+
+
+def test_test_split_works_where_annotations_exist(tmp_path, synthetic):
+    root = synthetic.camvid(tmp_path / "CamVid", {"test": 2})
+    weights = _camvid_checkpoint(tmp_path)
+    assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "test",
+                     "--json", str(tmp_path / "t.json"), "--workers", "0", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["split"] == "test"
+
+
+def test_model_without_packaged_weights_is_a_clear_error(tmp_path, capsys):
+    assert cli_main(["eval", "--model", "eacnet_erf", "--data-root", str(tmp_path)]) == 2
+    assert "no packaged weights for model 'eacnet_erf'" in capsys.readouterr().err
+
+
+def test_class_count_mismatch(tmp_path, synthetic, capsys):
+    root = synthetic.folder(tmp_path / "data", count=1)
+    weights = _camvid_checkpoint(tmp_path)
+    assert cli_main(["eval", "--weights", str(weights), "--dataset", "folder", "--data-root", str(root)]) == 2
+    assert "model has 11 classes, dataset folder has 3" in capsys.readouterr().err
+
+
+def test_default_data_root_from_environment(tmp_path, synthetic, monkeypatch, capsys):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 1})
+    weights = _camvid_checkpoint(tmp_path)
+    monkeypatch.setenv("EACNET_DATA", str(root))
+    assert cli_main(["eval", "--weights", str(weights), "--workers", "0", "--no-progress"]) == 0
+    monkeypatch.delenv("EACNET_DATA")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["eval", "--weights", str(weights)]) == 2
+    assert "pass --data-root" in capsys.readouterr().err
+
+
+def test_mixed_sizes_need_batch_size_one(tmp_path, synthetic):
+    root = synthetic.folder(tmp_path / "data", count=2, num_classes=11)
+    synthetic.write_png(root / "images" / "img001.jpg", np.zeros((16, 24, 3), np.uint8))
+    synthetic.write_png(root / "labels" / "img001.png", np.zeros((16, 24), np.uint8))
+    dataset = image_folder(root, "val")
+    model = build_model("dabnet", 11)
+    with pytest.raises(DatasetError, match="batch-size 1"):
+        evaluate_model(model, eval_loader(dataset, batch_size=2), dataset.info, torch.device("cpu"))
+    result = evaluate_model(model, eval_loader(dataset, batch_size=1), dataset.info, torch.device("cpu"))
+    assert result.images == 2 and result.confusion.total > 0 and result.images_per_s > 0
+
+
+def test_evaluate_model_restores_training_mode(tmp_path, synthetic):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 1})
+    dataset = camvid(root, "val")
+    model = build_model("dabnet", 11).train()
+    evaluate_model(model, eval_loader(dataset), dataset.info, torch.device("cpu"))
+    assert model.training
+
+
+def test_predict_to_label_size_is_nearest_of_the_argmax():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 1] = 5.0
+    logits[0, 1, 1, 0] = 5.0
+    pred = predict_to_label_size(logits, (4, 4))
+    assert pred.tolist() == [[[0, 0, 2, 2], [0, 0, 2, 2], [1, 1, 0, 0], [1, 1, 0, 0]]]
+
+
+def test_plot_writes_png(tmp_path):
+    cm = ConfusionMatrix(3, class_names=["a", "b", "c"])
+    cm.update(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))
+    assert plot_per_class(cm, tmp_path / "x" / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="shared CamVid copy absent")
+def test_real_camvid_eval_two_images(tmp_path):
+    weights = _camvid_checkpoint(tmp_path)
+    out = tmp_path / "real.json"
+    assert cli_main(["eval", "--weights", str(weights), "--data-root", str(REAL_CAMVID), "--limit", "2",
+                     "--json", str(out), "--workers", "0", "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 2 and len(report["per_class"]) == 11
