@@ -421,6 +421,7 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         root = Path(cfg.data_root) if cfg.data_root else default_data_root(cfg.dataset)
+        self.cfg = cfg = replace(cfg, data_root=str(root))  # the checkpoint records where the data was
         self.info: DatasetInfo = dataset_info(cfg.dataset, root)
         train_tf = TrainTransform(cfg.crop, self.info.mean, self.info.std, self.info.ignore_index,
                                   tuple(cfg.scales), cfg.flip)

@@ -20,8 +20,8 @@ DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512
 #: Reference learning rates: Adam 5e-4 (ERFNet/EACNet-ERF), SGD 4.5e-2 (DABNet on Cityscapes).
 DEFAULT_LR = {"adam": 5e-4, "sgd": 4.5e-2}
 #: Fields that may change when a run is resumed: they do not alter the training state.
-RESUME_OVERRIDABLE = ("epochs", "workers", "device", "threads", "val_every", "val_batch_size", "tensorboard",
-                      "progress")
+RESUME_OVERRIDABLE = ("epochs", "data_root", "workers", "device", "threads", "val_every", "val_batch_size",
+                      "tensorboard", "progress")
 
 
 @dataclass(frozen=True)
