@@ -81,10 +81,11 @@ def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*), or
     run alone. nccl on CUDA, gloo on CPU; each process drives cuda:LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    # No silent CPU fallback when CUDA was asked for: days of training on the wrong device is worse than an error.
     if world <= 1:
-        return DistInfo(), resolve_device(device_spec)
+        return DistInfo(), resolve_device(device_spec, fallback=False)
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_spec)
+    device = resolve_device(device_spec, fallback=False)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -371,6 +372,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print):
         self._print = log
         self.dist, self.device = setup_distributed(cfg.device)
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            teardown_distributed(self.dist)
+            raise
+
+    def _build(self, cfg: TrainConfig, resume: bool) -> None:
         self.out = Path(cfg.out)
         self.resume_ckpt = self._resume_checkpoint() if resume else None
         if self.resume_ckpt is not None:

@@ -212,6 +212,10 @@ def test_cli_errors_are_one_line(tmp_path, synthetic, capsys):
     assert cli_main(["train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root), "--out",
                      str(tmp_path / "r"), "--batch-size", "1", "--amp", "--amp-dtype", "fp16", "--device", "cpu"]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # training never falls back to CPU silently
+        assert cli_main(["train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root), "--out",
+                         str(tmp_path / "r"), "--batch-size", "1", "--device", "cuda"]) == 2
+        assert "device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
 
 
 def test_sigint_saves_and_exits_cleanly(tmp_path, synthetic):
