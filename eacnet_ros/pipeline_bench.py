@@ -1,0 +1,255 @@
+"""``eacnet bench-pipeline``: where the time of one camera frame goes in the node's path.
+
+Times each stage the segmentation node runs per frame, on a sensor_msgs/Image built with
+rosbags and sent through a CDR round trip, for several backend/precision configurations:
+
+    decode       message -> BGR (codec.to_bgr)
+    preprocess   resize, colour order, normalisation (Segmenter.preprocess)
+    forward      the network (Segmenter.logits; CUDA synchronised)
+    postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits)
+    colour       colour mask and overlay (Segmenter.colorize / overlay)
+    encode       three Image messages (codec) + rosbags CDR serialization, a stand-in for
+                 the serialization rclpy does when publishing
+
+Configurations are timed interleaved, round by round, so drifts of a shared machine hit
+each alike. Every configuration's mask is compared with the baseline's (fp32 eager torch
+by default) on the same frame: a faster backend only counts if it gives the same answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.runtime import sync
+
+from . import codec
+from .node_logic import SegmentedFrame, encode_frame
+
+STAGES = ("decode", "preprocess", "forward", "postprocess", "colour", "encode")
+DEFAULT_SIZES = ("480x360", "1280x720")
+DEFAULT_CONFIGS = ("torch:fp32", "torch:fp32:nchw", "onnxruntime:fp32")
+NON_FORWARD_TARGET = 0.15  # everything but the forward pass, as a fraction of the forward pass
+SPEEDUP_TARGET = 1.5
+AGREEMENT_TARGET = 0.99
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """'backend:precision[:nchw]'; torch runs channels-last unless ':nchw' is given."""
+
+    backend: str
+    precision: str
+    channels_last: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> PipelineConfig:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("nchw", "nhwc")):
+            raise ValueError(f"configuration {text!r} must look like backend:precision[:nchw|nhwc], "
+                             "e.g. torch:fp32, torch:fp32:nchw, onnxruntime:fp32, torch:bf16")
+        return cls(parts[0], parts[1], len(parts) == 2 or parts[2] == "nhwc")
+
+    @property
+    def label(self) -> str:
+        layout = "" if self.backend != "torch" else (":nhwc" if self.channels_last else ":nchw")
+        return f"{self.backend}:{self.precision}{layout}"
+
+
+@dataclass
+class StageTimes:
+    """Median milliseconds per stage for one configuration and input size."""
+
+    size: str
+    config: str
+    device: str
+    ms: dict[str, float] = field(default_factory=dict)
+    agreement: float = 1.0
+
+    @property
+    def non_forward_ms(self) -> float:
+        return sum(v for k, v in self.ms.items() if k != "forward")
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.ms.values())
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 1280x720") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return height, width
+
+
+def synthetic_frame(height: int, width: int) -> np.ndarray:
+    """A deterministic camera-like frame (sky-to-road gradient, shapes, mild noise): smooth
+    regions and edges, so masks have both large areas and boundaries."""
+    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    image = (np.array([200, 170, 140], np.float32) * (1 - rows) + np.array([70, 80, 90], np.float32) * rows)
+    image = np.broadcast_to(image, (height, width, 3)).copy()
+    cv2.rectangle(image, (width // 8, height // 3), (width // 3, height * 3 // 4), (40, 60, 160), -1)
+    cv2.circle(image, (width * 2 // 3, height // 2), max(2, height // 6), (30, 140, 60), -1)
+    noise = np.random.default_rng(0).normal(0, 6, image.shape).astype(np.float32)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def _message_types() -> tuple[Any, type]:
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    return store, store.types["sensor_msgs/msg/Image"]
+
+
+def input_message(store: Any, image_type: type, bgr: np.ndarray) -> Any:
+    """The frame as a bgr8 Image after a CDR round trip: the layout the node receives."""
+    types = store.types
+    header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
+                                          frame_id="camera")
+    msg = codec.array_to_image(image_type, header, bgr, "bgr8")
+    return store.deserialize_cdr(store.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
+
+
+def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
+              alpha: float = 0.5) -> tuple[dict[str, float], np.ndarray]:
+    """One frame through the node's stages; (ms per stage, mask)."""
+    marks = [time.perf_counter()]
+    bgr = codec.to_bgr(msg)
+    marks.append(time.perf_counter())
+    batch = segmenter.preprocess(bgr)
+    marks.append(time.perf_counter())
+    logits = segmenter.logits(batch)
+    sync(segmenter.device)
+    marks.append(time.perf_counter())
+    mask = segmenter.mask_from_logits(logits, bgr.shape[:2])
+    marks.append(time.perf_counter())
+    colours = segmenter.colorize(mask)
+    overlay = segmenter.overlay(bgr, mask, alpha, color_mask=colours)
+    marks.append(time.perf_counter())
+    for out in encode_frame(SegmentedFrame(mask, colours, overlay), msg.header, image_type).values():
+        store.serialize_cdr(out, out.__msgtype__)
+    marks.append(time.perf_counter())
+    return {stage: (b - a) * 1000.0 for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}, mask
+
+
+def build_segmenters(model: str, weights: Optional[str], configs: Sequence[PipelineConfig], device: str,
+                     inference_hw: tuple[int, int], threads: int) -> list[Segmenter]:
+    import torch
+
+    segmenters = []
+    for config in configs:
+        torch.manual_seed(0)  # untrained weights: the same random init for every configuration
+        options = SegmenterOptions(device=device, precision=config.precision, backend=config.backend,
+                                   inference_height=inference_hw[0], inference_width=inference_hw[1],
+                                   channels_last=config.channels_last, threads=threads)
+        segmenters.append(Segmenter.from_name(model, weights, options, allow_untrained=True))
+    return segmenters
+
+
+def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig], size_hw: tuple[int, int],
+               runs: int, warmup: int) -> list[StageTimes]:
+    """Interleaved timing of every configuration at one input size; index 0 is the baseline."""
+    store, image_type = _message_types()
+    msg = input_message(store, image_type, synthetic_frame(*size_hw))
+    samples: list[list[dict[str, float]]] = [[] for _ in configs]
+    masks: list[Optional[np.ndarray]] = [None] * len(configs)
+    for round_index in range(warmup + runs):
+        for i, segmenter in enumerate(segmenters):
+            times, masks[i] = run_frame(segmenter, msg, store, image_type)
+            if round_index >= warmup:
+                samples[i].append(times)
+    label = f"{size_hw[1]}x{size_hw[0]}"
+    results = []
+    for config, segmenter, runs_ms, mask in zip(configs, segmenters, samples, masks, strict=True):
+        median = {s: float(np.median([r[s] for r in runs_ms])) for s in STAGES}
+        results.append(StageTimes(label, config.label, str(segmenter.device), median,
+                                  float((mask == masks[0]).mean())))
+    return results
+
+
+def format_table(results: Sequence[StageTimes]) -> str:
+    head = ("| input | config | " + " | ".join(STAGES) + " | non-fwd | non-fwd/fwd | total | fps | "
+            "fwd speed-up | mask agree |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    baselines = {r.size: r for r in results if r is next(x for x in results if x.size == r.size)}
+    for r in results:
+        base = baselines[r.size]
+        cells = [r.size, r.config] + [f"{r.ms[s]:.1f}" for s in STAGES] + [
+            f"{r.non_forward_ms:.1f}", f"{100 * r.non_forward_ms / r.ms['forward']:.1f}%", f"{r.total_ms:.1f}",
+            f"{1000 / r.total_ms:.1f}", f"{base.ms['forward'] / r.ms['forward']:.2f}x", f"{100 * r.agreement:.2f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(results: Sequence[StageTimes]) -> list[str]:
+    """One line per target and input size, PASS or FAIL."""
+    lines = []
+    for size in dict.fromkeys(r.size for r in results):
+        rows = [r for r in results if r.size == size]
+        base = rows[0]
+        worst = max(r.non_forward_ms / r.ms["forward"] for r in rows)
+        lines.append(f"{'PASS' if worst <= NON_FORWARD_TARGET else 'FAIL'} {size}: non-forward stages <= "
+                     f"{NON_FORWARD_TARGET:.0%} of forward (worst {worst:.1%})")
+        good = [r for r in rows[1:] if r.agreement >= AGREEMENT_TARGET]
+        best = min(good, key=lambda r: r.ms["forward"], default=None)
+        if best is None:
+            lines.append(f"FAIL {size}: no configuration besides the baseline agrees >= {AGREEMENT_TARGET:.0%}")
+            continue
+        speedup = base.ms["forward"] / best.ms["forward"]
+        lines.append(f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'} {size}: best {best.config} is "
+                     f"{speedup:.2f}x faster than {base.config} (target {SPEEDUP_TARGET}x) with "
+                     f"{best.agreement:.2%} of mask pixels equal")
+    return lines
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench-pipeline", help="time every stage of the ROS node's per-frame path",
+                              description="Time decode, preprocess, forward, postprocess, colour/overlay and "
+                                          "encode (+CDR) of the segmentation node for several backends and "
+                                          "precisions; the first configuration is the baseline.")
+    p.add_argument("--model", default="eacnet_erf", help="registry model (default eacnet_erf)")
+    p.add_argument("--weights", help="checkpoint (default: packaged weights, else random init; fine for timing)")
+    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="input sizes WxH (default: %(default)s)")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                   help="backend:precision[:nchw] (default: %(default)s); the first is the baseline")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--inference-size", help="network input WxH (default: each input's own size)")
+    p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: library default)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = [PipelineConfig.parse(c) for c in args.configs]
+    sizes = [parse_size(s) for s in args.sizes]
+    inference_hw = parse_size(args.inference_size) if args.inference_size else (0, 0)
+    if args.runs < 1 or args.warmup < 0:
+        raise ValueError("--runs must be >= 1 and --warmup >= 0")
+    segmenters = build_segmenters(args.model, args.weights, configs, args.device, inference_hw, args.threads)
+    results = [r for size in sizes for r in bench_size(segmenters, configs, size, args.runs, args.warmup)]
+    print(f"model {args.model}, device {segmenters[0].device}, {args.runs} runs (median ms), baseline "
+          f"{configs[0].label}; inference at {'input size' if not inference_hw[0] else args.inference_size}")
+    print(format_table(results))
+    for line in check_targets(results):
+        print(line)
+    if args.json:
+        rows = [{**asdict(r), "non_forward_ms": r.non_forward_ms, "total_ms": r.total_ms} for r in results]
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0

@@ -1,0 +1,80 @@
+"""eacnet_ros.pipeline_bench on tiny inputs: every stage is timed, masks are compared with
+the baseline, the targets are checked and the CLI arguments are validated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eacnet_ros import pipeline_bench as pb
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="eacnet")
+    pb.add_parser(parser.add_subparsers())
+    return parser.parse_args(["bench-pipeline", *argv])
+
+
+def test_run_times_every_stage_and_compares_masks(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = parse(["--sizes", "64x48", "--configs", "torch:fp32", "torch:fp32:nchw", "--runs", "2", "--warmup", "1",
+                  "--json", str(out)])
+    assert args.func(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["size"], r["config"]) for r in rows] == [("64x48", "torch:fp32:nhwc"), ("64x48", "torch:fp32:nchw")]
+    for row in rows:
+        assert set(row["ms"]) == set(pb.STAGES) and all(v >= 0 for v in row["ms"].values())
+        assert row["agreement"] == 1.0  # same weights, same answer in either memory layout
+        assert row["total_ms"] == pytest.approx(sum(row["ms"].values()))
+    printed = capsys.readouterr().out
+    assert "| 64x48 | torch:fp32:nchw |" in printed and "non-forward stages <= 15%" in printed
+
+
+def test_run_frame_mask_equals_segment(tmp_path):
+    (segmenter,) = pb.build_segmenters("eacnet_erf", None, [pb.PipelineConfig.parse("torch:fp32")], "cpu", (0, 0), 0)
+    store, image_type = pb._message_types()
+    frame = pb.synthetic_frame(40, 56)
+    times, mask = pb.run_frame(segmenter, pb.input_message(store, image_type, frame), store, image_type)
+    assert list(times) == list(pb.STAGES)
+    assert np.array_equal(mask, segmenter.segment(frame))
+
+
+def test_check_targets_reports_pass_and_fail():
+    base = pb.StageTimes("480x360", "torch:fp32:nhwc", "cpu", {s: 1.0 for s in pb.STAGES} | {"forward": 100.0})
+    fast = pb.StageTimes("480x360", "onnxruntime:fp32", "cpu", {s: 1.0 for s in pb.STAGES} | {"forward": 50.0},
+                         agreement=0.995)
+    lines = pb.check_targets([base, fast])
+    assert lines[0].startswith("PASS") and "worst 10.0%" in lines[0]
+    assert lines[1].startswith("PASS") and "2.00x" in lines[1]
+    fast.agreement = 0.9
+    assert pb.check_targets([base, fast])[1].startswith("FAIL")
+
+
+@pytest.mark.parametrize("text", ["torch", "torch:fp32:nchw:x", "torch:fp32:planar"])
+def test_bad_configurations_are_rejected(text):
+    with pytest.raises(ValueError, match="backend:precision"):
+        pb.PipelineConfig.parse(text)
+
+
+@pytest.mark.parametrize("text", ["1280", "0x720", "axb"])
+def test_bad_sizes_are_rejected(text):
+    with pytest.raises(ValueError, match="size"):
+        pb.parse_size(text)
+
+
+def test_synthetic_frame_is_deterministic_and_structured():
+    a, b = pb.synthetic_frame(36, 48), pb.synthetic_frame(36, 48)
+    assert a.shape == (36, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert a.std() > 20  # not flat: regions and edges
