@@ -41,25 +41,25 @@ def resize_pair(bgr: np.ndarray, label: np.ndarray, height: int, width: int) -> 
     return image, label
 
 
-def pad_and_crop(image: np.ndarray, label: np.ndarray, crop_hw: tuple[int, int], ignore_index: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random crop of a normalised CHW image and its HW label to ``crop_hw``.
-
-    Sides shorter than the crop are padded at the bottom/right first (image with 0 = the
-    mean colour after normalisation, label with ``ignore_index`` so padding never
-    contributes to the loss)."""
+def random_crop_box(height: int, width: int, crop_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a random ``crop_hw`` window in the image padded (bottom/right)
+    up to at least the crop size."""
     ch, cw = crop_hw
-    h, w = label.shape
-    pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-    if pad_h or pad_w:
-        image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=0.0)
-        label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=ignore_index)
-        h, w = label.shape
-    top = int(rng.integers(0, h - ch + 1))
-    left = int(rng.integers(0, w - cw + 1))
-    image = np.ascontiguousarray(image[:, top:top + ch, left:left + cw])
-    label = np.ascontiguousarray(label[top:top + ch, left:left + cw])
-    return image, label
+    top = int(rng.integers(0, max(height, ch) - ch + 1))
+    left = int(rng.integers(0, max(width, cw) - cw + 1))
+    return top, left
+
+
+def crop_with_fill(array: np.ndarray, top: int, left: int, crop_hw: tuple[int, int], fill) -> np.ndarray:
+    """``array[top:top+h, left:left+w]`` (HW, or HWC: trailing dims are kept), filled with
+    ``fill`` where the window extends past the bottom/right edge."""
+    ch, cw = crop_hw
+    window = array[top:top + ch, left:left + cw]
+    if window.shape[:2] == (ch, cw):
+        return np.ascontiguousarray(window)
+    out = np.full((ch, cw) + array.shape[2:], fill, dtype=array.dtype)
+    out[: window.shape[0], : window.shape[1]] = window
+    return out
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,13 @@ class TrainTransform:
             bgr, label = resize_pair(bgr, label, max(1, round(h * scale)), max(1, round(w * scale)))
         if self.flip and rng.random() < 0.5:
             bgr, label = cv2.flip(bgr, 1), cv2.flip(label, 1)
-        image = normalize_bgr(bgr, self.mean, self.std)
-        return pad_and_crop(image, label, self.crop_hw, self.ignore_index, rng)
+        # Crop first, normalise the window only (normalisation is per pixel, so this equals
+        # normalise-then-crop, at a quarter of the work for a 2x-scaled image).
+        top, left = random_crop_box(label.shape[0], label.shape[1], self.crop_hw, rng)
+        h, w = min(label.shape[0] - top, self.crop_hw[0]), min(label.shape[1] - left, self.crop_hw[1])
+        image = np.zeros((3,) + tuple(self.crop_hw), dtype=np.float32)  # 0 = the mean colour after normalising
+        image[:, :h, :w] = normalize_bgr(np.ascontiguousarray(bgr[top:top + h, left:left + w]), self.mean, self.std)
+        return image, crop_with_fill(label, top, left, self.crop_hw, self.ignore_index)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,14 @@ import pytest
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
-from eacnet_core.transforms import EvalTransform, TrainTransform, normalize_bgr, pad_and_crop, parse_hw
+from eacnet_core.transforms import (
+    EvalTransform,
+    TrainTransform,
+    crop_with_fill,
+    normalize_bgr,
+    parse_hw,
+    random_crop_box,
+)
 
 IGNORE = 11
 
@@ -95,14 +102,17 @@ def test_scaled_down_image_smaller_than_crop_is_padded():
     assert (out_label == IGNORE).sum() == 32 * 48 - 16 * 24
 
 
-def test_pad_and_crop_uses_the_rng_for_the_offset():
-    chw = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10)
+def test_random_crop_box_and_fill():
     label = np.arange(100, dtype=np.int32).reshape(10, 10)
-    offsets = {int(pad_and_crop(chw, label, (4, 4), 255, np.random.default_rng(s))[1][0, 0]) for s in range(30)}
-    assert len(offsets) > 5
-    img, lbl = pad_and_crop(chw, label, (4, 4), 255, np.random.default_rng(3))
-    top, left = divmod(int(lbl[0, 0]), 10)
-    assert np.array_equal(img, chw[:, top:top + 4, left:left + 4])
+    boxes = {random_crop_box(10, 10, (4, 4), np.random.default_rng(s)) for s in range(30)}
+    assert len(boxes) > 5 and all(0 <= t <= 6 and 0 <= left <= 6 for t, left in boxes)
+    top, left = random_crop_box(10, 10, (4, 4), np.random.default_rng(3))
+    assert np.array_equal(crop_with_fill(label, top, left, (4, 4), 255), label[top:top + 4, left:left + 4])
+    assert random_crop_box(3, 5, (4, 8), np.random.default_rng(0)) == (0, 0)  # smaller than the crop: pad only
+    padded = crop_with_fill(label[:3, :5], 0, 0, (4, 8), 255)
+    assert padded.shape == (4, 8) and (padded == 255).sum() == 32 - 15
+    rgb = crop_with_fill(np.ones((3, 5, 3), np.uint8), 0, 0, (4, 8), 0)
+    assert rgb.shape == (4, 8, 3) and rgb.sum() == 45
 
 
 def test_parse_hw():
