@@ -78,3 +78,46 @@ def test_synthetic_frame_is_deterministic_and_structured():
     a, b = pb.synthetic_frame(36, 48), pb.synthetic_frame(36, 48)
     assert a.shape == (36, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert a.std() > 20  # not flat: regions and edges
+
+
+# ---------------------------------------------------------------------------- the Segmenter's fast paths
+
+@pytest.fixture(scope="module", params=[True, False], ids=["nhwc", "nchw"])
+def segmenter(request):
+    from eacnet_core.inference import Segmenter, SegmenterOptions
+
+    torch.manual_seed(3)
+    return Segmenter.from_name("eacnet_erf", options=SegmenterOptions(device="cpu", channels_last=request.param),
+                               allow_untrained=True)
+
+
+def test_preprocess_is_the_plain_normalisation(segmenter):
+    bgr = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    expected = (bgr[..., ::-1].astype(np.float32) - segmenter._mean) * segmenter._inv_std
+    assert np.array_equal(segmenter.preprocess(bgr)[0].transpose(1, 2, 0), expected)
+
+
+def test_mask_is_the_argmax_of_the_logits(segmenter):
+    bgr = pb.synthetic_frame(40, 48)
+    logits = segmenter.logits(segmenter.preprocess(bgr))
+    assert np.array_equal(segmenter.segment(bgr), logits[0].argmax(0).numpy())
+
+
+def test_argmax_keeps_the_first_maximum_for_every_input_kind():
+    from eacnet_core.inference import _argmax_classes
+
+    logits = np.random.default_rng(1).standard_normal((1, 11, 7, 9)).astype(np.float32)
+    logits[0, 4, :2] = logits[0, 7, :2] = 99.0  # ties: the lower id wins, as in argmax
+    tensor = torch.from_numpy(logits)
+    for variant in (logits, tensor, tensor.contiguous(memory_format=torch.channels_last)):
+        ids = _argmax_classes(variant)
+        assert ids.dtype == np.uint8 and np.array_equal(ids, logits[0].argmax(0))
+    assert (_argmax_classes(logits)[:2] == 4).all()
+
+
+def test_colorize_lut_matches_palette_indexing(segmenter):
+    mask = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:segmenter.num_classes] = segmenter._palette_bgr
+    assert np.array_equal(segmenter.colorize(mask), palette[mask])  # ids without a colour are black
+    assert np.array_equal(segmenter.colorize(mask.astype(np.int64) % 11), palette[mask % 11])
