@@ -197,10 +197,10 @@ def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 class id per pixel of (1, C, h, w) logits; the first maximum wins, as in argmax.
 
     On CPU, argmax over the channel axis of NCHW memory walks it with a stride of h*w and
-    was the slowest step after the forward pass (39 ms at 360x480 and 150 ms at 720x1280,
-    11 classes, 2 cores). A running maximum over the C contiguous planes gives the same ids
-    in 9 ms / 39 ms, in single-threaded numpy on purpose: a loop of small multi-threaded
-    torch ops slowed down 7x when other processes loaded the CPU, numpy did not.
+    was the slowest step after the forward pass (50 ms at 480x360 and 236 ms at 1280x720,
+    11 classes, one thread, `eacnet bench-pipeline`). A running maximum over the C contiguous
+    planes gives the same ids in 1.5 ms / 11 ms, in single-threaded numpy on purpose: a loop
+    of small multi-threaded torch ops slowed down 7x when other processes loaded the CPU.
     Channels-last memory and GPUs keep torch's argmax, fast there."""
     if isinstance(logits, torch.Tensor):
         x = logits[0]
