@@ -189,6 +189,14 @@ class SegmentationDataset(Dataset):
         return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), index
 
 
+def prepare_worker_fork() -> None:
+    """Call before starting DataLoader worker processes: turn off OpenCV's own thread
+    pool in this process. A worker forked while that pool exists inherits its locks
+    without its threads, and its first threaded cv2 call can wait forever (seen here as
+    a hang inside cv2.setNumThreads in a fresh worker). Workers give the parallelism."""
+    cv2.setNumThreads(0)
+
+
 # ---------------------------------------------------------------------------- layouts
 def camvid(root: str | os.PathLike, split: str, limit: int = 0, transform: Optional[Transform] = None,
            seed: int = 0, info: DatasetInfo = CAMVID) -> SegmentationDataset:

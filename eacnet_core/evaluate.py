@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
 from .classes import DatasetInfo
-from .datasets import DATASET_KINDS, DatasetError, SegmentationDataset, build_dataset, default_data_root
+from .datasets import (
+    DATASET_KINDS,
+    DatasetError,
+    SegmentationDataset,
+    build_dataset,
+    default_data_root,
+    prepare_worker_fork,
+)
 from .metrics import ConfusionMatrix
 from .runtime import DTYPES, resolve_device, resolve_precision, sync
 from .transforms import EvalTransform, parse_hw
@@ -134,6 +141,8 @@ def same_size_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def eval_loader(dataset: Dataset, batch_size: int = 1, workers: int = 0, sampler=None,
                 pin_memory: bool = False) -> DataLoader:
     # A generator of its own: starting an evaluation must not advance the global torch RNG.
+    if workers > 0:
+        prepare_worker_fork()
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       collate_fn=same_size_collate, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
 

@@ -46,6 +46,7 @@ from .datasets import (
     class_pixel_counts,
     dataset_info,
     default_data_root,
+    prepare_worker_fork,
 )
 from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
 from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
@@ -153,12 +154,8 @@ class ShardSampler(Sampler[int]):
 
 def _worker_init(_: int) -> None:
     """DataLoader workers ignore SIGINT: Ctrl-C reaches the whole process group, and a
-    worker dying of it would turn a clean "save and stop" into a crash. cv2 gets one
-    thread per worker so workers do not oversubscribe the cores."""
-    import cv2
-
+    worker dying of it would turn a clean "save and stop" into a crash."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
 
 
 # ============================================================================ schedule
@@ -452,6 +449,8 @@ class Trainer:
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
         # An explicit generator: creating an iterator must not advance the global torch RNG
         # (it would shift dropout masks between an uninterrupted and a resumed run).
+        if self.cfg.workers > 0:
+            prepare_worker_fork()
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False, worker_init_fn=_worker_init,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
