@@ -11,9 +11,13 @@ upsampling C logit planes and taking the argmax there. See ``_restore_size``.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import logging
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -76,10 +80,10 @@ class Segmenter:
         self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
         self._model = model.eval()
         self._ort: dict[tuple[int, int], object] = {}  # onnxruntime session per input size
-        if self.backend == "torch":
-            self._model.to(self.device, dtype=DTYPES[self.precision])
-            if options.channels_last:
-                self._model.to(memory_format=torch.channels_last)
+        # backend=auto on CPU in fp32: warmup() times the exact CPU paths and keeps the fastest.
+        self._autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
+        self.autotune_ms: dict[str, float] = {}
+        self._use(self.backend, options.channels_last)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -115,12 +119,20 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
+    def _use(self, backend: str, channels_last: bool) -> None:
+        """Switch execution path; the model's memory format follows the torch layout."""
+        self.backend, self.channels_last = backend, channels_last and backend == "torch"
+        if backend == "torch":
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            self._model.to(self.device, dtype=DTYPES[self.precision], memory_format=layout)
+
     def describe(self) -> str:
         size = (f"{self.options.inference_width}x{self.options.inference_height}"
                 if self.options.inference_height else "input size")
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
+        backend = self.backend + (" channels_last" if self.channels_last else "")
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
-                f"precision={self.precision} backend={self.backend} inference={size} weights={weights}")
+                f"precision={self.precision} backend={backend} inference={size} weights={weights}")
 
     # ------------------------------------------------------------------ the pipeline
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
@@ -139,7 +151,7 @@ class Segmenter:
             return self._ort_session(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
         # from_numpy keeps preprocess's strides: for channels_last that layout is already
         # right and no copy is made; otherwise the one copy happens here.
-        layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.from_numpy(batch).to(self.device, dtype=DTYPES[self.precision], memory_format=layout)
         with torch.inference_mode():
             return self._model(x)
@@ -175,8 +187,33 @@ class Segmenter:
         h = self.options.inference_height or height
         w = self.options.inference_width or width
         dummy = np.zeros((h, w, 3), np.uint8)
+        if self._autotune:
+            self._pick_fastest_cpu_path(self.preprocess(dummy))
         for _ in range(runs):
             self.segment(dummy)
+
+    def _pick_fastest_cpu_path(self, batch: np.ndarray, runs: int = 3) -> None:
+        """backend=auto on CPU: time torch (channels-last and NCHW) and onnxruntime on this
+        machine, model and size, and keep the fastest. All three compute the same fp32
+        function (masks agree to float rounding), so the choice is safe; which one wins
+        differs by model and CPU (on our 2-core EPYC onnxruntime for eacnet_erf, eager
+        NCHW torch for eacnet_dab; see docs/RESULTS.md), hence measuring, not guessing."""
+        candidates = [("torch", True), ("torch", False)]
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            candidates.append(("onnxruntime", False))
+        for backend, channels_last in candidates:
+            self._use(backend, channels_last)
+            self.logits(batch)  # first run: export / allocation, untimed
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                self.logits(batch)
+                times.append(time.perf_counter() - start)
+            self.autotune_ms[backend + (":nhwc" if channels_last else ":nchw")] = 1000 * float(np.median(times))
+        best = min(self.autotune_ms, key=self.autotune_ms.get)
+        self._use(best.split(":")[0], best.endswith(":nhwc"))
+        self._autotune = False
+        log.info("backend auto: %s -> %s", ", ".join(f"{k} {v:.0f} ms" for k, v in self.autotune_ms.items()), best)
 
     # ------------------------------------------------------------------ onnxruntime
     def _ort_session(self, height: int, width: int):
@@ -187,9 +224,10 @@ class Segmenter:
             from .export import export_onnx, ort_session  # onnx is an optional extra
 
             folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
-            onnx_path = export_onnx(self._model.float().to("cpu", memory_format=torch.contiguous_format),
-                                    folder / f"{self.model_name}_{height}x{width}.onnx", height, width)
+            model = copy.deepcopy(self._model).float().to("cpu", memory_format=torch.contiguous_format)
+            onnx_path = export_onnx(model, folder / f"{self.model_name}_{height}x{width}.onnx", height, width)
             self._ort[key] = ort_session(onnx_path, self.device, threads=self.options.threads)
+            shutil.rmtree(folder, ignore_errors=True)  # the session holds the graph in memory
         return self._ort[key]
 
 
@@ -231,8 +269,8 @@ def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _resolve_backend(backend: str, precision: str) -> str:
-    """'auto' -> torch: it runs every precision, and onnxruntime was not faster for every
-    model on the CPUs we measured (see docs/RESULTS.md)."""
+    """'auto' starts as torch, which runs every precision; on CPU in fp32, warmup() then
+    measures the alternatives (``_pick_fastest_cpu_path``)."""
     if backend == "onnxruntime" and precision != "fp32":
         raise ValueError(f"the onnxruntime backend runs fp32 only; got precision {precision}")
     return "torch" if backend == "auto" else backend

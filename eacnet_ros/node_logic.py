@@ -106,7 +106,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("auto", "cpu", "cuda", "cuda:N")),
     ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA, fp32 on CPU.",
               choices=PRECISIONS),
-    ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: torch.", choices=BACKENDS),
+    ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: on CPU the fastest of torch (NHWC, NCHW) "
+              "and onnxruntime, measured at start-up; torch elsewhere.", choices=BACKENDS),
     ParamSpec("inference_height", _OPTIONS.inference_height, "Network input height in pixels; 0 (with "
               "inference_width 0): the image's own size.", int_range=(0, MAX_INFERENCE_SIZE)),
     ParamSpec("inference_width", _OPTIONS.inference_width, "Network input width in pixels; 0 (with "

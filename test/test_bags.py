@@ -34,7 +34,7 @@ from eacnet_ros.bags import (
 )
 from eacnet_ros.cli import main
 
-CPU = SegmenterOptions(device="cpu")
+CPU = SegmenterOptions(device="cpu", backend="torch")  # deterministic path; auto is tested in test_inference
 H, W = 32, 48
 CAMVID_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CamVid"
 QUIET = {"progress": False}

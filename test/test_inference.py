@@ -200,3 +200,24 @@ def test_segment_cli_missing_input_is_one_line(checkpoint, tmp_path, capsys):
                  "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoint, frame):
+    pytest.importorskip("onnxruntime")
+    reference = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch")).segment(frame)
+    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", inference_height=32,
+                                                                 inference_width=48))
+    seg.warmup()
+    assert set(seg.autotune_ms) == {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"}
+    best = min(seg.autotune_ms, key=seg.autotune_ms.get)
+    assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
+    assert seg.backend in seg.describe()
+    full = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu"))
+    full.warmup(45, 61)
+    assert (full.segment(frame) == reference).mean() > 0.99
+
+
+def test_explicit_backend_is_never_autotuned(checkpoint):
+    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch"))
+    seg.warmup(16, 16)
+    assert seg.autotune_ms == {} and seg.backend == "torch"

@@ -51,7 +51,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     torch.manual_seed(0)
-    options = SegmenterOptions(device="cpu", inference_height=16, inference_width=24)
+    options = SegmenterOptions(device="cpu", backend="torch", inference_height=16, inference_width=24)
     return Segmenter.from_name("eacnet_erf", options=options, allow_untrained=True)
 
 
