@@ -14,6 +14,7 @@ and flipping happen on uint8 (cheap, and what the reference does); the crop pads
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,14 +24,21 @@ import numpy as np
 PAPER_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _normalisation_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(v - mean) * (1 / std) in float32 for every uint8 value v, per RGB channel."""
+    mean32, inv_std32 = np.asarray(mean, dtype=np.float32), 1.0 / np.asarray(std, dtype=np.float32)
+    return ((np.arange(256, dtype=np.float32)[:, None] - mean32) * inv_std32).reshape(256, 1, 3)
+
+
 def normalize_bgr(bgr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """BGR uint8 (H, W, 3) -> normalised RGB float32 (3, H, W), contiguous.
 
-    Same operations, same order and same dtypes as ``Segmenter.preprocess`` (which
-    multiplies by a float32 reciprocal rather than dividing), so results are identical."""
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
-    rgb -= np.asarray(mean, dtype=np.float32)
-    rgb *= 1.0 / np.asarray(std, dtype=np.float32)
+    Same float32 arithmetic as ``Segmenter.preprocess`` ((v - mean) times the float32
+    reciprocal of std), done through a 256-entry lookup table as it does, so the results
+    are bit-identical (test_transforms checks it)."""
+    lut = _normalisation_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    rgb = cv2.LUT(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lut)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
