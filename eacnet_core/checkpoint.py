@@ -104,6 +104,40 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
     return model
 
 
+#: Fields a deployed checkpoint keeps; optimiser, scheduler and RNG state only matter to --resume.
+DEPLOY_FIELDS = ("format", "version", "model", "num_classes", "dataset", "state_dict", "model_kwargs", "config",
+                 "epoch", "metrics")
+
+
+def slim(src: str | os.PathLike, dst: str | os.PathLike, fp16: bool = True) -> dict:
+    """Copy a training checkpoint without its training state, floats stored as fp16
+    (half the size; loading converts back to fp32). Returns the slim checkpoint."""
+    ckpt = load_checkpoint(src)
+    out = {k: ckpt[k] for k in DEPLOY_FIELDS if k in ckpt}
+    if fp16:
+        out["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    save_atomic(out, dst)
+    return out
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("slim", help="strip a training checkpoint down to a deployable one (fp16)",
+                              description="Copy a checkpoint without optimiser/scheduler/RNG state, with fp16 "
+                                          "weights (loading converts them back to fp32). This is how the packaged "
+                                          "weights were made.")
+    p.add_argument("src", help="checkpoint written by `eacnet train` (e.g. best.pt)")
+    p.add_argument("dst", help="output path")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.set_defaults(func=_run_slim)
+
+
+def _run_slim(args) -> int:
+    out = slim(args.src, args.dst, fp16=not args.fp32)
+    print(f"wrote {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB, model {out['model']}, "
+          f"epoch {out.get('epoch')}, metrics {out.get('metrics')})")
+    return 0
+
+
 def packaged_weights(model_name: str) -> Optional[Path]:
     """The default weights shipped inside the package for ``model_name``, if any."""
     candidate = WEIGHTS_DIR / f"{model_name}_camvid.pt"

@@ -221,3 +221,17 @@ def test_explicit_backend_is_never_autotuned(checkpoint):
     seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch"))
     seg.warmup(16, 16)
     assert seg.autotune_ms == {} and seg.backend == "torch"
+
+
+def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tmp_path):
+    full = torch.load(checkpoint, weights_only=True)
+    full["optimizer"] = {"state": {}, "param_groups": []}
+    save_atomic(full, tmp_path / "train.pt")
+    assert main(["slim", str(tmp_path / "train.pt"), str(tmp_path / "slim.pt")]) == 0
+    slim = torch.load(tmp_path / "slim.pt", weights_only=True)
+    assert "optimizer" not in slim and slim["epoch"] == 3
+    assert all(v.dtype == torch.float16 for v in slim["state_dict"].values() if v.is_floating_point())
+    assert (tmp_path / "slim.pt").stat().st_size < 0.6 * checkpoint.stat().st_size
+    a = Segmenter.from_checkpoint(checkpoint, CPU).segment(frame)
+    b = Segmenter.from_checkpoint(tmp_path / "slim.pt", CPU).segment(frame)
+    assert (a == b).mean() > 0.99
