@@ -14,10 +14,24 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared CamVid copy, found relative to the repository (skip tests when absent).
 REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread for every test: these are tiny forward passes on a small shared
+    CPU, where an OpenMP team contending with other processes made them up to 30x slower.
+    OpenCV's thread count is restored too (loaders with workers switch its pool off)."""
+    threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(cv2_threads)
+
 
 #: BGR colour per class id for synthetic images (distinct, far apart).
 CLASS_BGR = np.array([[40, 40, 200], [40, 200, 40], [200, 40, 40], [200, 200, 40], [40, 200, 200],

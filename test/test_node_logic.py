@@ -38,14 +38,6 @@ Image = TYPES["sensor_msgs/msg/Image"]
 CompressedImage = TYPES["sensor_msgs/msg/CompressedImage"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than an
-    OpenMP team fighting other processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

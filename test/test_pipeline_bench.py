@@ -13,14 +13,6 @@ import torch
 from eacnet_ros import pipeline_bench as pb
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eacnet")
     pb.add_parser(parser.add_subparsers())

@@ -32,14 +32,6 @@ H, W = 24, 32
 MSG = ros.MSG
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than an
-    OpenMP team fighting other processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -28,16 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CPU, two threads contending with other
-    processes made these tiny forward passes up to 30x slower. cv2's thread count is
-    restored too (loaders with workers switch its pool off in this process)."""
-    threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(cv2_threads)
 
 
 def _cfg(root: Path, out: Path, **overrides) -> TrainConfig:
