@@ -260,9 +260,10 @@ def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
 def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of the class mask to the input image's size.
 
-    Chosen over "bilinear-upsample the logits, then argmax": it costs one uint8 resize
-    instead of resizing C float planes, and labels only differ along class borders
-    (see docs/RESULTS.md for the measured agreement)."""
+    Chosen over "bilinear-upsample the logits, then argmax" by measurement (erfnet_enc on
+    30 CamVid val images, inference at 320x240 and 240x180, masks at 480x360): the same
+    mIoU to 0.02 points, 99.4% identical pixels, at 1-2 ms instead of 28 ms per frame
+    (one uint8 resize instead of C float planes). Details in docs/RESULTS.md."""
     if mask.shape == tuple(size_hw):
         return mask
     return cv2.resize(mask, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
