@@ -120,6 +120,27 @@ def slim(src: str | os.PathLike, dst: str | os.PathLike, fp16: bool = True) -> d
     return out
 
 
+def record_check(path: str | os.PathLike, data_root: str | os.PathLike, images: int, split: str = "val") -> dict:
+    """Score a checkpoint on the first ``images`` images of a CamVid split through the
+    Segmenter (the deployed path) and store the result in its ``metrics["check"]``, so a
+    test can later confirm the file still produces it."""
+    from .classes import CAMVID
+    from .datasets import camvid
+    from .inference import Segmenter, SegmenterOptions
+    from .metrics import ConfusionMatrix
+
+    segmenter = Segmenter.from_checkpoint(path, SegmenterOptions(device="cpu", backend="torch"))
+    data = camvid(data_root, split, limit=images)
+    matrix = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index)
+    for i in range(len(data)):
+        matrix.update(segmenter.segment(data.read_image(i)), data.read_label(i))
+    ckpt = load_checkpoint(path)
+    check = {"split": split, "images": len(data), "miou": float(matrix.miou)}
+    ckpt.setdefault("metrics", {})["check"] = check
+    save_atomic(ckpt, path)
+    return check
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("slim", help="strip a training checkpoint down to a deployable one (fp16)",
                               description="Copy a checkpoint without optimiser/scheduler/RNG state, with fp16 "
@@ -128,11 +149,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("src", help="checkpoint written by `eacnet train` (e.g. best.pt)")
     p.add_argument("dst", help="output path")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.add_argument("--check-data", metavar="CAMVID_ROOT",
+                   help="record the mIoU on the first --check-images CamVid val images in metrics['check']")
+    p.add_argument("--check-images", type=int, default=10, help="images for --check-data (default 10)")
     p.set_defaults(func=_run_slim)
 
 
 def _run_slim(args) -> int:
     out = slim(args.src, args.dst, fp16=not args.fp32)
+    if args.check_data:
+        out["metrics"]["check"] = record_check(args.dst, args.check_data, args.check_images)
     print(f"wrote {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB, model {out['model']}, "
           f"epoch {out.get('epoch')}, metrics {out.get('metrics')})")
     return 0
