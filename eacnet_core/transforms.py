@@ -24,9 +24,15 @@ import numpy as np
 PAPER_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
+def normalisation_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(v - mean) * (1 / std) in float32 for every uint8 value v, per RGB channel: one
+    cv2.LUT pass normalises an image. Shared by training and the Segmenter, so both feed
+    the network bit-identical tensors."""
+    return _lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
 @functools.lru_cache(maxsize=8)
-def _normalisation_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(v - mean) * (1 / std) in float32 for every uint8 value v, per RGB channel."""
+def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     mean32, inv_std32 = np.asarray(mean, dtype=np.float32), 1.0 / np.asarray(std, dtype=np.float32)
     return ((np.arange(256, dtype=np.float32)[:, None] - mean32) * inv_std32).reshape(256, 1, 3)
 
@@ -37,8 +43,7 @@ def normalize_bgr(bgr: np.ndarray, mean: Sequence[float], std: Sequence[float]) 
     Same float32 arithmetic as ``Segmenter.preprocess`` ((v - mean) times the float32
     reciprocal of std), done through a 256-entry lookup table as it does, so the results
     are bit-identical (test_transforms checks it)."""
-    lut = _normalisation_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    rgb = cv2.LUT(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lut)
+    rgb = cv2.LUT(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), normalisation_lut(mean, std))
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 

@@ -85,7 +85,8 @@ def segmenter(request):
 
 def test_preprocess_is_the_plain_normalisation(segmenter):
     bgr = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    expected = (bgr[..., ::-1].astype(np.float32) - segmenter._mean) * segmenter._inv_std
+    mean, std = np.asarray(segmenter.dataset.mean, np.float32), np.asarray(segmenter.dataset.std, np.float32)
+    expected = (bgr[..., ::-1].astype(np.float32) - mean) * (np.float32(1) / std)
     assert np.array_equal(segmenter.preprocess(bgr)[0].transpose(1, 2, 0), expected)
 
 
