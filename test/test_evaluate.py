@@ -104,7 +104,7 @@ def test_test_split_works_where_annotations_exist(tmp_path, synthetic):
     assert json.loads((tmp_path / "t.json").read_text())["split"] == "test"
 
 
-def test_model_without_packaged_weights_is_a_clear_error(tmp_path, capsys):
+def test_model_without_packaged_weights_is_a_clear_error(tmp_path, capsys, no_packaged_weights):
     assert cli_main(["eval", "--model", "eacnet_erf", "--data-root", str(tmp_path)]) == 2
     assert "no packaged weights for model 'eacnet_erf'" in capsys.readouterr().err
 

@@ -44,7 +44,7 @@ CompressedImage = TYPES["sensor_msgs/msg/CompressedImage"]
 def segmenter() -> Segmenter:
     torch.manual_seed(0)
     options = SegmenterOptions(device="cpu", backend="torch", inference_height=16, inference_width=24)
-    return Segmenter.from_name("eacnet_erf", options=options, allow_untrained=True)
+    return Segmenter(build_model("eacnet_erf", CAMVID.num_classes), "eacnet_erf", CAMVID, options)  # untrained
 
 
 def header(sec: int = 7, frame_id: str = "camera_optical"):
@@ -233,8 +233,7 @@ def test_missing_weights_file_is_a_clear_start_up_error(tmp_path):
     assert "\n" not in line and "nope.pt" in line
 
 
-@pytest.mark.skipif(packaged_weights("eacnet_dab") is not None, reason="packaged weights exist now")
-def test_no_weights_and_no_packaged_default_says_which_file_to_pass():
+def test_no_weights_and_no_packaged_default_says_which_file_to_pass(no_packaged_weights):
     with pytest.raises(CheckpointError, match="pass a checkpoint"):
         node_logic.load_segmenter(_config(backbone="dabnet", attention="eac"), print)
 
@@ -511,3 +510,10 @@ def test_throttle_lets_one_message_per_period_and_counts_the_rest():
     assert throttle("other", "independent") == "independent"
     clock.now += 5.0
     assert throttle("bad", "later") == "later (2 similar message(s) suppressed)"
+
+
+def test_empty_weights_parameter_uses_the_packaged_default():
+    if packaged_weights("eacnet_erf") is None:
+        pytest.fail("eacnet_erf weights are expected to ship with the package")
+    segmenter = node_logic.load_segmenter(_config(device="cpu", backend="torch"), print)
+    assert segmenter.trained and segmenter.weights == packaged_weights("eacnet_erf")

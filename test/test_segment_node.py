@@ -23,7 +23,7 @@ import pytest
 import rclpy_double as ros
 import torch
 
-from eacnet_core.checkpoint import make_checkpoint, packaged_weights, save_atomic
+from eacnet_core.checkpoint import make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.models import build_model
 from eacnet_ros import codec, node_logic
@@ -284,8 +284,7 @@ def test_start_up_errors_are_one_line_and_exit_code_1(node_module, capsys, param
     assert "Traceback" not in err and not ros.ok()
 
 
-@pytest.mark.skipif(packaged_weights("eacnet_erf") is not None, reason="packaged weights exist now")
-def test_no_weights_error_says_which_file_to_pass(node_module, capsys):
+def test_no_weights_error_says_which_file_to_pass(node_module, capsys, no_packaged_weights):
     code, err = _main(node_module, capsys, "device:=cpu")
     assert code == 1 and "pass a checkpoint" in err and "as weights" in err
 
