@@ -203,18 +203,27 @@ def camvid(root: str | os.PathLike, split: str, limit: int = 0, transform: Optio
     """CamVid in the SegNet layout: ``<split>.txt`` lists image/annotation pairs; without
     a list file, ``<split>/*.png`` paired with ``<split>annot/*.png``."""
     root = _existing_dir(root, "CamVid data root")
-    list_file = root / f"{split}.txt"
-    if list_file.is_file():
-        pairs = _read_list_file(list_file, root)
-    elif (root / split).is_dir():
-        pairs = [(p, root / f"{split}annot" / p.name) for p in _files(root / split, (".png",))]
-    else:
-        raise DatasetError(f"{list_file}: CamVid split {split!r} not found (neither the list file nor "
-                           f"{root / split}/ exists)")
-    samples = [Sample(i, lbl) for i, lbl in _limited(pairs, limit)]
+    samples = [Sample(i, lbl) for i, lbl in _limited(camvid_pairs(root, split), limit)]
     _check_files(samples, f"CamVid {split}", root)
     rules = {"default": LabelRule(info.num_classes, info.ignore_index)}
     return SegmentationDataset(samples, info, rules, transform, seed, name=f"camvid/{split}")
+
+
+def camvid_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
+    """(image, annotation) paths of a CamVid split, from ``<split>.txt`` or else the
+    ``<split>/`` folder. Resolved, not checked: callers decide whether a missing annotation
+    (withheld test labels) is an error (training, eval) or a frame without label (bags)."""
+    root = _existing_dir(root, "CamVid data root")
+    list_file = root / f"{split}.txt"
+    if list_file.is_file():
+        return _read_list_file(list_file, root)
+    if (root / split).is_dir():
+        pairs = [(p, root / f"{split}annot" / p.name) for p in _files(root / split, (".png",))]
+        if not pairs:
+            raise DatasetError(f"{root / split}: CamVid split {split!r} holds no .png images")
+        return pairs
+    raise DatasetError(f"{list_file}: CamVid split {split!r} not found (neither the list file nor "
+                       f"{root / split}/ exists)")
 
 
 def cityscapes(root: str | os.PathLike, split: str, limit: int = 0, transform: Optional[Transform] = None,

@@ -42,6 +42,7 @@ import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from eacnet_core import datasets
 from eacnet_core.inference import Segmenter
 
 from . import codec
@@ -168,21 +169,9 @@ def read_label(path: Path, frame_shape: Optional[tuple[int, ...]] = None) -> np.
 
 
 def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Optional[Path]]]:
-    """(image, annotation or None) per line of CamVid's ``<split>.txt`` (SegNet layout),
-    falling back to the sorted ``<split>/`` folder; annotations are None where withheld."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"CamVid folder {root} does not exist")
-    listing = root / f"{split}.txt"
-    if listing.is_file():
-        names = [Path(line.split()[0]).name for line in listing.read_text().splitlines() if line.strip()]
-    elif (root / split).is_dir():
-        names = sorted(p.name for p in (root / split).iterdir() if p.suffix.lower() == ".png")
-    else:
-        raise FileNotFoundError(f"CamVid split {split!r} not found under {root} (no {split}.txt or {split}/)")
-    if not names:
-        raise ValueError(f"CamVid split {split!r} under {root} lists no images")
-    annot = root / f"{split}annot"
-    return [(root / split / n, (annot / n) if (annot / n).is_file() else None) for n in names]
+    """(image, annotation or None) per entry of a CamVid split (SegNet layout, read by the
+    training loader's own list reader); annotations are None where withheld."""
+    return [(image, label if label.is_file() else None) for image, label in datasets.camvid_pairs(root, split)]
 
 
 def camvid_frames(root: Path, split: str, labels_dir: Optional[Path] = None) -> Iterator[Frame]:
