@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .inference import BACKENDS, Segmenter, SegmenterOptions
+from .transforms import parse_hw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -89,17 +90,6 @@ def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
     height, width = parse_hw(args.inference_size) if args.inference_size else (0, 0)
     return SegmenterOptions(device=args.device, precision=args.precision, backend=args.backend,
                             inference_height=height, inference_width=width)
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """'360x480' -> (360, 480): height x width, as the paper writes crops."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"expected a size as HxW (e.g. 360x480), got {text!r}") from None
-    if height <= 0 or width <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return height, width
 
 
 def add_parser(subparsers) -> None:

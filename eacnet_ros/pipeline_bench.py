@@ -31,6 +31,7 @@ import numpy as np
 
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.runtime import sync
+from eacnet_core.transforms import parse_hw
 
 from . import codec
 from .node_logic import SegmentedFrame, encode_frame
@@ -85,14 +86,8 @@ class StageTimes:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 1280x720") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return height, width
+    """'1280x720' (W x H, as cameras are described) -> (720, 1280)."""
+    return parse_hw(text, order="WxH")
 
 
 def synthetic_frame(height: int, width: int) -> np.ndarray:
