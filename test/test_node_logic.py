@@ -92,7 +92,7 @@ def make_worker(segmenter, color_subs=0, overlay_subs=0, warnings=None, **kwargs
 def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
         "backbone", "attention", "weights", "device", "precision", "backend", "inference_height",
-        "inference_width", "overlay_alpha", "reliability", "transport"]
+        "inference_width", "threads", "overlay_alpha", "reliability", "transport"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16")
@@ -101,6 +101,7 @@ def test_parameter_set_matches_the_issue():
     assert SPECS["transport"].choices == ("raw", "compressed")
     assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
     assert SPECS["inference_height"].int_range[0] == 0
+    assert SPECS["threads"].default == 0 and SPECS["threads"].int_range == (0, 256)
 
 
 def test_only_overlay_alpha_changes_at_run_time_and_descriptions_say_so():
@@ -517,3 +518,10 @@ def test_empty_weights_parameter_uses_the_packaged_default():
         pytest.fail("eacnet_erf weights are expected to ship with the package")
     segmenter = node_logic.load_segmenter(_config(device="cpu", backend="torch"), print)
     assert segmenter.trained and segmenter.weights == packaged_weights("eacnet_erf")
+
+
+def test_threads_parameter_reaches_the_segmenter_options():
+    options = node_logic.segmenter_options(_config(threads=1), "cpu", "fp32")
+    assert options.threads == 1
+    with pytest.raises(node_logic.ParameterError, match="threads=-1"):
+        _config(threads=-1)
