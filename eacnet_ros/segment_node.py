@@ -140,6 +140,7 @@ class SegmentNode(Node):
                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
         # Registered last: rclpy also calls these callbacks for the declarations above.
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # The ready line: segment.launch.py starts a bag replay when it sees "listening on ".
         self.get_logger().info(f"listening on {self.subscription.topic_name} ({message_type.__name__}, "
                                f"{self.config.reliability}); publishing {', '.join(OUTPUT_TOPICS)}")
 

@@ -12,12 +12,17 @@ alone, so a custom params_file is never silently overwritten by a launch default
 The node's relative input ``image`` is remapped to ``image_topic`` and
 ``image/compressed`` to ``image_topic``/compressed, so either transport works; outputs
 appear under ``namespace`` (/eacnet/mask, /eacnet/overlay, ...).
+
+With ``bag:=`` the replay starts only once the node reports it is listening (model loaded
+and warmed), so the bag's first frames are not published into a node that isn't there yet.
 """
 
 import os
 import tempfile
+from typing import Optional
 
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessIO
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
@@ -30,6 +35,8 @@ STRING_OVERRIDES = ("backbone", "attention", "weights", "device", "precision")
 #: The topics config/segment.rviz names; rewritten when image_topic or namespace differ.
 RVIZ_IMAGE_TOPIC = "/camera/image_raw"
 RVIZ_NAMESPACE = "/eacnet/"
+#: segment_node logs a line with this once its model is loaded and warmed and it has subscribed.
+READY_LOG = "listening on "
 
 
 def _share_dir() -> str:
@@ -88,6 +95,20 @@ def _rviz_config(template: str, image_topic: str, namespace: str) -> str:
     return path
 
 
+def _start_when_ready(node: Node, action: ExecuteProcess) -> RegisterEventHandler:
+    """Start ``action`` once, on the node's first output line that holds READY_LOG (ROS
+    logs go to stderr by default, to stdout with RCUTILS_LOGGING_USE_STDOUT=1)."""
+    started = []
+
+    def on_output(event) -> Optional[list]:
+        if started or READY_LOG not in event.text.decode("utf-8", errors="replace"):
+            return None
+        started.append(action)
+        return [action]
+
+    return RegisterEventHandler(OnProcessIO(target_action=node, on_stdout=on_output, on_stderr=on_output))
+
+
 def _launch_setup(given: set):
     def setup(context: LaunchContext):
         def arg(name: str) -> str:
@@ -96,12 +117,13 @@ def _launch_setup(given: set):
         bag, image_topic, namespace = arg("bag"), arg("image_topic"), arg("namespace")
         overrides = _overrides(context, given, bag)
         parameters = [arg("params_file")] + ([overrides] if overrides else [])
-        actions = []
+        node = Node(package=PACKAGE, executable="segment_node", name="segment_node", namespace=namespace,
+                    parameters=parameters, output="screen", emulate_tty=True,
+                    remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")])
+        actions = [node]
         if bag:
-            actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen"))
-        actions.append(Node(package=PACKAGE, executable="segment_node", name="segment_node", namespace=namespace,
-                            parameters=parameters, output="screen", emulate_tty=True,
-                            remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")]))
+            play = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen")
+            actions.append(_start_when_ready(node, play))
         if _is_true(arg("rviz")):
             sim_time = bool(overrides.get("use_sim_time", False))
             rviz = _rviz_config(os.path.join(_share_dir(), "config", "segment.rviz"), image_topic, namespace)

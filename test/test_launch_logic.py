@@ -70,6 +70,16 @@ class ExecuteProcess(Recorded):
     pass
 
 
+class RegisterEventHandler(Recorded):
+    def __init__(self, event_handler):
+        super().__init__(event_handler)
+        self.event_handler = event_handler
+
+
+class OnProcessIO(Recorded):
+    pass
+
+
 class LaunchDescription(Recorded):
     def __init__(self, entities):
         super().__init__(entities)
@@ -85,7 +95,9 @@ def _modules() -> dict[str, types.ModuleType]:
     return {
         "launch": module("launch"),
         "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
-                                 ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction),
+                                 ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction,
+                                 RegisterEventHandler=RegisterEventHandler),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessIO=OnProcessIO),
         "launch.launch_context": module("launch.launch_context", LaunchContext=object),
         "launch.launch_description": module("launch.launch_description", LaunchDescription=LaunchDescription),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
@@ -168,11 +180,34 @@ def test_image_topic_and_namespace(launch_module):
     assert node.kwargs["remappings"] == [("image", "/front/image"), ("image/compressed", "/front/image/compressed")]
 
 
+def process_output(text: str) -> types.SimpleNamespace:
+    """What launch hands an OnProcessIO callback: the chunk as bytes."""
+    return types.SimpleNamespace(text=text.encode())
+
+
 def test_bag_replay_plays_with_clock_and_sets_sim_time(launch_module):
     actions = run_launch(launch_module, bag="/data/drive")
-    play = [a for a in actions if isinstance(a, ExecuteProcess)]
-    assert len(play) == 1 and play[0].kwargs["cmd"] == ["ros2", "bag", "play", "/data/drive", "--clock"]
+    assert not [a for a in actions if isinstance(a, ExecuteProcess)]  # not at launch: once the node is ready
+    (handler,) = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)]
+    assert handler.kwargs["target_action"] is segment_node(actions)
     assert segment_node(actions).kwargs["parameters"][1] == {"use_sim_time": True}
+    on_stderr, on_stdout = handler.kwargs["on_stderr"], handler.kwargs["on_stdout"]
+    assert on_stderr(process_output("[INFO] [segment_node]: loaded eacnet_erf\n")) is None
+    (play,) = on_stderr(process_output("[INFO] [1.5] [eacnet.segment_node]: listening on /camera/image_raw\n"))
+    assert play.kwargs["cmd"] == ["ros2", "bag", "play", "/data/drive", "--clock"]
+    assert on_stdout(process_output("listening on /camera/image_raw")) is None  # once only
+
+
+def test_bag_replay_also_starts_on_a_ready_line_on_stdout(launch_module):
+    actions = run_launch(launch_module, bag="/data/drive")
+    (handler,) = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)]
+    (play,) = handler.kwargs["on_stdout"](process_output("[INFO] listening on /cam (Image, best_effort)"))
+    assert isinstance(play, ExecuteProcess)
+
+
+def test_the_node_logs_the_line_the_launch_waits_for(launch_module):
+    source = (REPO / "eacnet_ros" / "segment_node.py").read_text()
+    assert f'info(f"{launch_module.READY_LOG}' in source
 
 
 @pytest.mark.parametrize("text, expected", [("true", True), ("False", False), ("1", True)])
