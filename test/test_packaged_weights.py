@@ -12,16 +12,17 @@ from eacnet_core.classes import CAMVID
 from eacnet_core.datasets import camvid
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.models.registry import BY_BACKBONE
 
 REAL_CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CamVid"
 PACKAGED = sorted(WEIGHTS_DIR.glob("*_camvid.pt"))
-#: What the shipped models must include (issue 6 ships eacnet_erf first).
-REQUIRED = ("eacnet_erf",)
+#: Every model the ROS node can be launched with (backbone x attention) ships weights.
+REQUIRED = set(BY_BACKBONE.values())
 
 
 def test_required_models_ship_weights():
     shipped = {p.name.removesuffix("_camvid.pt") for p in PACKAGED}
-    assert set(REQUIRED) <= shipped
+    assert REQUIRED <= shipped, f"no packaged weights for {sorted(REQUIRED - shipped)}"
 
 
 @pytest.mark.parametrize("path", PACKAGED, ids=lambda p: p.name)
