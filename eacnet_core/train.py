@@ -51,6 +51,7 @@ from .datasets import (
 from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
 from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
 from .models import MODELS, build_model
+from .models.attention import SelfCalibrationAttention
 from .runtime import resolve_device, resolve_precision
 from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
 from .transforms import EvalTransform, TrainTransform, parse_hw
@@ -668,6 +669,9 @@ class Trainer:
                   "lr": self.scheduler.get_last_lr()[0], "images": self.epoch_images, "seconds": seconds,
                   "images_per_s": images / seconds if seconds > 0 else 0.0,
                   "seconds_per_iter": seconds / iters if iters else 0.0}
+        gamma = attention_gamma(self.model)
+        if gamma is not None:
+            record["attention_gamma"] = gamma
         self.epoch += 1
         self.epoch_iteration, self.epoch_loss, self.epoch_images = 0, 0.0, 0
         val: Optional[EvalResult] = None
@@ -706,7 +710,7 @@ class Trainer:
         with open(self.out / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc"):
+            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma"):
                 if key in record:
                     self.writer.add_scalar(key, record[key], record["epoch"])
             self.writer.flush()
@@ -715,9 +719,20 @@ class Trainer:
         teardown_distributed(self.dist)
 
 
+def attention_gamma(model: nn.Module) -> Optional[float]:
+    """The attention's residual scale, or None for a model without one. It starts at 0, so
+    it is the quickest sign of whether fine-tuning is using the attention at all."""
+    for module in model.modules():
+        if isinstance(module, SelfCalibrationAttention):
+            return float(module.gamma.detach().float().cpu())
+    return None
+
+
 def _epoch_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
             f"{record['images_per_s']:.1f} img/s  {record['seconds_per_iter']:.2f} s/it")
+    if "attention_gamma" in record:
+        line += f"  gamma {record['attention_gamma']:+.4f}"
     if "val_miou" in record:
         line += f"  val mIoU {100 * record['val_miou']:.2f}% (best {100 * record['best_miou']:.2f}%)"
     return line

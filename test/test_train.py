@@ -64,6 +64,20 @@ def test_training_learns_tiny_dataset(tmp_path, synthetic):
     assert [r["epoch"] for r in log] == list(range(1, 7))
     assert {"train_loss", "lr", "images_per_s", "seconds_per_iter"} <= set(log[0])
     assert set(log[2]["val_per_class"]) == {"c0", "c1", "c2"}
+    assert "attention_gamma" not in log[0]  # dabnet has no attention
+
+
+def test_attention_models_log_their_gamma(tmp_path, synthetic):
+    """EACNet runs record the attention's residual scale per epoch; it starts at 0 and moves."""
+    root = synthetic.folder(tmp_path / "data", count=4, block=16)
+    lines = []
+    train(_cfg(root, tmp_path / "run", model="eacnet_dab", epochs=2, lr=5e-3, scales=(1.0,)), log=lines.append)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    gammas = [r["attention_gamma"] for r in log]
+    assert len(gammas) == 2 and gammas[-1] != 0.0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
+    assert gammas[-1] == pytest.approx(float(state["attention.gamma"]))
+    assert any(f"gamma {gammas[0]:+.4f}" in line for line in lines)
 
 
 # ---------------------------------------------------------------------------- checkpoints
