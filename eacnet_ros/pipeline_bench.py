@@ -86,8 +86,12 @@ class StageTimes:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'1280x720' (W x H, as cameras are described) -> (720, 1280)."""
-    return parse_hw(text, order="WxH")
+    """'1280x720' (W x H, as cameras are described) -> (720, 1280). A frame needs a size:
+    parse_hw's "not set" ('0' or '') is an error here."""
+    height, width = parse_hw(text, order="WxH")
+    if not height:
+        raise ValueError(f"expected a frame size as WxH (e.g. 1280x720), got {text!r}")
+    return height, width
 
 
 def synthetic_frame(height: int, width: int) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_bad_configurations_are_rejected(text):
         pb.PipelineConfig.parse(text)
 
 
-@pytest.mark.parametrize("text", ["1280", "0x720", "axb"])
+@pytest.mark.parametrize("text", ["1280", "0x720", "axb", "0", ""])
 def test_bad_sizes_are_rejected(text):
     with pytest.raises(ValueError, match="size"):
         pb.parse_size(text)
