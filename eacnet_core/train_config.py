@@ -20,7 +20,7 @@ DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512
 #: Reference learning rates: Adam 5e-4 (ERFNet/EACNet-ERF), SGD 4.5e-2 (DABNet on Cityscapes).
 DEFAULT_LR = {"adam": 5e-4, "sgd": 4.5e-2}
 #: Fields that may change when a run is resumed: they do not alter the training state.
-RESUME_OVERRIDABLE = ("epochs", "data_root", "workers", "device", "threads", "val_every", "val_batch_size",
+RESUME_OVERRIDABLE = ("epochs", "cache", "data_root", "workers", "device", "threads", "val_every", "val_batch_size",
                       "tensorboard", "progress")
 
 
@@ -31,6 +31,8 @@ class TrainConfig:
     data_root: str = ""  # "" = the dataset's default location (CamVid only)
     out: str = ""
     init_from: str = ""  # checkpoint whose weights initialise the model (hierarchical training)
+    train_split: str = "train"  # "trainval" (CamVid) = train + val, the paper's test-set protocol
+    val_split: str = "val"
     epochs: int = 400
     batch_size: int = 8  # per process
     crop: tuple[int, int] = (0, 0)  # H, W; (0, 0) = dataset default
@@ -38,6 +40,8 @@ class TrainConfig:
     optimizer: str = "adam"
     momentum: float = 0.9  # SGD
     weight_decay: float = 1e-4
+    attention_lr_mult: float = 1.0  # the attention's parameters train at lr x this (DANet-style heads: 10)
+    attention_weight_decay: float = -1.0  # weight decay of the attention's parameters; < 0 = --weight-decay
     poly_power: float = 0.9
     warmup_iters: int = 0
     warmup_ratio: float = 1.0 / 3.0  # lr factor at iteration 0 of the warm-up
@@ -53,6 +57,7 @@ class TrainConfig:
     val_batch_size: int = 1
     limit: int = 0  # first N images of each split; 0 = all
     workers: int = 2
+    cache: bool = False  # decode the training images once into memory
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -86,6 +91,8 @@ class TrainConfig:
             (self.amp_dtype in AMP_DTYPES, f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.val_batch_size >= 1,
              "--epochs, --batch-size and --val-batch-size must be >= 1"),
+            (self.attention_lr_mult > 0, "--attention-lr-mult must be > 0"),
+            (bool(self.train_split) and bool(self.val_split), "--train-split and --val-split must not be empty"),
             (self.lr >= 0 and self.weight_decay >= 0 and self.warmup_iters >= 0 and 0 < self.warmup_ratio <= 1,
              "--lr, --weight-decay and --warmup-iters must be >= 0 and --warmup-ratio in (0, 1]"),
             (self.val_every >= 0 and self.limit >= 0 and self.workers >= 0 and self.pool >= 0,

@@ -59,6 +59,7 @@ Scalar = Union[bool, int, float, str]
 _OPTIONS = SegmenterOptions()  # the Segmenter's defaults are the node's defaults: one place each
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 MAX_INFERENCE_SIZE = 8192
+DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "that made inference up to 10x slower in our measurements.", int_range=(0, 256)),
     ParamSpec("overlay_alpha", 0.5, "Weight of the colour mask in the overlay image.", float_range=(0.0, 1.0),
               runtime=True),
-    ParamSpec("reliability", "best_effort", "QoS reliability of the image subscription; best_effort also "
-              "receives from reliable publishers.", choices=("best_effort", "reliable")),
+    ParamSpec("reliability", "auto", "QoS reliability of the image subscription. auto: follow the publishers "
+              "on the topic (reliable when all of them are, best_effort otherwise), as ros2 bag record does; "
+              "reliable: loses no fragment of large frames but cannot match best-effort publishers; best_effort: "
+              "matches every publisher, but Fast DDS loses most frames over ~512 KiB (640x480 bgr8) from it.",
+              choices=("auto", "reliable", "best_effort")),
+    ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, "Largest accepted input frame, in pixels "
+              "(width x height, also the size a compressed frame's header claims); larger frames are counted as "
+              "bad and skipped, never decoded. Default 3840x2160.", int_range=(1, MAX_INFERENCE_SIZE ** 2)),
     ParamSpec("transport", "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage "
               "(jpeg, png) on 'image/compressed'.", choices=("raw", "compressed")),
 )
@@ -144,6 +151,7 @@ class NodeConfig:
     threads: int
     overlay_alpha: float
     reliability: str
+    max_input_pixels: int
     transport: str
 
     @classmethod
