@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -95,22 +95,78 @@ def image_to_bgr(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(bgr)
 
 
-def compressed_to_bgr(msg: Any) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg or png, colour or grey) -> BGR uint8 (H, W, 3)."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (baseline, progressive, lossless...; not DHT C4, JPG C8, DAC CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_dimensions(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) that a PNG or JPEG header claims, read without decoding, or None
+    when the header is not one of those (or is cut short). A few hundred bytes claiming
+    100000x100000 pixels must be refused before OpenCV tries to allocate them."""
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(f"{what} of {width}x{height} = {width * height} pixels is over the limit of "
+                               f"{max_pixels} (parameter max_input_pixels); skipped without decoding")
+
+
+def compressed_to_bgr(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png, colour or grey) -> BGR uint8 (H, W, 3).
+
+    Frames whose header claims more than ``max_pixels`` are refused before decoding;
+    OpenCV's own errors (corrupt or absurd headers) become ``ImageDecodeError``."""
     buf = _buffer(msg.data)
     fmt = str(getattr(msg, "format", "")) or "unknown"
     if buf.size == 0:
         raise ImageDecodeError(f"empty CompressedImage (format {fmt!r})")
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    claimed = compressed_dimensions(buf[:65536].tobytes())
+    if claimed is not None:
+        _check_pixels(*claimed, max_pixels, f"CompressedImage (format {fmt!r})")
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        reason = " ".join(str(exc).split())[-200:]
+        raise ImageDecodeError(f"OpenCV refused a CompressedImage of {buf.size} bytes (format {fmt!r}): "
+                               f"{reason}") from None
     if image is None:
         raise ImageDecodeError(f"undecodable CompressedImage of {buf.size} bytes (format {fmt!r}); "
                                "jpeg and png are supported")
+    if claimed is None:
+        _check_pixels(image.shape[1], image.shape[0], max_pixels, f"CompressedImage (format {fmt!r})")
     return image
 
 
-def to_bgr(msg: Any) -> np.ndarray:
-    """Either message type -> BGR uint8: CompressedImage has ``format``, Image has ``encoding``."""
-    return compressed_to_bgr(msg) if hasattr(msg, "format") and not hasattr(msg, "encoding") else image_to_bgr(msg)
+def to_bgr(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Either message type -> BGR uint8: CompressedImage has ``format``, Image has ``encoding``.
+    Frames over ``max_pixels`` (width x height) raise ``ImageDecodeError`` before decoding."""
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        return compressed_to_bgr(msg, max_pixels)
+    _check_pixels(int(msg.width), int(msg.height), max_pixels, f"Image ({msg.encoding})")
+    try:
+        return image_to_bgr(msg)
+    except cv2.error as exc:
+        raise ImageDecodeError(f"OpenCV could not convert a {msg.width}x{msg.height} {msg.encoding} Image: "
+                               f"{' '.join(str(exc).split())[-200:]}") from None
 
 
 _ENCODE_CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1, "8UC1": 1, "bgra8": 4, "rgba8": 4}

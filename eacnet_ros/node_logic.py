@@ -214,6 +214,59 @@ def _cross_check(values: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def command_line_overrides(argv: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """This node's parameters given as ``-p NAME:=VALUE`` (or ``--param``) after ``--ros-args``:
+    name -> (the text as given, the value parsed as rcl parses it: YAML). Later ones win."""
+    import yaml
+
+    found: dict[str, tuple[str, Any]] = {}
+    in_ros_args, expect_value = False, False
+    for token in argv:
+        if token == "--ros-args":
+            in_ros_args = True
+        elif token == "--":
+            in_ros_args = False
+        elif in_ros_args and token in ("-p", "--param"):
+            expect_value = True
+            continue
+        elif in_ros_args and expect_value and ":=" in token:
+            name, text = token.split(":=", 1)
+            name = name.rsplit(":", 1)[-1]  # a node-name prefix, if any
+            if name in SPECS:
+                try:
+                    value = yaml.safe_load(text) if text else ""
+                except yaml.YAMLError:
+                    value = text
+                found[name] = (token, value)
+        expect_value = False
+    return found
+
+
+def check_command_line(argv: Sequence[str], declared: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse ``-p`` values of the wrong type or range, and (given the values the node
+    actually declared) ones that rcl silently dropped: when a ``--params-file`` sets the
+    same parameter with another type, rcl keeps the file's value without a word, so
+    ``-p threads:=abc`` or ``-p overlay_alpha:=1`` would otherwise be ignored."""
+    errors = []
+    for name, (token, value) in command_line_overrides(argv).items():
+        problem = check_value(SPECS[name], value)
+        if not problem and isinstance(SPECS[name].default, float) and isinstance(value, int):
+            problem = f"{name}={value!r} must be written as a float ({float(value)!r}): ROS parameters are typed"
+        if problem:
+            errors.append(f"-p {token}: {problem}")
+        elif declared is not None and name in declared and not _same_value(declared[name], value):
+            errors.append(f"-p {token} was not applied (rcl kept {name}={declared[name]!r} from the params file, "
+                          f"whose value has another type): write it as a {type(SPECS[name].default).__name__}")
+    if errors:
+        raise ParameterError("invalid parameters: " + "; ".join(errors))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b) and type(a) is type(b)
+    return a == b
+
+
 def parameter_update_error(name: str, value: Any) -> Optional[str]:
     """Reason to reject a parameter change while the node runs, or None to accept it.
 
@@ -276,11 +329,49 @@ def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter
     return segmenter
 
 
+_RCL_SOURCE_LOCATION = re.compile(r",? at /[^,]*?:\d+")
+
+
 def startup_error_text(exc: BaseException) -> str:
     """One line for ``[eacnet] error: ...``: our own errors carry a message made for
-    users; anything else also names its type so it can be searched for."""
-    text = " ".join(str(exc).split()) or "(no message)"
+    users; anything else also names its type so it can be searched for. rcl's messages
+    lose the C source locations they carry (", at /project/src/rcl/arguments.c:415")."""
+    text = _RCL_SOURCE_LOCATION.sub("", " ".join(str(exc).split())).strip() or "(no message)"
     return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+
+
+# ---------------------------------------------------------------------------- input QoS
+
+RELIABLE, BEST_EFFORT = "reliable", "best_effort"
+
+
+def initial_reliability(mode: str) -> str:
+    """``auto`` starts best-effort: it matches every publisher, so nothing is incompatible
+    before the publishers are known."""
+    return BEST_EFFORT if mode == "auto" else mode
+
+
+def follow_publishers(mode: str, current: str, publishers: Sequence[str]) -> str:
+    """The subscription's reliability given the publishers' ones (``reliable`` /
+    ``best_effort``), as ``ros2 bag record`` adapts: reliable when every publisher is
+    (Fast DDS then repairs lost fragments of large frames, which best-effort loses),
+    best-effort as soon as one is not (a reliable subscription cannot match it). With no
+    publisher, or a fixed mode, nothing changes."""
+    if mode != "auto" or not publishers:
+        return current
+    return RELIABLE if all(p == RELIABLE for p in publishers) else BEST_EFFORT
+
+
+def incompatible_qos_text(topic: str, policy: str, ours: str, theirs: Sequence[str], we_publish: bool) -> str:
+    """The one warning for an incompatible-QoS event: topic, both sides, and the fix."""
+    others = ", ".join(theirs) or "unknown"
+    if we_publish:
+        return (f"a subscriber of {topic} asks for QoS this node does not offer ({policy}): the node publishes "
+                f"{ours}; the subscriber(s): {others}. Fix: subscribe with reliability reliable or best_effort "
+                "and durability volatile (rviz: Durability Policy 'Volatile')")
+    return (f"the publishers of {topic} and this node's subscription have incompatible QoS ({policy}): the node "
+            f"asks for {ours}; the publisher(s) offer {others}. No frame can arrive. Fix: -p reliability:=auto "
+            "(follows the publishers) or the publishers' policy")
 
 
 # ---------------------------------------------------------------------------- labels
@@ -417,9 +508,12 @@ class FrameStats:
         self._period = _Counters()
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._period_start = clock()
+        self._waiting_since: Optional[float] = None  # oldest frame received since the last publish
 
     def on_received(self, dropped_previous: bool) -> None:
         with self._lock:
+            if self._waiting_since is None:
+                self._waiting_since = self._clock()
             for c in (self._total, self._period):
                 c.received += 1
                 c.dropped += int(dropped_previous)
@@ -430,6 +524,7 @@ class FrameStats:
             self._total.processed += 1
             self._period.processed += 1
             self._latency_ms.append(latency)
+            self._waiting_since = None
 
     def on_bad_frame(self) -> None:
         with self._lock:
@@ -452,6 +547,7 @@ class FrameStats:
             period, total, latencies = self._period, _Counters(**vars(self._total)), list(self._latency_ms)
             elapsed = max(now - self._period_start, 1e-9)
             self._period, self._period_start = _Counters(), now
+            stalled_s = now - self._waiting_since if self._waiting_since is not None else 0.0
         fps = period.processed / elapsed
         p50, p90, p99 = (np.percentile(latencies, [50, 90, 99]) if latencies else (math.nan,) * 3)
         values = (("fps", f"{fps:.2f}"), ("latency_ms_p50", f"{p50:.1f}"), ("latency_ms_p90", f"{p90:.1f}"),
@@ -459,13 +555,22 @@ class FrameStats:
                   ("frames_processed", str(total.processed)), ("frames_dropped", str(total.dropped)),
                   ("frames_bad", str(total.bad)), ("frames_failed", str(total.failed)),
                   ("dropped_last_period", str(period.dropped))) + tuple(static)
-        level, message = _summary(period, fps, p50)
-        return DiagnosticReport(level, message, values)
+        level, message = _summary(period, fps, p50, stalled_s)
+        return DiagnosticReport(level, message, values + (("seconds_since_output", f"{stalled_s:.1f}"),))
 
 
-def _summary(period: _Counters, fps: float, p50: float) -> tuple[int, str]:
-    """Level and one-line message: WARN for bad or failed frames or no input, ERROR when
-    every frame of the period failed."""
+#: Frames arriving for this long with none published is an ERROR: the node looks alive
+#: (it subscribes, it reports) but a consumer downstream gets nothing.
+STALL_ERROR_S = 3.0
+
+
+def _summary(period: _Counters, fps: float, p50: float, stalled_s: float = 0.0) -> tuple[int, str]:
+    """Level and one-line message: ERROR when frames have been arriving for STALL_ERROR_S
+    without one being published, or when every frame of the period failed; WARN for bad
+    or failed frames or no input."""
+    if stalled_s >= STALL_ERROR_S:
+        return ERROR, (f"frames arrive but none was published for {stalled_s:.0f} s "
+                       f"({period.bad} undecodable, {period.failed} failed in the last period; see the node's log)")
     if period.failed and not period.processed:
         return ERROR, f"all {period.failed} frame(s) of the last period failed"
     if period.bad or period.failed:
@@ -533,6 +638,7 @@ class FrameWorker:
     image_type: type
     warn: Callable[[str], None]
     active: Callable[[], bool] = lambda: True  # False once ROS is shut down: stop publishing
+    max_pixels: Optional[int] = DEFAULT_MAX_INPUT_PIXELS
     throttle: Throttle = field(default_factory=Throttle)
     _thread: Optional[threading.Thread] = field(default=None, init=False)
 
@@ -549,16 +655,23 @@ class FrameWorker:
     def _run(self) -> None:
         while not self.slot.closed:
             item = self.slot.take(timeout=0.5)
-            if item is not None:
+            if item is None:
+                continue
+            try:
                 self.process_one(*item)
+            except Exception as exc:  # process_one catches everything; this is the last guard
+                self.stats.on_failed_frame()
+                self._warn("worker_error", f"unexpected error in the frame worker, frame skipped: "
+                                           f"{type(exc).__name__}: {exc}")
 
     def process_one(self, msg: Any, received_at: float) -> bool:
         """Run one message through decode -> segment -> encode -> publish; True if published."""
         try:
-            bgr = codec.to_bgr(msg)
-        except codec.ImageDecodeError as exc:
+            bgr = codec.to_bgr(msg, self.max_pixels)
+        except Exception as exc:  # ImageDecodeError, or a message too malformed to read at all
             self.stats.on_bad_frame()
-            self._warn("bad_frame", f"skipping an image that cannot be decoded: {exc}")
+            reason = str(exc) if isinstance(exc, codec.ImageDecodeError) else f"{type(exc).__name__}: {exc}"
+            self._warn("bad_frame", f"skipping an image that cannot be decoded: {reason}")
             return False
         try:
             want_color = self.publishers["color_mask"].get_subscription_count() > 0

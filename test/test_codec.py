@@ -326,3 +326,49 @@ def test_array_to_image_uses_array_payload_for_rclpy_classes():
 def test_array_to_image_rejects_mismatched_arrays(store, pixels, encoding):
     with pytest.raises(ValueError):
         codec.array_to_image(store.types["sensor_msgs/msg/Image"], None, pixels, encoding)
+
+
+# ---------------------------------------------------------------------------- size limits
+
+def _png_header_claiming(width: int, height: int) -> np.ndarray:
+    """A PNG signature and a valid IHDR chunk claiming ``width`` x ``height``, then junk:
+    what made cv2.imdecode raise cv2.error (not return None) before the size check."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return np.frombuffer(b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64, np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed_dimensions_read_from_the_header(fmt):
+    ok, encoded = cv2.imencode(".png" if fmt == "png" else ".jpg", np.zeros((37, 53, 3), np.uint8))
+    assert ok and codec.compressed_dimensions(encoded.tobytes()) == (53, 37)
+    assert codec.compressed_dimensions(b"not an image at all") is None
+    assert codec.compressed_dimensions(encoded.tobytes()[:12]) is None  # cut short
+
+
+def test_a_png_claiming_100000_squared_is_refused_before_decoding(store):
+    msg = roundtrip(store, _compressed(store, "png", _png_header_claiming(100000, 100000)))
+    with pytest.raises(ImageDecodeError, match=r"100000x100000 = 10000000000 pixels is over the limit"):
+        codec.to_bgr(msg, max_pixels=3840 * 2160)
+
+
+def test_opencv_errors_become_decode_errors(store, monkeypatch):
+    def refuse(*_):
+        raise cv2.error("imdecode refused: image too large")
+
+    monkeypatch.setattr(codec.cv2, "imdecode", refuse)
+    with pytest.raises(ImageDecodeError, match="OpenCV refused a CompressedImage.*too large"):
+        codec.to_bgr(roundtrip(store, _compressed(store, "png")))
+
+
+def test_frames_over_the_pixel_limit_are_refused_raw_and_compressed(store):
+    raw = make_image(store, reference_image(), "bgr8")
+    limit = H * W - 1
+    with pytest.raises(ImageDecodeError, match=f"{W}x{H} = {W * H} pixels is over the limit of {limit}"):
+        codec.to_bgr(raw, max_pixels=limit)
+    with pytest.raises(ImageDecodeError, match="max_input_pixels"):
+        codec.to_bgr(roundtrip(store, _compressed(store, "jpeg")), max_pixels=limit)
+    assert codec.to_bgr(raw, max_pixels=H * W).shape == (H, W, 3)  # at the limit: accepted

@@ -92,12 +92,12 @@ def make_worker(segmenter, color_subs=0, overlay_subs=0, warnings=None, **kwargs
 def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
         "backbone", "attention", "weights", "device", "precision", "backend", "inference_height",
-        "inference_width", "threads", "overlay_alpha", "reliability", "transport"]
+        "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels", "transport"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16")
     assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime")
-    assert SPECS["reliability"].choices == ("best_effort", "reliable")
+    assert SPECS["reliability"].choices == ("auto", "reliable", "best_effort")
     assert SPECS["transport"].choices == ("raw", "compressed")
     assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
     assert SPECS["inference_height"].int_range[0] == 0
@@ -145,7 +145,7 @@ def test_compressed_transport_subscribes_to_image_compressed():
     ({"overlay_alpha": float("nan")}, "overlay_alpha=nan"),
     ({"overlay_alpha": "half"}, "overlay_alpha='half' must be a float"),
     ({"inference_width": True}, "inference_width=True must be a int"),
-    ({"reliability": "sometimes"}, "reliability='sometimes' must be one of: best_effort, reliable"),
+    ({"reliability": "sometimes"}, "reliability='sometimes' must be one of: auto, reliable, best_effort"),
     ({"transport": "theora"}, "transport='theora' must be one of: raw, compressed"),
 ])
 def test_invalid_parameters_raise_a_clear_message(values, words):
@@ -525,3 +525,130 @@ def test_threads_parameter_reaches_the_segmenter_options():
     assert options.threads == 1
     with pytest.raises(node_logic.ParameterError, match="threads=-1"):
         _config(threads=-1)
+
+
+# ---------------------------------------------------------------------------- real-ROS start-up and QoS logic
+
+def test_command_line_overrides_are_parsed_as_yaml_after_ros_args():
+    argv = ["segment_node", "-p", "threads:=9", "--ros-args", "-p", "threads:=2", "--param", "overlay_alpha:=0.25",
+            "-p", "use_sim_time:=true", "-r", "image:=/cam", "--", "-p", "backbone:=dabnet"]
+    found = node_logic.command_line_overrides(argv)
+    assert found == {"threads": ("threads:=2", 2), "overlay_alpha": ("overlay_alpha:=0.25", 0.25)}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--ros-args", "-p", "threads:=abc"], r"-p threads:=abc: threads='abc' must be a int"),
+    (["--ros-args", "-p", "backbone:=nope"], r"backbone='nope' must be one of: erfnet, dabnet"),
+    (["--ros-args", "-p", "overlay_alpha:=1"], r"must be written as a float \(1.0\)"),
+])
+def test_bad_command_line_values_are_refused_before_rcl_merges_them(argv, words):
+    with pytest.raises(ParameterError, match=words):
+        node_logic.check_command_line(argv)
+
+
+def test_a_command_line_value_rcl_dropped_is_refused():
+    """rcl keeps a params file's value when -p gives the same parameter another type."""
+    argv = ["--ros-args", "--params-file", "p.yaml", "-p", "inference_height:=240"]
+    node_logic.check_command_line(argv, {"inference_height": 240})
+    with pytest.raises(ParameterError, match=r"-p inference_height:=240 was not applied"):
+        node_logic.check_command_line(argv, {"inference_height": 0})
+
+
+def test_rcl_errors_lose_their_c_source_locations():
+    exc = RuntimeError("failed to initialize rcl: Couldn't parse params file: '--params-file /x.yaml'. Error: "
+                       "Error opening YAML file, at /project/src/parser.c:271, at /project/src/rcl/arguments.c:415")
+    assert node_logic.startup_error_text(exc) == ("RuntimeError: failed to initialize rcl: Couldn't parse params file: "
+                                                  "'--params-file /x.yaml'. Error: Error opening YAML file")
+
+
+@pytest.mark.parametrize("mode, current, publishers, wanted", [
+    ("auto", "best_effort", [], "best_effort"),
+    ("auto", "best_effort", ["reliable"], "reliable"),
+    ("auto", "reliable", ["reliable", "best_effort"], "best_effort"),
+    ("auto", "reliable", [], "reliable"),
+    ("reliable", "reliable", ["best_effort"], "reliable"),
+    ("best_effort", "best_effort", ["reliable"], "best_effort"),
+])
+def test_auto_reliability_follows_the_publishers(mode, current, publishers, wanted):
+    assert node_logic.follow_publishers(mode, current, publishers) == wanted
+
+
+def test_auto_starts_best_effort_and_fixed_modes_start_as_given():
+    assert [node_logic.initial_reliability(m) for m in ("auto", "reliable", "best_effort")] == [
+        "best_effort", "reliable", "best_effort"]
+
+
+def test_incompatible_qos_warning_names_topic_both_sides_and_the_fix():
+    text = node_logic.incompatible_qos_text("/camera/image_raw", "reliability", "reliable, volatile, keep_last 1",
+                                            ["/driver: best_effort, volatile"], we_publish=False)
+    assert "/camera/image_raw" in text and "reliable, volatile" in text and "/driver: best_effort" in text
+    assert "-p reliability:=auto" in text
+    text = node_logic.incompatible_qos_text("/eacnet/mask", "durability", "reliable, volatile, keep_last 5",
+                                            ["/rviz: reliable, transient_local"], we_publish=True)
+    assert "durability" in text and "transient_local" in text and "Volatile" in text
+
+
+def test_frames_arriving_with_none_published_for_seconds_is_an_error():
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    stats.on_received(False)
+    stats.on_bad_frame()
+    clock.now += 1.0
+    assert stats.report().level == node_logic.WARN  # one bad frame: a warning
+    for _ in range(3):
+        clock.now += 1.0
+        stats.on_received(False)
+        stats.on_bad_frame()
+    report = stats.report()
+    assert report.level == node_logic.ERROR and "none was published for 4 s" in report.message
+    assert report.value("seconds_since_output") == "4.0"
+    stats.on_received(False)
+    stats.on_published(clock.now)
+    clock.now += 1.0
+    assert stats.report().level == node_logic.OK  # one published frame clears it
+
+
+def test_a_long_idle_gap_is_not_a_stall():
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    clock.now += 60.0  # no input for a minute, then one frame that is being processed
+    stats.on_received(False)
+    clock.now += 0.5
+    assert stats.report().level == node_logic.OK
+
+
+def test_frames_over_max_input_pixels_are_bad_frames_and_the_worker_goes_on(segmenter):
+    warnings: list[str] = []
+    worker = make_worker(segmenter, warnings=warnings, max_pixels=H * W - 1)
+    assert not worker.process_one(image_msg(), time.monotonic())
+    assert worker.stats.totals()["bad"] == 1 and "over the limit" in warnings[0]
+    worker.max_pixels = H * W
+    assert worker.process_one(image_msg(), time.monotonic())
+
+
+def test_the_worker_thread_survives_any_exception(segmenter, monkeypatch):
+    """Even an error outside process_one's own guards (here: in the stats) does not end
+    the thread: later frames are still processed."""
+    worker = make_worker(segmenter)
+    calls = {"n": 0}
+    original = worker.process_one
+
+    def explode_once(msg, received_at):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("cannot allocate")
+        return original(msg, received_at)
+
+    monkeypatch.setattr(worker, "process_one", explode_once)
+    worker.start()
+    try:
+        worker.slot.put(image_msg(), time.monotonic())
+        deadline = time.monotonic() + 10
+        while calls["n"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.slot.put(image_msg(), time.monotonic())
+        while not worker.publishers["mask"].sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert worker.publishers["mask"].sent and worker.stats.totals()["failed"] == 1
