@@ -703,6 +703,9 @@ class Trainer:
             val = self.validate()
             record.update(val_miou=val.confusion.miou, val_pixel_acc=val.confusion.pixel_accuracy,
                           val_per_class=val.confusion.summary()["per_class"], val_images=val.images)
+            entropy = attention_entropy(self.model, self.val_set, self.device)
+            if entropy is not None:
+                record["attention_entropy"], record["attention_entropy_uniform"] = entropy
         improved = val is not None and val.confusion.miou > self.best_miou
         if improved:
             self.best_miou = val.confusion.miou
@@ -734,7 +737,8 @@ class Trainer:
         with open(self.out / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma"):
+            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
+                        "attention_entropy"):
                 if key in record:
                     self.writer.add_scalar(key, record[key], record["epoch"])
             self.writer.flush()
@@ -752,11 +756,37 @@ def attention_gamma(model: nn.Module) -> Optional[float]:
     return None
 
 
+@torch.no_grad()
+def attention_entropy(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
+                      images: int = 2) -> Optional[tuple[float, float]]:
+    """Mean entropy (nats) of the attention's rows on the first ``images`` of ``dataset``,
+    and the entropy a uniform row would have (log N'). Near the uniform value the module
+    only averages; far below it, each pixel attends to a few regions. None without attention."""
+    modules = [m for m in model.modules() if isinstance(m, SelfCalibrationAttention)]
+    if not modules or len(dataset) == 0:
+        return None
+    inputs: list[torch.Tensor] = []
+    hook = modules[0].register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(min(images, len(dataset))):
+            model(dataset[index][0].unsqueeze(0).to(device))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    rows = [modules[0].attention_map(x.float()) for x in inputs]
+    entropy = torch.stack([-(p * p.clamp_min(1e-12).log()).sum(-1).mean() for p in rows]).mean()
+    return float(entropy), float(math.log(rows[0].shape[-1]))
+
+
 def _epoch_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
             f"{record['images_per_s']:.1f} img/s  {record['seconds_per_iter']:.2f} s/it")
     if "attention_gamma" in record:
         line += f"  gamma {record['attention_gamma']:+.4f}"
+    if "attention_entropy" in record:
+        line += f"  entropy {record['attention_entropy']:.2f}/{record['attention_entropy_uniform']:.2f}"
     if "val_miou" in record:
         line += f"  val mIoU {100 * record['val_miou']:.2f}% (best {100 * record['best_miou']:.2f}%)"
     return line

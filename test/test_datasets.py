@@ -308,3 +308,22 @@ def test_real_camvid_two_images(synthetic):
     assert len(val) == 2
     with pytest.raises(DatasetError, match="testannot"):
         camvid(synthetic.real_camvid, "test")
+
+
+def test_camvid_trainval_is_train_then_val_when_no_list_names_it(tmp_path, synthetic):
+    """The paper's test-set protocol trains on train + val; no trainval.txt is needed."""
+    root = synthetic.camvid(tmp_path / "CamVid", {"train": 3, "val": 2})
+    both = camvid(root, "trainval")
+    assert [s.image for s in both.samples] == ([s.image for s in camvid(root, "train").samples]
+                                               + [s.image for s in camvid(root, "val").samples])
+
+
+def test_cache_in_memory_serves_the_same_pairs_without_reading_files(tmp_path, synthetic):
+    root = synthetic.camvid(tmp_path / "CamVid", {"train": 2})
+    ds = camvid(root, "train")
+    before = [ds.load(i) for i in range(len(ds))]
+    held = ds.cache_in_memory()
+    assert held == sum(image.nbytes + label.nbytes for image, label in before)
+    for sample in ds.samples:
+        sample.image.unlink()  # the cache, not the files, is read from now on
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, [ds.load(i) for i in range(len(ds))], strict=True))

@@ -395,3 +395,38 @@ def test_real_camvid_smoke_with_limit(tmp_path, capsys):
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt["dataset"]["name"] == "camvid" and ckpt["num_classes"] == 11
     assert ckpt["config"]["loss"] == "weighted-ce" and ckpt["metrics"]["val_images"] == 2
+
+
+def test_attention_parameter_group_has_its_own_lr_and_weight_decay():
+    from eacnet_core.models import build_model
+    from eacnet_core.train import build_optimizer
+
+    model = build_model("eacnet_dab", 3)
+    cfg = TrainConfig(model="eacnet_dab", out="x", lr=1e-3, weight_decay=2e-4, attention_lr_mult=10.0,
+                      attention_weight_decay=0.0)
+    backbone, attention = build_optimizer(cfg, model).param_groups
+    assert (backbone["lr"], backbone["weight_decay"]) == (1e-3, 2e-4)
+    assert (attention["lr"], attention["weight_decay"]) == (pytest.approx(1e-2), 0.0)
+    assert any(p is model.attention.gamma for p in attention["params"])
+    assert not any(p is model.attention.gamma for p in backbone["params"])
+    one = build_optimizer(TrainConfig(model="eacnet_dab", out="x", lr=1e-3), model).param_groups
+    assert len(one) == 1  # defaults: one group, as before (old checkpoints resume)
+
+
+def test_attention_lr_multiplier_moves_gamma_further(tmp_path, synthetic):
+    """Same data, seed and steps: gamma travels further with a 10x rate for the attention."""
+    root = synthetic.folder(tmp_path / "data", count=4, block=16)
+    moved = {}
+    for mult in (1.0, 10.0):
+        out = tmp_path / f"run{mult}"
+        train(_cfg(root, out, model="eacnet_dab", epochs=1, lr=1e-3, scales=(1.0,), val_every=0,
+                   attention_lr_mult=mult, attention_weight_decay=0.0), log=_quiet)
+        moved[mult] = abs(float(load_checkpoint(out / "last.pt")["state_dict"]["attention.gamma"]))
+    assert moved[10.0] > 3 * moved[1.0] > 0
+
+
+def test_attention_entropy_is_logged_below_the_uniform_bound(tmp_path, synthetic):
+    root = synthetic.folder(tmp_path / "data", count=4, block=16)
+    train(_cfg(root, tmp_path / "run", model="eacnet_dab", epochs=1, scales=(1.0,), cache=True), log=_quiet)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < record["attention_entropy"] <= record["attention_entropy_uniform"] + 1e-6
