@@ -326,4 +326,5 @@ def test_cache_in_memory_serves_the_same_pairs_without_reading_files(tmp_path, s
     assert held == sum(image.nbytes + label.nbytes for image, label in before)
     for sample in ds.samples:
         sample.image.unlink()  # the cache, not the files, is read from now on
-    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, [ds.load(i) for i in range(len(ds))], strict=True))
+    after = [ds.load(i) for i in range(len(ds))]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, after, strict=True))
