@@ -32,7 +32,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
     ],
     install_requires=[
         "setuptools",
@@ -45,7 +45,16 @@ setup(
     ] + opencv_requirement(),
     extras_require={
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
-        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16"],
+        # ROS 2 (Kilted) from PyPI wheels, for running and testing the node without a ROS install:
+        # what segment_node and the launch file import, plus the middleware that rclpy loads at
+        # run time (no package depends on it). One release, pinned: the message packages and rclpy
+        # must come from the same one; Linux x86_64 is the only platform with wheels. launch and
+        # launch_ros have no wheels: scripts/setup.sh installs them from ../shared/ros-launch.
+        "ros": (ros := [f"{wheel}; platform_system == 'Linux' and platform_machine == 'x86_64'" for wheel in (
+            "ros-rclpy==9.1.2", "ros-rcl-interfaces==2.3.0", "ros-sensor-msgs==5.5.1", "ros-std-msgs==5.5.1",
+            "ros-diagnostic-msgs==5.5.1", "ros-ament-index-python==1.11.0", "ros-rmw-fastrtps-cpp==9.3.3")]),
+        # With the ROS wheels, so CI runs the node and the launch file on real rclpy.
+        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16"] + ros,
     },
     zip_safe=True,
     maintainer="eacnet_ros developers",
@@ -54,7 +63,7 @@ setup(
     entry_points={
         "console_scripts": [
             "eacnet = eacnet_ros.cli:main",
-            "segment_node = eacnet_ros.segment_node:main",
+            "segment_node = eacnet_ros.segment_main:main",
         ],
     },
 )

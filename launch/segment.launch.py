@@ -3,11 +3,14 @@
     ros2 launch eacnet_ros segment.launch.py image_topic:=/camera/image_raw device:=cpu
     ros2 launch eacnet_ros segment.launch.py weights:=/path/best.pt rviz:=true
     ros2 launch eacnet_ros segment.launch.py bag:=/data/drive_bag image_topic:=/cam/image_raw
+    ros2 launch eacnet_ros segment.launch.py namespace:=cam1 transport:=compressed threads:=2
 
-Parameters come from ``params_file`` (default: the installed config/segment.yaml). A
-parameter argument given on the command line (backbone, attention, weights, device,
-precision, use_sim_time) overrides the YAML; one that is not given leaves the YAML value
-alone, so a custom params_file is never silently overwritten by a launch default.
+Parameters come from ``params_file`` (default: the installed config/segment.yaml). Every
+node parameter (config/segment.yaml lists them) and ``use_sim_time`` is also a launch
+argument: one given on the command line overrides the YAML, typed like the parameter
+(``weights:=2024`` stays a string, ``threads:=2`` is an integer, ``overlay_alpha:=1`` a
+float), so rclpy accepts it; one that is not given leaves the YAML value alone, so a custom
+params_file is never silently overwritten by a launch default.
 
 The node's relative input ``image`` is remapped to ``image_topic`` and
 ``image/compressed`` to ``image_topic``/compressed, so either transport works; outputs
@@ -19,7 +22,7 @@ and warmed), so the bag's first frames are not published into a node that isn't 
 
 import os
 import tempfile
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessIO
@@ -30,8 +33,55 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "eacnet_ros"
+
+
+class Argument(NamedTuple):
+    """A launch argument; ``kind`` is the type of the node parameter it overrides."""
+
+    name: str
+    default: str
+    description: str
+    kind: type = str
+
+
+#: One argument per node parameter (eacnet_ros.node_logic.PARAMETERS, listed here rather than
+#: imported: that module needs torch, and the launch file must load without it). The defaults
+#: are those of config/segment.yaml, shown by `ros2 launch --show-args`; they are never applied.
+PARAMETER_ARGUMENTS = (
+    Argument("backbone", "erfnet", "network backbone: erfnet | dabnet"),
+    Argument("attention", "eac", "attention head: eac | nonlocal | none"),
+    Argument("weights", "", "checkpoint file; empty: the packaged default weights of the model"),
+    Argument("device", "auto", "auto | cpu | cuda | cuda:N"),
+    Argument("precision", "auto", "auto | fp32 | fp16 | bf16"),
+    Argument("backend", "auto", "auto | torch | onnxruntime"),
+    Argument("inference_height", "0", "network input height; 0 (with inference_width 0): the image's own size",
+             int),
+    Argument("inference_width", "0", "network input width; 0 (with inference_height 0): the image's own size", int),
+    Argument("threads", "0", "CPU inference threads; 0: every core", int),
+    Argument("overlay_alpha", "0.5", "weight of the colour mask in the overlay, 0..1", float),
+    Argument("reliability", "auto", "image subscription QoS: auto | reliable | best_effort"),
+    Argument("max_input_pixels", "8294400", "larger input frames are skipped unread", int),
+    Argument("transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: CompressedImage on "
+             "image_topic/compressed"),
+)
+#: Arguments of the launch itself (use_sim_time is a parameter too, but rclpy's, not the node's).
+LAUNCH_ARGUMENTS = (
+    Argument("image_topic", "/camera/image_raw", "camera topic (sensor_msgs/Image; +/compressed for compressed)"),
+    Argument("namespace", "eacnet", "namespace of the node and its outputs"),
+    Argument("params_file", "", "YAML parameter file (default: the installed config/segment.yaml); the "
+             "parameter arguments override it when given"),
+    Argument("rviz", "false", "also start rviz2 with config/segment.rviz"),
+    Argument("use_sim_time", "false", "use /clock (set automatically with bag)"),
+    Argument("bag", "", "rosbag2 to replay with `ros2 bag play <bag> --clock` (sets use_sim_time)"),
+    Argument("large_frames", "false", "run the node with config/fastdds_large_frames.xml (64 MiB Fast DDS "
+             "shared-memory segment): best-effort subscribers of large outputs lose none; set the same profile "
+             "for a best-effort camera driver too (README, QoS)"),
+)
+#: Fast DDS profile of large_frames:=true; both variables, for Fast DDS 2 (Humble) and 3 (Jazzy+).
+FASTDDS_PROFILE = "fastdds_large_frames.xml"
+FASTDDS_PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
 #: Launch arguments that override the node parameter of the same name when given.
-STRING_OVERRIDES = ("backbone", "attention", "weights", "device", "precision")
+OVERRIDES = {argument.name: argument.kind for argument in PARAMETER_ARGUMENTS}
 #: The topics config/segment.rviz names; rewritten when image_topic or namespace differ.
 RVIZ_IMAGE_TOPIC = "/camera/image_raw"
 RVIZ_NAMESPACE = "/eacnet/"
@@ -59,21 +109,34 @@ def _is_true(text: str) -> bool:
     return value in ("true", "1", "yes", "on")
 
 
+def _typed(name: str, text: str, kind: type) -> ParameterValue:
+    """The argument as the parameter's own type. rclpy refuses a value whose type differs
+    from the declared default's, and launch_ros would read an untyped '2024' as an integer
+    and '1' as an integer where the node wants a float."""
+    if kind is str:
+        return ParameterValue(text, value_type=str)
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name}:={text!r}: expected {expected}") from None
+    return ParameterValue(value, value_type=kind)
+
+
 def _record_given(given: set):
     """Runs before the DeclareLaunchArgument actions: at that point only the arguments
     the caller passed (command line or an including launch file) are configured, so this
     tells a given value from a default."""
     def record(context: LaunchContext):
-        given.update(name for name in (*STRING_OVERRIDES, "use_sim_time") if name in context.launch_configurations)
+        given.update(name for name in (*OVERRIDES, "use_sim_time") if name in context.launch_configurations)
         return []
     return record
 
 
 def _overrides(context: LaunchContext, given: set, bag: str) -> dict:
-    """Parameter values for the node that come from launch arguments, typed explicitly
-    (a weights path like '2024' must stay a string)."""
-    values = {name: ParameterValue(LaunchConfiguration(name).perform(context), value_type=str)
-              for name in STRING_OVERRIDES if name in given}
+    """Parameter values for the node that come from launch arguments, typed explicitly."""
+    values = {name: _typed(name, LaunchConfiguration(name).perform(context), kind)
+              for name, kind in OVERRIDES.items() if name in given}
     if bag:
         values["use_sim_time"] = True  # the bag's /clock drives time
     elif "use_sim_time" in given:
@@ -117,8 +180,10 @@ def _launch_setup(given: set):
         bag, image_topic, namespace = arg("bag"), arg("image_topic"), arg("namespace")
         overrides = _overrides(context, given, bag)
         parameters = [arg("params_file")] + ([overrides] if overrides else [])
+        profile = os.path.join(_share_dir(), "config", FASTDDS_PROFILE)
+        environment = {name: profile for name in FASTDDS_PROFILE_VARIABLES} if _is_true(arg("large_frames")) else {}
         node = Node(package=PACKAGE, executable="segment_node", name="segment_node", namespace=namespace,
-                    parameters=parameters, output="screen", emulate_tty=True,
+                    parameters=parameters, output="screen", emulate_tty=True, additional_env=environment or None,
                     remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")])
         actions = [node]
         if bag:
@@ -133,23 +198,21 @@ def _launch_setup(given: set):
     return setup
 
 
+def _declarations() -> list:
+    """DeclareLaunchArgument for every argument; the params_file default is resolved here
+    because it depends on where the package is installed."""
+    default_params = os.path.join(_share_dir(), "config", "segment.yaml")
+    parameters = [DeclareLaunchArgument(a.name, default_value=a.default,
+                                        description=f"{a.description} (overrides params_file when given)")
+                  for a in PARAMETER_ARGUMENTS]
+    launch = [DeclareLaunchArgument(a.name, default_value=default_params if a.name == "params_file" else a.default,
+                                    description=a.description) for a in LAUNCH_ARGUMENTS]
+    return parameters + launch
+
+
 def generate_launch_description() -> LaunchDescription:
     given: set = set()
-    default_params = os.path.join(_share_dir(), "config", "segment.yaml")
-    arguments = [
-        ("backbone", "erfnet", "network backbone: erfnet | dabnet"),
-        ("attention", "eac", "attention head: eac | nonlocal | none"),
-        ("weights", "", "checkpoint file; empty: the packaged default weights of the model"),
-        ("image_topic", "/camera/image_raw", "camera topic (sensor_msgs/Image; +/compressed for compressed)"),
-        ("namespace", "eacnet", "namespace of the node and its outputs"),
-        ("device", "auto", "auto | cpu | cuda | cuda:N"),
-        ("precision", "auto", "auto | fp32 | fp16 | bf16"),
-        ("params_file", default_params, "YAML parameter file; the arguments above override it when given"),
-        ("rviz", "false", "also start rviz2 with config/segment.rviz"),
-        ("use_sim_time", "false", "use /clock (set automatically with bag)"),
-        ("bag", "", "rosbag2 to replay with `ros2 bag play <bag> --clock` (sets use_sim_time)"),
-    ]
     return LaunchDescription(
         [OpaqueFunction(function=_record_given(given))]
-        + [DeclareLaunchArgument(name, default_value=default, description=text) for name, default, text in arguments]
+        + _declarations()
         + [OpaqueFunction(function=_launch_setup(given))])

@@ -22,3 +22,21 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "eacnet setup: installing eacnet_ros and its dependencies"
 "${PIP[@]}" install -e ".[test]"
+
+# launch and launch_ros have no wheels; with the ROS wheels (the test extra) in place, install
+# them from their sources beside the repository (see its README.md) so the real launch tests
+# (test/test_launch_real.py) run. Only when missing, and quiet unless it fails.
+LAUNCH_SRC=${EACNET_ROS_LAUNCH_SRC:-../shared/ros-launch}
+VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
+if [ -f "$LAUNCH_SRC/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/null \
+    && ! "$VENV_PYTHON" -c "import launch_ros" 2>/dev/null; then
+  echo "eacnet setup: installing launch and launch_ros from $LAUNCH_SRC"
+  log=$(mktemp)
+  if ! bash "$LAUNCH_SRC/install.sh" "$VENV_PYTHON" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "eacnet setup: installing launch and launch_ros failed" >&2
+    exit 1
+  fi
+  rm -f "$log"
+fi

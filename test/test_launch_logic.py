@@ -1,12 +1,17 @@
-"""The decisions inside launch/segment.launch.py, checked without ROS 2.
+"""The decisions inside launch/segment.launch.py that a real launch here cannot show.
+
+What a real launch can show (namespace, remapping, transport, parameter precedence and
+types, shutdown) is tested for real in test_launch_real.py. What stays here needs programs
+that have no wheels (``ros2 bag play``, rviz2), or is cheaper to check than to launch: the
+argument list against the node's parameters, number parsing, the packaged defaults.
 
 The launch file is loaded against a small recording double of the launch / launch_ros
 classes it uses (not a launch implementation). ``run_launch`` mimics the one piece of
 launch semantics that matters here, as ``ros2 launch`` and IncludeLaunchDescription do it:
 the caller's arguments are set as launch configurations first, then the description's
 entities are visited in order (DeclareLaunchArgument fills in a default only where no
-value is set; an OpaqueFunction returns more actions). The real thing runs in
-test_segment_launch.py under ``colcon test``.
+value is set; an OpaqueFunction returns more actions). Loading it here also proves the
+launch file imports without torch or eacnet_core.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from typing import Any
 import pytest
 import yaml
 
+from eacnet_ros import node_logic
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
+#: Launch arguments that are not parameters of the node (use_sim_time is rclpy's).
+LAUNCH_ONLY = {"image_topic", "namespace", "params_file", "rviz", "use_sim_time", "bag", "large_frames"}
 
 
 class Recorded:
@@ -141,43 +150,47 @@ def segment_node(actions: list) -> Node:
     return node
 
 
-def test_declared_arguments_and_defaults(launch_module):
-    declared = {e.name: e.default_value for e in launch_module.generate_launch_description().entities
-                if isinstance(e, DeclareLaunchArgument)}
-    assert declared == {
-        "backbone": "erfnet", "attention": "eac", "weights": "", "image_topic": "/camera/image_raw",
-        "namespace": "eacnet", "device": "auto", "precision": "auto",
-        "params_file": str(REPO / "config" / "segment.yaml"), "rviz": "false", "use_sim_time": "false", "bag": ""}
+def declared(launch_module) -> dict[str, str]:
+    """Declared argument -> default, as `ros2 launch --show-args` lists them."""
+    return {e.name: e.default_value for e in launch_module.generate_launch_description().entities
+            if isinstance(e, DeclareLaunchArgument)}
 
 
-def test_defaults_start_one_node_with_the_yaml_and_no_overrides(launch_module):
+def test_every_node_parameter_is_a_launch_argument(launch_module):
+    assert set(declared(launch_module)) == {spec.name for spec in node_logic.PARAMETERS} | LAUNCH_ONLY
+    assert launch_module.OVERRIDES == {spec.name: type(spec.default) for spec in node_logic.PARAMETERS}
+
+
+def test_parameter_arguments_show_the_packaged_yaml_values(launch_module):
+    """The YAML lists every parameter, and --show-args shows its values (never applied)."""
+    packaged = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(packaged) == {spec.name for spec in node_logic.PARAMETERS}
+    defaults = declared(launch_module)
+    assert {name: defaults[name] for name in packaged} == {name: str(value) for name, value in packaged.items()}
+    assert {name: defaults[name] for name in LAUNCH_ONLY} == {
+        "image_topic": "/camera/image_raw", "namespace": "eacnet", "params_file": str(REPO / "config" / "segment.yaml"),
+        "rviz": "false", "use_sim_time": "false", "bag": "", "large_frames": "false"}
+
+
+def test_without_arguments_the_node_gets_the_packaged_yaml_alone(launch_module):
     actions = run_launch(launch_module)
-    node = segment_node(actions)
     assert len(actions) == 1
-    assert node.kwargs["package"] == "eacnet_ros" and node.kwargs["namespace"] == "eacnet"
-    assert node.kwargs["parameters"] == [str(REPO / "config" / "segment.yaml")]
-    assert node.kwargs["remappings"] == [("image", "/camera/image_raw"),
-                                         ("image/compressed", "/camera/image_raw/compressed")]
+    assert segment_node(actions).kwargs["parameters"] == [str(REPO / "config" / "segment.yaml")]
 
 
-def test_only_given_arguments_override_the_yaml(launch_module):
-    node = segment_node(run_launch(launch_module, weights="/w/2024", device="cuda:1", params_file="/my.yaml"))
-    params_file, overrides = node.kwargs["parameters"]
-    assert params_file == "/my.yaml"  # YAML first, overrides second: the later one wins in ROS 2
-    assert overrides == {"weights": ParameterValue("/w/2024", str), "device": ParameterValue("cuda:1", str)}
+@pytest.mark.parametrize("name, text, value", [("overlay_alpha", "1", 1.0), ("threads", " 2 ", 2),
+                                                ("max_input_pixels", "100", 100), ("weights", "2024", "2024")])
+def test_arguments_take_the_type_of_their_parameter(launch_module, name, text, value):
+    """rclpy refuses an int for a float parameter; launch_ros would read '2024' as an int."""
+    (override,) = segment_node(run_launch(launch_module, **{name: text})).kwargs["parameters"][1].values()
+    assert override == ParameterValue(value, type(value)) and type(override.value) is type(value)
 
 
-def test_a_given_backbone_overrides_but_its_default_does_not(launch_module):
-    node = segment_node(run_launch(launch_module, backbone="dabnet", attention="none"))
-    assert node.kwargs["parameters"][1] == {"backbone": ParameterValue("dabnet", str),
-                                            "attention": ParameterValue("none", str)}
-    assert len(segment_node(run_launch(launch_module)).kwargs["parameters"]) == 1
-
-
-def test_image_topic_and_namespace(launch_module):
-    node = segment_node(run_launch(launch_module, image_topic="/front/image", namespace="front_seg"))
-    assert node.kwargs["namespace"] == "front_seg"
-    assert node.kwargs["remappings"] == [("image", "/front/image"), ("image/compressed", "/front/image/compressed")]
+@pytest.mark.parametrize("name, text, message", [("threads", "two", "threads:='two': expected an integer"),
+                                                 ("overlay_alpha", "half", "overlay_alpha:='half': expected a number")])
+def test_a_bad_number_is_a_clear_error(launch_module, name, text, message):
+    with pytest.raises(ValueError, match=message):
+        run_launch(launch_module, **{name: text})
 
 
 def process_output(text: str) -> types.SimpleNamespace:
@@ -205,17 +218,6 @@ def test_bag_replay_also_starts_on_a_ready_line_on_stdout(launch_module):
     assert isinstance(play, ExecuteProcess)
 
 
-def test_the_node_logs_the_line_the_launch_waits_for(launch_module):
-    source = (REPO / "eacnet_ros" / "segment_node.py").read_text()
-    assert f'info(f"{launch_module.READY_LOG}' in source
-
-
-@pytest.mark.parametrize("text, expected", [("true", True), ("False", False), ("1", True)])
-def test_use_sim_time_is_a_bool(launch_module, text, expected):
-    node = segment_node(run_launch(launch_module, use_sim_time=text))
-    assert node.kwargs["parameters"][1] == {"use_sim_time": expected}
-
-
 def test_rviz_uses_the_packaged_config(launch_module):
     actions = run_launch(launch_module, rviz="true")
     (rviz,) = [a for a in actions if isinstance(a, Node) and a.kwargs["executable"] == "rviz2"]
@@ -238,3 +240,12 @@ def test_rviz_config_follows_a_custom_camera_and_namespace(launch_module):
 def test_bad_boolean_is_an_error(launch_module):
     with pytest.raises(ValueError, match="expected true or false"):
         run_launch(launch_module, rviz="maybe")
+
+
+def test_large_frames_gives_the_node_the_packaged_fastdds_profile(launch_module):
+    environment = segment_node(run_launch(launch_module, large_frames="true")).kwargs["additional_env"]
+    profile = REPO / "config" / "fastdds_large_frames.xml"
+    assert environment == {name: str(profile) for name in ("FASTRTPS_DEFAULT_PROFILES_FILE",
+                                                           "FASTDDS_DEFAULT_PROFILES_FILE")}
+    assert profile.is_file() and "<segment_size>67108864</segment_size>" in profile.read_text()
+    assert segment_node(run_launch(launch_module)).kwargs["additional_env"] is None

@@ -78,10 +78,15 @@ def test_setup_installs_launch_config_and_the_ament_marker(setup_kwargs):
             assert (REPO / file).is_file(), file
 
 
-def test_console_script_points_at_segment_node_main(setup_kwargs):
+def test_console_script_points_at_the_light_entry_point(setup_kwargs):
+    """segment_node starts in segment_main, which installs the signal handlers before it
+    imports anything heavy (rclpy, torch): a SIGTERM during those seconds must exit 0."""
     scripts = dict(s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"])
-    assert scripts["segment_node"] == "eacnet_ros.segment_node:main"
-    tree = ast.parse((REPO / "eacnet_ros" / "segment_node.py").read_text())
+    assert scripts["segment_node"] == "eacnet_ros.segment_main:main"
+    tree = ast.parse((REPO / "eacnet_ros" / "segment_main.py").read_text())
+    top_level_imports = {alias.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for alias in n.names}
+    top_level_imports |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert not top_level_imports & {"rclpy", "torch", "cv2", "numpy", "eacnet_core"}
     assert "main" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 

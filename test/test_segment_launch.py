@@ -6,6 +6,8 @@ as passed.
 
 The node runs eacnet_erf on the CPU with a tiny random-weight checkpoint this test
 writes (packaged weights need not exist) and the installed config/segment.yaml.
+test_launch_real.py runs the same launch file without launch_testing (which has no
+wheel) on the pip-installed ROS 2 wheels; this test is for a ROS 2 machine's colcon test.
 """
 
 import tempfile
@@ -62,8 +64,9 @@ def _tiny_checkpoint() -> str:
 
 @pytest.mark.launch_test
 def generate_test_description():
-    arguments = {"backbone": "erfnet", "attention": "eac", "device": "cpu", "weights": _tiny_checkpoint(),
-                 "namespace": NAMESPACE, "image_topic": IMAGE_TOPIC, "rviz": "false"}
+    # backend and threads: no start-up benchmark of the CPU backends, no thread contention on CI
+    arguments = {"backbone": "erfnet", "attention": "eac", "device": "cpu", "backend": "torch", "threads": "1",
+                 "weights": _tiny_checkpoint(), "namespace": NAMESPACE, "image_topic": IMAGE_TOPIC, "rviz": "false"}
     segment = IncludeLaunchDescription(PythonLaunchDescriptionSource(_launch_file()),
                                        launch_arguments=arguments.items())
     return LaunchDescription([segment, launch_testing.actions.ReadyToTest()]), {}
