@@ -6,42 +6,59 @@ import argparse
 import os
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+#: Names of the image's (and logits') height and width axes in a ``dynamic_size`` export.
+SIZE_AXES = ("height", "width")
+
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, height: int, width: int,
-                dynamic_batch: bool = False, opset: int = 17) -> Path:
+                dynamic_batch: bool = False, opset: int = 17, dynamic_size: bool = False) -> Path:
     """Write ``model`` as ONNX with input ``image`` (B, 3, H, W) and output ``logits``.
 
     Uses the TorchScript-based exporter: it handles the whole model family (including the
-    blocked attention loop) in about a second, where the dynamo exporter took far longer."""
+    blocked attention loop) in about a second, where the dynamo exporter took far longer.
+    ``dynamic_size`` names H and W (``SIZE_AXES``) instead of fixing them. Tracing still
+    freezes Python branches on the size: export at a size no stride divides (e.g. odd) so the
+    input padding stays in the graph, and check other sizes (the Segmenter does both)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     dummy = torch.zeros(1, 3, height, width, device=next(model.parameters()).device)
-    axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    axes: dict[int, str] = {0: "batch"} if dynamic_batch else {}
+    if dynamic_size:
+        axes.update({2: SIZE_AXES[0], 3: SIZE_AXES[1]})
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
         torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+                          dynamic_axes={"image": axes, "logits": axes} if axes else None, opset_version=opset,
+                          dynamo=False)
     return path
 
 
-def ort_session(path: str | os.PathLike, device: torch.device | str = "cpu", threads: int = 0):
-    """An onnxruntime session on CPU, or on the CUDA provider when asked and present."""
+def ort_session(path: str | os.PathLike | bytes, device: torch.device | str = "cpu", threads: int = 0,
+                size: Optional[tuple[int, int]] = None):
+    """An onnxruntime session on CPU, or on the CUDA provider when asked and present.
+
+    ``path`` is an .onnx file or its bytes. ``size`` (height, width) fixes a ``dynamic_size``
+    graph's H and W for this session, so onnxruntime optimises for a static shape again."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
+    if size is not None:
+        for name, value in zip(SIZE_AXES, size, strict=True):
+            options.add_free_dimension_override_by_name(name, value)
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": torch.device(device).index or 0}))
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
 
 
 def compare_with_torch(model: nn.Module, path: str | os.PathLike, height: int, width: int,

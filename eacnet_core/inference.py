@@ -12,12 +12,16 @@ upsampling C logit planes and taking the argmax there. See ``_restore_size``.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -37,6 +41,13 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
+_WARMUP_HW = (360, 480)  # start-up warm-up frames when the camera's size is not known yet
+# The dynamic-size ONNX graph is traced at an odd size, which no output stride divides, so the
+# input padding branch (pad_to_stride) stays in the graph with amounts computed from the input;
+# it is then checked against torch at an aligned size and at another unaligned one.
+_EXPORT_HW = (37, 53)
+_CHECK_HW = ((32, 48), (45, 61))
+
 
 @dataclass(frozen=True)
 class SegmenterOptions:
@@ -49,17 +60,24 @@ class SegmenterOptions:
     inference_width: int = 0
     channels_last: bool = True  # faster on CPU for ERFNet (measured 1.3x at 360x480)
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = library default
+    ort_sessions: int = 4  # onnxruntime sessions kept, one per input size (25-50 MB each); LRU beyond
 
 
 class Segmenter:
     """A loaded, ready-to-run segmentation model.
 
     ``segment(bgr)`` returns a uint8 (H, W) class-id mask at the input image's size.
+
+    backend=auto on CPU (fp32) times its execution paths and keeps the fastest, at the size
+    the network will run at: in ``warmup()`` when that size is known (an inference size, or
+    the size passed), else on the first frame after ``warmup()``; ``tune()`` forces it.
     """
 
     def __init__(self, model: nn.Module, model_name: str, dataset: DatasetInfo,
                  options: SegmenterOptions = SegmenterOptions(), weights: Optional[Path] = None):
         _check_size(options.inference_height, options.inference_width)
+        if options.ort_sessions < 1:
+            raise ValueError(f"ort_sessions must be >= 1, got {options.ort_sessions}")
         if options.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {options.backend!r}")
         self.model_name = model_name
@@ -76,10 +94,12 @@ class Segmenter:
         self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
         self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
         self._model = model.eval()
-        self._ort: dict[tuple[int, int], object] = {}  # onnxruntime session per input size
-        # backend=auto on CPU in fp32: warmup() times the exact CPU paths and keeps the fastest.
-        self._autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
-        self.autotune_ms: dict[str, float] = {}
+        self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions)
+        # backend=auto on CPU in fp32: time the exact CPU paths and keep the fastest (_pick_fastest_cpu_path).
+        self._can_autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
+        self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
+        self.autotune_ms: dict[str, float] = {}  # the last timing: path -> median ms
+        self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
         self._use(self.backend, options.channels_last)
 
     # ------------------------------------------------------------------ construction
@@ -123,11 +143,17 @@ class Segmenter:
             layout = torch.channels_last if self.channels_last else torch.contiguous_format
             self._model.to(self.device, dtype=DTYPES[self.precision], memory_format=layout)
 
+    @property
+    def onnx_sessions(self) -> tuple[tuple[int, int], ...]:
+        """(height, width) of each live onnxruntime session, least recently used first."""
+        return self._ort.sizes
+
     def describe(self) -> str:
         size = (f"{self.options.inference_width}x{self.options.inference_height}"
                 if self.options.inference_height else "input size")
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
-        backend = self.backend + (" channels_last" if self.channels_last else "")
+        backend = ("auto (chosen on the first frame)" if self._tune_on_first_frame
+                   else self.backend + (" channels_last" if self.channels_last else ""))
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
                 f"precision={self.precision} backend={backend} inference={size} weights={weights}")
 
@@ -145,7 +171,7 @@ class Segmenter:
         """Forward pass on a preprocessed (1, 3, h, w) batch; returns (1, C, h, w) logits."""
         if self.backend == "onnxruntime":
             batch = np.ascontiguousarray(batch)
-            return self._ort_session(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
+            return self._ort.get(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
         # from_numpy keeps preprocess's strides: for channels_last that layout is already
         # right and no copy is made; otherwise the one copy happens here.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -154,8 +180,12 @@ class Segmenter:
             return self._model(x)
 
     def segment(self, bgr: np.ndarray) -> np.ndarray:
-        """Class-id mask (uint8, the input image's H x W)."""
-        return self.mask_from_logits(self.logits(self.preprocess(bgr)), bgr.shape[:2])
+        """Class-id mask (uint8, the input image's H x W). The first frame after a warm-up that
+        did not know the size also settles backend=auto, at this frame's network size."""
+        batch = self.preprocess(bgr)
+        if self._tune_on_first_frame:
+            self._pick_fastest_cpu_path(batch)
+        return self.mask_from_logits(self.logits(batch), bgr.shape[:2])
 
     def mask_from_logits(self, logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
         """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (argmax, then nearest resize)."""
@@ -178,54 +208,209 @@ class Segmenter:
         colours = self.colorize(mask) if color_mask is None else color_mask
         return cv2.addWeighted(colours, alpha, _as_bgr(bgr), 1.0 - alpha, 0.0)
 
-    def warmup(self, height: int = 360, width: int = 480, runs: int = 2) -> None:
-        """Run a few frames so first-frame costs (allocations, kernel choice, ORT graph
-        optimisation) happen at start-up, not on the robot's first image."""
-        h = self.options.inference_height or height
-        w = self.options.inference_width or width
-        dummy = np.zeros((h, w, 3), np.uint8)
-        if self._autotune:
-            self._pick_fastest_cpu_path(self.preprocess(dummy))
+    def warmup(self, height: Optional[int] = None, width: Optional[int] = None, runs: int = 2) -> None:
+        """Run a few frames so first-frame costs (allocations, kernel choice, the ONNX export)
+        happen at start-up, not on the robot's first image.
+
+        backend=auto on CPU chooses its path here when the network size is known: the
+        inference size, else ``height`` x ``width`` (the camera's). Otherwise the choice waits
+        for the first frame, at that frame's size: which path wins depends on the size, and
+        timing at 480x360 could pick the slower one for 720p (one size, hence once). Start-up
+        then only exports the ONNX graph (size-independent); the first frame's timing runs
+        are its warm-up."""
+        size = self._network_size(height, width)
+        if self._can_autotune and self.autotune_size is None:
+            if size:
+                self._pick_fastest_cpu_path(self._blank_batch(size))
+            else:
+                self._tune_on_first_frame = True
+        if self.backend == "onnxruntime" or (self._tune_on_first_frame and _ort_available()):
+            self._ort.prepare()  # the export does not depend on the size: pay it now
+        if size is None and (self._tune_on_first_frame or self.backend == "onnxruntime"):
+            return  # timing or a session at a guessed size would be for the wrong shapes
+        batch = self._blank_batch(size or _WARMUP_HW)
         for _ in range(runs):
-            self.segment(dummy)
+            self.logits(batch)
+
+    def tune(self, height: int, width: int) -> None:
+        """backend=auto on CPU: time the execution paths for ``height`` x ``width`` camera
+        images (at the inference size when one is set) and keep the fastest, now.
+
+        For a caller that knows the camera's size before its first frame; a no-op for an
+        explicit backend or a GPU. Logs the timings on the ``eacnet_core`` logger (INFO)."""
+        if height < 1 or width < 1:
+            raise ValueError(f"tune needs a positive image size; got height={height} width={width}")
+        if self._can_autotune:
+            self._pick_fastest_cpu_path(self._blank_batch(self._network_size(height, width)))
+
+    def _network_size(self, height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
+        """(h, w) the network runs at for images of height x width; None when not known."""
+        if self.options.inference_height:
+            return self.options.inference_height, self.options.inference_width
+        return (height, width) if height and width else None
+
+    def _blank_batch(self, size_hw: tuple[int, int]) -> np.ndarray:
+        """A preprocessed black frame at the network size (timing and warm-up input)."""
+        return self.preprocess(np.zeros((*size_hw, 3), np.uint8))
 
     def _pick_fastest_cpu_path(self, batch: np.ndarray, runs: int = 3) -> None:
         """backend=auto on CPU: time torch (channels-last and NCHW) and onnxruntime on this
         machine, model and size, and keep the fastest. All three compute the same fp32
         function (masks agree to float rounding), so the choice is safe; which one wins
-        differs by model and CPU (on our 2-core EPYC onnxruntime for eacnet_erf, eager
-        NCHW torch for eacnet_dab; see docs/RESULTS.md), hence measuring, not guessing."""
-        candidates = [("torch", True), ("torch", False)]
-        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-            candidates.append(("onnxruntime", False))
+        differs by model, size and CPU (on our 2-core EPYC onnxruntime for eacnet_erf, eager
+        NCHW torch for eacnet_dab; see docs/RESULTS.md), hence measuring, not guessing.
+
+        Each path's first run (allocation, session) is not counted, except that a path whose
+        first run already took over twice the best median so far is dropped there: at 720p
+        on a loaded 2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame."""
+        self._tune_on_first_frame = False
+        candidates = ([("onnxruntime", False)] if _ort_available() else []) + [("torch", True), ("torch", False)]
+        self.autotune_ms, dropped = {}, []
         for backend, channels_last in candidates:
             self._use(backend, channels_last)
-            self.logits(batch)  # first run: export / allocation, untimed
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                self.logits(batch)
-                times.append(time.perf_counter() - start)
-            self.autotune_ms[backend + (":nhwc" if channels_last else ":nchw")] = 1000 * float(np.median(times))
+            path = backend + (":nhwc" if channels_last else ":nchw")
+            first = _elapsed_ms(self.logits, batch)
+            if first > 2 * min(self.autotune_ms.values(), default=float("inf")):
+                self.autotune_ms[path] = first
+                dropped.append(path)
+                continue
+            self.autotune_ms[path] = float(np.median([_elapsed_ms(self.logits, batch) for _ in range(runs)]))
         best = min(self.autotune_ms, key=self.autotune_ms.get)
         self._use(best.split(":")[0], best.endswith(":nhwc"))
-        self._autotune = False
-        log.info("backend auto: %s -> %s", ", ".join(f"{k} {v:.0f} ms" for k, v in self.autotune_ms.items()), best)
+        if self.backend != "onnxruntime":
+            self._ort.clear()  # not used: free its sessions and graph
+        self.autotune_size = (batch.shape[2], batch.shape[3])
+        timings = ", ".join(f"{k} {v:.0f} ms" + (" (first run only)" if k in dropped else "")
+                            for k, v in self.autotune_ms.items())
+        log.info("backend auto at %dx%d: %s -> %s", batch.shape[3], batch.shape[2], timings, best)
 
-    # ------------------------------------------------------------------ onnxruntime
-    def _ort_session(self, height: int, width: int):
-        """Export the model at this input size once and keep the session (one per size:
-        a camera stream has one size, so this happens once)."""
+
+class OrtSessions:
+    """onnxruntime sessions by input size, at most ``capacity``: the least recently used is
+    dropped (with it its 25-50 MB at 480x360: weights copy, memory arena), so a stream whose size
+    changes cannot grow the process without bound.
+
+    The model is exported once, with dynamic height and width (~0.5 s); each size then gets a
+    session from those bytes with H and W fixed (free-dimension overrides), ~0.02 s instead of
+    a 0.3-2 s re-export per size (4 s under load). Fixed per-session sizes let onnxruntime
+    optimise for a static shape as a per-size export did (measured: same speed within noise;
+    one fully dynamic session was 6% slower for eacnet_erf at 720p in one run). If the graph
+    fails its check against torch (a size-dependent Python branch frozen by tracing), each
+    size is exported on its own, as before."""
+
+    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int):
+        self.capacity = capacity
+        self._model, self._device, self._threads = model, device, threads
+        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
+        self._per_size = False  # the dynamic graph failed its check: export per size
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._sessions)
+
+    def prepare(self) -> None:
+        """Export the dynamic-size graph now, so that no frame pays for it."""
+        if self._graph is None and not self._per_size:
+            self._graph = self._export_dynamic()
+
+    def get(self, height: int, width: int):
+        """The session for this input size, created (and the oldest dropped) if needed."""
         key = (height, width)
-        if key not in self._ort:
-            from .export import export_onnx, ort_session  # onnx is an optional extra
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        if len(self._sessions) >= self.capacity:  # drop first: never more than capacity alive
+            dropped = self._sessions.popitem(last=False)[0]  # keep no reference: its memory goes now
+            _return_freed_memory()
+            log.debug("onnxruntime: dropped the %dx%d session (keeping %d)", dropped[1], dropped[0], self.capacity)
+        self._sessions[key] = self._create(height, width)
+        return self._sessions[key]
 
-            folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
-            model = copy.deepcopy(self._model).float().to("cpu", memory_format=torch.contiguous_format)
-            onnx_path = export_onnx(model, folder / f"{self.model_name}_{height}x{width}.onnx", height, width)
-            self._ort[key] = ort_session(onnx_path, self.device, threads=self.options.threads)
-            shutil.rmtree(folder, ignore_errors=True)  # the session holds the graph in memory
-        return self._ort[key]
+    def clear(self) -> None:
+        self._sessions.clear()
+        self._graph = None
+        _return_freed_memory()
+
+    def _create(self, height: int, width: int):
+        from .export import ort_session  # onnx is an optional extra
+
+        self.prepare()
+        if self._graph is not None:
+            return ort_session(self._graph, self._device, self._threads, size=(height, width))
+        return ort_session(_export_bytes(_cpu_copy(self._model), height, width), self._device, self._threads)
+
+    def _export_dynamic(self) -> Optional[bytes]:
+        model = _cpu_copy(self._model)
+        graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
+        if _graph_matches(graph, model, self._threads):
+            return graph
+        log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
+                    "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
+        self._per_size = True
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
+    the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
+    settled at ~610 MB without this and ~490 MB with it. A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to open this way (Windows)
+        return None
+
+
+def _elapsed_ms(run: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    run(*args)
+    return 1000 * (time.perf_counter() - start)
+
+
+def _ort_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """fp32 NCHW copy on the CPU to export, leaving the running model (layout, device) alone."""
+    return copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool = False) -> bytes:
+    """The model's ONNX graph as bytes; the temporary file is removed at once."""
+    from .export import export_onnx
+
+    folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
+    try:
+        return export_onnx(model, folder / "model.onnx", height, width, dynamic_size=dynamic_size).read_bytes()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
+    """Does the dynamic-size graph compute ``model`` at sizes it was not traced at? Checked on
+    the CPU provider at tiny sizes (milliseconds); the graph, not the provider, is in question."""
+    from .export import ort_session
+
+    for height, width in _CHECK_HW:
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        try:
+            got = ort_session(graph, "cpu", threads, size=(height, width)).run(None, {"image": x.numpy()})[0]
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            log.debug("onnxruntime: dynamic-size graph failed at %dx%d: %s", width, height, exc)
+            return False
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
+            return False
+    return True
 
 
 def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -267,8 +452,8 @@ def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _resolve_backend(backend: str, precision: str) -> str:
-    """'auto' starts as torch, which runs every precision; on CPU in fp32, warmup() then
-    measures the alternatives (``_pick_fastest_cpu_path``)."""
+    """'auto' starts as torch, which runs every precision; on CPU in fp32, warmup(), tune()
+    or the first frame then measures the alternatives (``_pick_fastest_cpu_path``)."""
     if backend == "onnxruntime" and precision != "fp32":
         raise ValueError(f"the onnxruntime backend runs fp32 only; got precision {precision}")
     return "torch" if backend == "auto" else backend

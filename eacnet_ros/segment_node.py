@@ -183,7 +183,6 @@ class SegmentNode(Node):
         self.get_logger().info(f"loaded {self.segmenter.describe()}")
         self.processor = FrameProcessor(self.segmenter, self.config.overlay_alpha)
         self.stats = FrameStats()
-        self._static_diagnostics = node_logic.static_diagnostics(self.segmenter, self.config)
         self.output_publishers = {name: self._output_publisher(name) for name in OUTPUT_TOPICS}
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.label_publisher = self._publish_label_info()
@@ -293,7 +292,8 @@ class SegmentNode(Node):
         self.get_logger().warning(node_logic.incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
 
     def _publish_diagnostics(self) -> None:
-        report = self.stats.report(self._static_diagnostics)
+        # Rebuilt each time: with backend auto at the camera's size, the backend is chosen on the first frame.
+        report = self.stats.report(node_logic.static_diagnostics(self.segmenter, self.config))
         status = DiagnosticStatus(level=_LEVELS[report.level],
                                   name=f"{self.get_fully_qualified_name()}: segmentation",
                                   message=report.message, hardware_id=str(self.segmenter.device),

@@ -1,10 +1,17 @@
 """Segmenter: preprocessing, backends, output shapes, weights errors; checkpoints."""
 
+import gc
+import logging
+import tempfile
+import time
+import weakref
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from eacnet_core import export
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
@@ -106,6 +113,7 @@ def test_auto_picks_cpu_fp32_without_cuda(checkpoint):
     (SegmenterOptions(device="cpu", backend="tensorrt"), "backend must be one of"),
     (SegmenterOptions(device="gpu0"), "device must be one of"),
     (SegmenterOptions(device="cpu", inference_height=10), "inference size"),
+    (SegmenterOptions(device="cpu", ort_sessions=0), "ort_sessions must be >= 1"),
 ])
 def test_bad_options_are_clear_errors(checkpoint, options, message):
     with pytest.raises(ValueError, match=message):
@@ -209,6 +217,7 @@ def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoin
                                                                  inference_width=48))
     seg.warmup()
     assert set(seg.autotune_ms) == {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"}
+    assert seg.autotune_size == (32, 48)  # a set inference size is known at start-up: timed there
     best = min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     assert seg.backend in seg.describe()
@@ -217,10 +226,13 @@ def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoin
     assert (full.segment(frame) == reference).mean() > 0.99
 
 
-def test_explicit_backend_is_never_autotuned(checkpoint):
+def test_explicit_backend_is_never_autotuned(checkpoint, frame):
     seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch"))
     seg.warmup(16, 16)
-    assert seg.autotune_ms == {} and seg.backend == "torch"
+    seg.tune(16, 16)
+    seg.warmup()
+    seg.segment(frame)  # nor on the first frame
+    assert seg.autotune_ms == {} and seg.autotune_size is None and seg.backend == "torch"
 
 
 def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tmp_path):
@@ -235,3 +247,163 @@ def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tm
     a = Segmenter.from_checkpoint(checkpoint, CPU).segment(frame)
     b = Segmenter.from_checkpoint(tmp_path / "slim.pt", CPU).segment(frame)
     assert (a == b).mean() > 0.99
+
+
+# ---------------------------------------------------------------------------- onnxruntime sessions, auto's timing
+
+def _dabnet(**options) -> Segmenter:
+    """The smallest registry model, untrained, seeded: two calls give the same weights."""
+    torch.manual_seed(0)
+    return Segmenter.from_name("dabnet", options=SegmenterOptions(device="cpu", threads=1, **options),
+                               allow_untrained=True)
+
+
+def _image(height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _assert_matches_torch(ort_seg: Segmenter, torch_seg: Segmenter, height: int, width: int) -> None:
+    batch = ort_seg.preprocess(_image(height, width))
+    got, expected = ort_seg.logits(batch), torch_seg.logits(batch).numpy()
+    assert got.shape == expected.shape == (1, ort_seg.num_classes, height, width)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.fixture
+def counted_onnx(monkeypatch, tmp_path):
+    """Count ONNX exports and onnxruntime sessions; weak references to the sessions, and the
+    most sessions alive at once (counted when a new one is asked for, so it includes it)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the temporary .onnx files go
+    real_export, real_session = export.export_onnx, export.ort_session
+    record = {"exports": [], "sessions": [], "peak": 0, "tmp": tmp_path}
+
+    def counting_export(*args, **kwargs):
+        record["exports"].append(kwargs.get("dynamic_size", False))
+        return real_export(*args, **kwargs)
+
+    def counting_session(*args, **kwargs):
+        gc.collect()
+        alive = sum(ref() is not None for _, ref in record["sessions"])
+        record["peak"] = max(record["peak"], alive + 1)
+        session = real_session(*args, **kwargs)
+        record["sessions"].append((kwargs.get("size"), weakref.ref(session)))
+        return session
+
+    monkeypatch.setattr(export, "export_onnx", counting_export)
+    monkeypatch.setattr(export, "ort_session", counting_session)
+    return record
+
+
+def test_onnxruntime_sessions_are_a_bounded_lru_over_one_export(counted_onnx):
+    seg = _dabnet(backend="onnxruntime", ort_sessions=2)
+    reference = _dabnet(backend="torch", channels_last=False)
+    seg.warmup()  # exports (and checks) the dynamic-size graph; no session at a guessed size
+    assert counted_onnx["exports"] == [True] and seg.onnx_sessions == ()
+    counted_onnx["sessions"].clear()
+    counted_onnx["peak"] = 0
+    a, b, c = (24, 40), (32, 56), (41, 57)  # c: not a multiple of 8, the padding path
+    for size, expected in [(a, (a,)), (b, (a, b)), (a, (b, a)), (c, (a, c)), (b, (c, b))]:
+        seg.logits(seg.preprocess(_image(*size)))
+        assert seg.onnx_sessions == expected  # least recently used first: b went, then a
+    assert [size for size, _ in counted_onnx["sessions"]] == [a, b, c, b]  # a's second use: no new session
+    assert counted_onnx["peak"] == 2  # never more alive than the bound, even while creating
+    gc.collect()
+    assert [size for size, ref in counted_onnx["sessions"] if ref() is not None] == [c, b]  # evicted = freed
+    assert counted_onnx["exports"] == [True]  # new sizes did not re-export
+    _assert_matches_torch(seg, reference, *b)  # re-created after eviction, still torch's function
+    _assert_matches_torch(seg, reference, *c)
+    assert list(counted_onnx["tmp"].iterdir()) == []  # temporary .onnx files removed
+
+
+def test_onnxruntime_exports_per_size_when_the_dynamic_graph_fails_its_check(counted_onnx, monkeypatch, caplog):
+    monkeypatch.setattr("eacnet_core.inference._graph_matches", lambda *args: False)
+    seg = _dabnet(backend="onnxruntime", ort_sessions=1)
+    reference = _dabnet(backend="torch", channels_last=False)
+    with caplog.at_level(logging.WARNING, logger="eacnet_core"):
+        _assert_matches_torch(seg, reference, 24, 40)
+        _assert_matches_torch(seg, reference, 41, 57)
+    assert counted_onnx["exports"] == [True, False, False]  # the rejected dynamic graph, then one per size
+    assert seg.onnx_sessions == ((41, 57),)
+    assert any("exporting one graph per input size" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    timed = []
+    real = Segmenter._pick_fastest_cpu_path
+
+    def recording(self, batch, runs=3):
+        timed.append(batch.shape[2:])
+        return real(self, batch, runs)
+
+    monkeypatch.setattr(Segmenter, "_pick_fastest_cpu_path", recording)
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    seg = _dabnet()
+    seg.warmup(runs=1)
+    assert timed == [] and seg.autotune_size is None  # start-up does not time at a guessed size
+    assert "backend=auto (chosen on the first frame)" in seg.describe()
+    assert seg.segment(_image(40, 56)).shape == (40, 56)
+    assert timed == [(40, 56)] and seg.autotune_size == (40, 56)
+    assert set(seg.autotune_ms) == {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"}
+    best = min(seg.autotune_ms, key=seg.autotune_ms.get)
+    assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
+    seg.segment(_image(24, 32))
+    assert timed == [(40, 56)]  # only once: later sizes keep the choice
+    lines = [r for r in caplog.records if r.name.startswith("eacnet_core") and "backend auto" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    message = lines[0].getMessage()
+    assert "\n" not in message and "56x40" in message and message.endswith(f"-> {best}")
+    assert all(f"{path} {ms:.0f} ms" in message for path, ms in seg.autotune_ms.items())
+
+
+def test_tune_times_at_the_network_size_now(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    native = _dabnet()
+    native.tune(24, 40)
+    assert native.autotune_size == (24, 40)
+    native.warmup(runs=0)
+    native.segment(_image(32, 48))
+    assert native.autotune_size == (24, 40)  # tuned already: neither warm-up nor the first frame re-times
+    fixed = _dabnet(inference_height=16, inference_width=24)
+    fixed.tune(720, 1280)  # the camera's size; the network runs at the inference size
+    assert fixed.autotune_size == (16, 24)
+    with pytest.raises(ValueError, match="positive image size"):
+        fixed.tune(0, 1280)
+
+
+def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    real_session = export.ort_session
+
+    class Slow:  # a session that always loses the timing
+        def __init__(self, session):
+            self._session = session
+
+        def run(self, *args):
+            time.sleep(0.05)
+            return self._session.run(*args)
+
+    monkeypatch.setattr(export, "ort_session", lambda *args, **kwargs: Slow(real_session(*args, **kwargs)))
+    seg = _dabnet()
+    seg.tune(24, 40)
+    assert seg.autotune_ms["onnxruntime:nchw"] > 50 and seg.backend == "torch"
+    assert seg.onnx_sessions == () and seg._ort._graph is None  # neither sessions nor the graph kept
+
+
+def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    seg = _dabnet()
+    seg.warmup(runs=0)  # exports the ONNX graph before torch is slowed down
+    forward, calls = seg._model.forward, []
+
+    def slow_forward(*args, **kwargs):
+        calls.append(time.sleep(0.2))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(seg._model, "forward", slow_forward)
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    seg.tune(24, 40)
+    assert len(calls) == 2  # one run per torch layout, not 1 + 3 each
+    assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:nhwc"], seg.autotune_ms["torch:nchw"]) > 200
+    assert "torch:nchw" in caplog.text and caplog.text.count("(first run only)") == 2
