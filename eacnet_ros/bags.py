@@ -590,7 +590,7 @@ class _Evaluator:
         return bool(self.opts.limit) and self.result.frames >= self.opts.limit and not self.pending_preds
 
 
-def _percentiles(latencies: Sequence[float]) -> dict:
+def latency_percentiles(latencies: Sequence[float]) -> dict:
     if not len(latencies):
         return {"p50": None, "p90": None, "p99": None, "mean": None}
     values = np.asarray(latencies, dtype=np.float64)
@@ -600,7 +600,7 @@ def _percentiles(latencies: Sequence[float]) -> dict:
 
 def _finish(result: BagEvalResult, ev: _Evaluator) -> None:
     """Fill the figures from the confusion matrix and the latencies."""
-    result.latency_ms = _percentiles(result.latencies)
+    result.latency_ms = latency_percentiles(result.latencies)
     total_s = sum(result.latencies) / 1000.0
     result.fps = len(result.latencies) / total_s if total_s > 0 else None
     result.samples = [s for s in ev.samples.values() if s is not None]

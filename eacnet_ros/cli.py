@@ -12,7 +12,7 @@ from typing import Optional
 from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
 
-from . import bags, demo, pipeline_bench
+from . import bags, dds_bench, demo, pipeline_bench
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     bags.add_parser(sub)
     demo.add_parser(sub)
     pipeline_bench.add_parser(sub)
+    dds_bench.add_parser(sub)
     return parser
 
 

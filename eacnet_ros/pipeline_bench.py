@@ -106,7 +106,7 @@ def synthetic_frame(height: int, width: int) -> np.ndarray:
     return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
-def _message_types() -> tuple[Any, type]:
+def message_types() -> tuple[Any, type]:
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS2_HUMBLE)
@@ -161,7 +161,7 @@ def build_segmenters(model: str, weights: Optional[str], configs: Sequence[Pipel
 def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig], size_hw: tuple[int, int],
                runs: int, warmup: int) -> list[StageTimes]:
     """Interleaved timing of every configuration at one input size; index 0 is the baseline."""
-    store, image_type = _message_types()
+    store, image_type = message_types()
     msg = input_message(store, image_type, synthetic_frame(*size_hw))
     samples: list[list[dict[str, float]]] = [[] for _ in configs]
     masks: list[Optional[np.ndarray]] = [None] * len(configs)

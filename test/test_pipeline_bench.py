@@ -36,7 +36,7 @@ def test_run_times_every_stage_and_compares_masks(tmp_path, capsys):
 
 def test_run_frame_mask_equals_segment(tmp_path):
     (segmenter,) = pb.build_segmenters("eacnet_erf", None, [pb.PipelineConfig.parse("torch:fp32")], "cpu", (0, 0), 0)
-    store, image_type = pb._message_types()
+    store, image_type = pb.message_types()
     frame = pb.synthetic_frame(40, 56)
     times, mask = pb.run_frame(segmenter, pb.input_message(store, image_type, frame), store, image_type)
     assert list(times) == list(pb.STAGES)
