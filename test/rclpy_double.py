@@ -1,10 +1,13 @@
 """A minimal test double of the parts of rclpy (and of the message packages) that
-``eacnet_ros.segment_node`` uses, for wiring tests on machines without ROS 2.
+``eacnet_ros.segment_node`` uses, for the one thing real rclpy cannot show in the test
+environment: the vision_msgs/LabelInfo the node latches on ``label_info``. vision_msgs is
+not among the ROS 2 wheels the tests install, so real rclpy cannot create that publisher;
+everything else the node does is tested on the real middleware (test_node_real.py,
+test_node_real_process.py).
 
 This is NOT a claim of ROS compatibility and not a ROS implementation: there is no
 middleware, no executor and no discovery. It records what the node declares, creates and
-publishes, and lets a test call the node's callbacks directly. Where rclpy behaviour
-matters to the node, the double copies it and says so:
+publishes. Where rclpy behaviour matters to the node, the double copies it and says so:
 
 * ``declare_parameter``: a ``-p name:=value`` given to ``rclpy.init`` (or a
   ``parameter_overrides`` entry) wins over the default; its type must match the default's
@@ -13,7 +16,6 @@ matters to the node, the double copies it and says so:
 * ``set_parameters``: read-only parameters are rejected with rclpy's own reason *before*
   the node's callbacks run; ranges next; then the on-set callbacks, newest first.
 * Topic names are resolved against the namespace like rcl (relative names only).
-* ``spin`` runs ``SPIN_ACTION(node)``; by default it raises KeyboardInterrupt (Ctrl-C).
 
 Messages are rosbags' Humble dataclasses (vision_msgs registered from its .msg
 definitions), so what the node builds is checked against the real field layouts by a CDR
@@ -38,17 +40,6 @@ STORE.register(get_types_from_msg("uint16 class_id\nstring class_name\n", "visio
 STORE.register(get_types_from_msg("std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n",
                                   "vision_msgs/msg/LabelInfo"))
 MSG = STORE.types
-
-#: What ``rclpy.spin`` does; tests may replace it. Default: the user presses Ctrl-C.
-SPIN_ACTION: Callable[[Any], None]
-
-
-def _ctrl_c(node: Any) -> None:
-    raise KeyboardInterrupt
-
-
-SPIN_ACTION = _ctrl_c
-
 
 # ---------------------------------------------------------------------------- rcl_interfaces.msg
 
@@ -117,6 +108,36 @@ class ReliabilityPolicy(enum.Enum):
 class DurabilityPolicy(enum.Enum):
     TRANSIENT_LOCAL = 1
     VOLATILE = 2
+
+
+class QoSPolicyKind(enum.Enum):
+    INVALID = 1
+    DURABILITY = 2
+    HISTORY = 4
+    RELIABILITY = 5
+
+
+class SignalHandlerOptions(enum.Enum):
+    NO = 0
+    SIGINT = 1
+    SIGTERM = 2
+    ALL = 3
+
+
+class PublisherEventCallbacks:
+    def __init__(self, **callbacks: Any):
+        self.callbacks = callbacks
+
+
+class SubscriptionEventCallbacks(PublisherEventCallbacks):
+    pass
+
+
+class SingleThreadedExecutor:
+    """Only so the node module imports; the double has no executor."""
+
+    def __init__(self, *, context: Any = None):
+        self.context = context
 
 
 class QoSProfile:
@@ -217,7 +238,7 @@ _STATE = types.SimpleNamespace(context=None, overrides={})
 
 class Node:
     def __init__(self, node_name: str, *, namespace: str = "/", parameter_overrides: Optional[list] = None,
-                 **_kwargs: Any):
+                 context: Optional[Context] = None, **_kwargs: Any):
         self._name = node_name
         self._namespace = namespace if namespace.startswith("/") else "/" + namespace
         self._overrides = dict(_STATE.overrides)
@@ -226,7 +247,7 @@ class Node:
         self._descriptors: dict[str, ParameterDescriptor] = {}
         self._callbacks: list[Callable] = []
         self._logger = Logger(node_name)
-        self.context = _STATE.context or Context()
+        self.context = context or _STATE.context or Context()
         self.publishers: list[Publisher] = []
         self.subscriptions: list[Subscription] = []
         self.timers: list[Timer] = []
@@ -279,15 +300,26 @@ class Node:
         return SetParametersResult(successful=True)
 
     # entities
-    def create_publisher(self, msg_type: type, topic: str, qos: QoSProfile) -> Publisher:
+    def create_publisher(self, msg_type: type, topic: str, qos: QoSProfile, *,
+                         event_callbacks: Optional[PublisherEventCallbacks] = None) -> Publisher:
         publisher = Publisher(msg_type, _resolve(self._namespace, topic), qos)
         self.publishers.append(publisher)
         return publisher
 
-    def create_subscription(self, msg_type: type, topic: str, callback: Callable, qos: QoSProfile) -> Subscription:
+    def create_subscription(self, msg_type: type, topic: str, callback: Callable, qos: QoSProfile, *,
+                            event_callbacks: Optional[SubscriptionEventCallbacks] = None) -> Subscription:
         subscription = Subscription(msg_type, topic, _resolve(self._namespace, topic), callback, qos)
         self.subscriptions.append(subscription)
         return subscription
+
+    def destroy_subscription(self, subscription: Subscription) -> None:
+        self.subscriptions.remove(subscription)
+
+    def get_publishers_info_by_topic(self, topic: str) -> list:
+        return []  # no graph: nobody publishes
+
+    def resolve_topic_name(self, topic: str) -> str:
+        return _resolve(self._namespace, topic)
 
     def create_timer(self, period: float, callback: Callable, callback_group: Any = None,
                      clock: Optional[Clock] = None) -> Timer:
@@ -351,10 +383,6 @@ def try_shutdown() -> None:
         shutdown()
 
 
-def spin(node: Node) -> None:
-    SPIN_ACTION(node)
-
-
 # ---------------------------------------------------------------------------- module table
 
 def _module(name: str, **attrs: Any) -> types.ModuleType:
@@ -366,12 +394,18 @@ def _module(name: str, **attrs: Any) -> types.ModuleType:
 def modules(with_vision_msgs: bool = True) -> dict[str, types.ModuleType]:
     """The modules to place in ``sys.modules`` (a test's monkeypatch restores them)."""
     table = {
-        "rclpy": _module("rclpy", init=init, ok=ok, shutdown=shutdown, try_shutdown=try_shutdown, spin=spin),
+        "rclpy": _module("rclpy", init=init, ok=ok, shutdown=shutdown, try_shutdown=try_shutdown),
         "rclpy.node": _module("rclpy.node", Node=Node),
+        "rclpy.context": _module("rclpy.context", Context=Context),
         "rclpy.qos": _module("rclpy.qos", QoSProfile=QoSProfile, HistoryPolicy=HistoryPolicy,
-                             ReliabilityPolicy=ReliabilityPolicy, DurabilityPolicy=DurabilityPolicy),
+                             ReliabilityPolicy=ReliabilityPolicy, DurabilityPolicy=DurabilityPolicy,
+                             QoSPolicyKind=QoSPolicyKind),
         "rclpy.clock": _module("rclpy.clock", Clock=Clock, ClockType=ClockType),
-        "rclpy.executors": _module("rclpy.executors", ExternalShutdownException=ExternalShutdownException),
+        "rclpy.executors": _module("rclpy.executors", ExternalShutdownException=ExternalShutdownException,
+                                   SingleThreadedExecutor=SingleThreadedExecutor),
+        "rclpy.event_handler": _module("rclpy.event_handler", PublisherEventCallbacks=PublisherEventCallbacks,
+                                       SubscriptionEventCallbacks=SubscriptionEventCallbacks),
+        "rclpy.signals": _module("rclpy.signals", SignalHandlerOptions=SignalHandlerOptions),
         "rclpy.parameter": _module("rclpy.parameter", Parameter=Parameter),
         "rcl_interfaces": _module("rcl_interfaces"),
         "rcl_interfaces.msg": _module("rcl_interfaces.msg", ParameterDescriptor=ParameterDescriptor,
@@ -391,6 +425,8 @@ def modules(with_vision_msgs: bool = True) -> dict[str, types.ModuleType]:
     table["rclpy"].node, table["rclpy"].qos = table["rclpy.node"], table["rclpy.qos"]
     table["rclpy"].clock, table["rclpy"].executors = table["rclpy.clock"], table["rclpy.executors"]
     table["rclpy"].parameter = table["rclpy.parameter"]
+    table["rclpy"].context, table["rclpy"].signals = table["rclpy.context"], table["rclpy.signals"]
+    table["rclpy"].event_handler = table["rclpy.event_handler"]
     if with_vision_msgs:
         table["vision_msgs"] = _module("vision_msgs")
         table["vision_msgs.msg"] = _module("vision_msgs.msg", LabelInfo=MSG["vision_msgs/msg/LabelInfo"],
