@@ -8,6 +8,7 @@ alignment of image and label is checkable pixel by pixel.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+import eacnet_core.inference  # noqa: F401 - see PACKAGE_LOGGERS
+import eacnet_core.runtime  # noqa: F401
+import eacnet_ros.bags  # noqa: F401
+
+#: The package loggers, created (with the modules above) before any test module imports
+#: `launch`: importing launch makes its LaunchLogger (propagate = False) the class of every
+#: logger created after it, and caplog, listening on the root logger, would hear nothing.
+PACKAGE_LOGGERS = [logging.getLogger(name) for name in ("eacnet_core", "eacnet_ros")]
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared CamVid copy, found relative to the repository (skip tests when absent).
