@@ -135,7 +135,20 @@ def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str =
                                bags.EvalOptions(out=output_bag, overwrite=True, progress=progress))
     print(bags.format_result(result))
     bags.save_outputs(result, out / "result.json", out / "report")
+    if segmenter.weights and trained_on_demo_split(segmenter.weights):
+        print(f"demo: note: {segmenter.weights.name} was trained on CamVid train + {SPLIT} (the paper's protocol "
+              f"for test-set models), so this mIoU on {SPLIT} frames measures fit, not accuracy; held-out "
+              "accuracy is CamVid test (its model card)")
     return result
+
+
+def trained_on_demo_split(weights: Path) -> bool:
+    """Whether the checkpoint's training split includes the demo's frames (``trainval``)."""
+    from eacnet_core.checkpoint import load_checkpoint
+    from eacnet_core.datasets import COMBINED_SPLITS
+
+    split = load_checkpoint(weights).get("config", {}).get("train_split", "train")
+    return SPLIT in COMBINED_SPLITS.get(split, (split,))
 
 
 def headline(result: bags.BagEvalResult) -> str:

@@ -110,3 +110,16 @@ def test_demo_on_real_camvid(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["evaluated"] == 2 and 0.0 <= data["miou"] <= 1.0 and data["fps"] > 0
+
+
+def test_the_demo_knows_when_the_weights_saw_its_frames(tmp_path):
+    """Weights trained on trainval have seen the val frames the demo replays."""
+    from eacnet_core.checkpoint import make_checkpoint, save_atomic
+    from eacnet_core.classes import CAMVID
+    from eacnet_core.models import build_model
+
+    model = build_model("dabnet", CAMVID.num_classes)
+    for split, saw in (("trainval", True), ("train", False)):
+        path = tmp_path / f"{split}.pt"
+        save_atomic(make_checkpoint("dabnet", model, CAMVID, config={"train_split": split}), path)
+        assert demo.trained_on_demo_split(path) is saw
