@@ -281,13 +281,10 @@ class SegmentNode(Node):
         if not we_publish and self.config.reliability == "auto" and policy == "reliability":
             return  # auto switches to the publishers' reliability within a second
         self._warned_incompatible.add((topic, policy))
-        resolved = self.resolve_topic_name(topic)
-        if we_publish:
-            ours = describe_qos(self.output_publishers[topic].qos_profile)
-            others = self.get_subscriptions_info_by_topic(resolved)
-        else:
-            ours = describe_qos(self.subscription.qos_profile)
-            others = self.get_publishers_info_by_topic(resolved)
+        endpoint = self.output_publishers[topic] if we_publish else self.subscription
+        resolved = endpoint.topic_name  # namespaced and remapped
+        ours = describe_qos(endpoint.qos_profile)
+        others = (self.get_subscriptions_info_by_topic if we_publish else self.get_publishers_info_by_topic)(resolved)
         theirs = [f"{_endpoint_owner(info)}: {describe_qos(info.qos_profile, remote=True)}" for info in others]
         self.get_logger().warning(node_logic.incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
 

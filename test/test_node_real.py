@@ -357,6 +357,35 @@ def test_a_fixed_reliability_with_a_publisher_of_the_same(session, probe, mode, 
     assert all(n >= 3 for n in got.values()), f"frames with a mask per (height, width), of 4: {got}"
 
 
+def test_an_incompatible_publisher_gets_one_warning_naming_both_sides_and_the_fix(session, probe):
+    """reliability reliable and a best-effort camera: no frame can arrive, and the log says why."""
+    start = time.monotonic()
+    with session.node("incompatible_in", reliability="reliable", inference_height=64, inference_width=96) as node:
+        pub = probe.publisher(h.Image, node.topic("image"), h.BEST_EFFORT)
+        with endpoints(probe, pub):
+            label = node.namespace.strip("/")
+            log = probe.rosout.wait_for(lambda m: label in m.name and "incompatible QoS" in m.msg, 20.0, since=start)
+            time.sleep(1.0)  # a second publisher event must not repeat it
+            repeats = [m for m in probe.rosout.since(start) if label in m.name and "incompatible QoS" in m.msg]
+    assert log is not None, "no incompatible-QoS warning on /rosout"
+    assert h.level(log) >= 30 and node.topic("image") in log.msg and "reliability" in log.msg
+    assert "asks for reliable" in log.msg and "best_effort" in log.msg and "-p reliability:=auto" in log.msg
+    assert len(repeats) == 1
+
+
+def test_an_output_subscriber_asking_for_transient_local_gets_one_warning(main, probe):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    start = time.monotonic()
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    sub, _ = probe.subscribe(h.Image, main.topic("color_mask"), latched)
+    with endpoints(probe, sub):
+        label = main.namespace.strip("/")
+        log = probe.rosout.wait_for(lambda m: label in m.name and "does not offer" in m.msg, 20.0, since=start)
+    assert log is not None, "no incompatible-QoS warning for the output on /rosout"
+    assert main.topic("color_mask") in log.msg and "durability" in log.msg and "transient_local" in log.msg
+
+
 # ---------------------------------------------------------------------------- bad frames
 
 def _one_bad_frame(probe: h.Probe, node: RunningNode, pub: Any, msg: Any, what: str) -> None:
