@@ -45,18 +45,22 @@ def plot(runs: dict[str, list[dict]], out: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("val_miou", "val mIoU (%)", 100.0), ("attention_gamma", "attention gamma", 1.0)]
     if any(series(records, "attention_entropy")[0] for records in runs.values()):
         panels.append(("attention_entropy", "attention entropy (nats)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(runs)}  # one colour per run in every panel
     for ax, (key, title, scale) in zip(axes[0], panels, strict=True):
         for label, records in runs.items():
             epochs, values = series(records, key)
             if epochs:
-                ax.plot(epochs, [scale * v for v in values], marker="o", markersize=3, label=label)
+                ax.plot(epochs, [scale * v for v in values], marker="o", markersize=3, label=label,
+                        color=colours[label])
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
