@@ -5,9 +5,9 @@ is what matters: two participants in one process may take an intra-process short
     python scripts/measure_qos.py output DEPTH WxH [N] [RATE]
         a reliable KEEP_LAST DEPTH publisher sends N bgr8 frames at RATE Hz to a reliable
         depth-10 subscriber (rviz's default) in a child process: how many arrive, how late.
-    python scripts/measure_qos.py input WxH reliable|best_effort [N] [RATE]
-        publishes N frames on /image with that reliability to a running segment_node and
-        counts the /mask messages that come back.
+    python scripts/measure_qos.py input WxH reliable|best_effort [N] [RATE] [--namespace NS]
+        publishes N frames on NS/image with that reliability to a running segment_node and
+        counts the NS/mask messages that come back (NS: the node's namespace, default none).
 
 Set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a ROS_DOMAIN_ID of your own first.
 """
@@ -74,13 +74,15 @@ def output(depth: int, width: int, height: int, count: int, rate: float) -> None
     child.wait()
 
 
-def probe_node(width: int, height: int, reliability: str, count: int, rate: float) -> None:
+def probe_node(width: int, height: int, reliability: str, count: int, rate: float, namespace: str = "") -> None:
     node = rclpy.create_node("qos_probe")
     qos = reliable(10) if reliability == "reliable" else qos_profile_sensor_data
-    publisher = node.create_publisher(Image, "/image", qos)
+    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    publisher = node.create_publisher(Image, f"{prefix}/image", qos)
     masks: set[str] = set()
-    node.create_subscription(Image, "/mask", lambda msg: masks.add(msg.header.frame_id), reliable(10))
-    spin_for(node, 30, until=lambda: publisher.get_subscription_count() > 0 and node.count_publishers("/mask") > 0)
+    node.create_subscription(Image, f"{prefix}/mask", lambda msg: masks.add(msg.header.frame_id), reliable(10))
+    spin_for(node, 30, until=lambda: publisher.get_subscription_count() > 0
+             and node.count_publishers(f"{prefix}/mask") > 0)
     spin_for(node, 2.5)  # reliability auto re-checks the publishers once a second
     for index in range(count):
         publisher.publish(frame(width, height, index))
@@ -95,6 +97,10 @@ def size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> None:
+    namespace = ""
+    if "--namespace" in argv:
+        at = argv.index("--namespace")
+        namespace, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     rclpy.init()
     try:
         if argv[0] == "receive":
@@ -104,7 +110,7 @@ def main(argv: list[str]) -> None:
                    float(argv[4]) if len(argv) > 4 else 10.0)
         elif argv[0] == "input":
             probe_node(*size(argv[1]), argv[2], int(argv[3]) if len(argv) > 3 else 15,
-                       float(argv[4]) if len(argv) > 4 else 2.0)
+                       float(argv[4]) if len(argv) > 4 else 2.0, namespace)
         else:
             sys.exit(__doc__)
     finally:

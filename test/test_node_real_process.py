@@ -8,7 +8,10 @@ one thread, CPU); start-up errors end before any model is loaded.
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -233,3 +236,24 @@ def test_outputs_reach_another_process_without_loss(probe, wire):
         got = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in inbox.messages
                if any(h.same_stamp(m.header, s.header) for s in sent)}
         assert len(got) == n, f"{name}: {len(got)} of {n} frames arrived"
+
+
+def test_best_effort_camera_frames_arrive_with_the_large_frames_profile(probe):
+    """A best-effort publisher of 1280x720 frames in another process (the sensor-data QoS
+    many camera drivers use) loses most of them to Fast DDS's 512 KiB segment; with
+    config/fastdds_large_frames.xml on both sides (what the README and large_frames:=true
+    set) they arrive. The publisher is scripts/measure_qos.py, the measurement behind
+    docs/RESULTS.md."""
+    env = {**h.ros_env(), "FASTDDS_DEFAULT_PROFILES_FILE": str(h.REPO / "config" / "fastdds_large_frames.xml")}
+    namespace = h.unique_namespace("large_frames")
+    node = h.NodeProcess(h.ros_args_for(namespace, {**SMALL, "reliability": "best_effort"}), env=env)
+    with node:
+        assert node.wait_for_stderr("listening on ", READY_TIMEOUT_S), node.finish(5).explain()
+        camera = subprocess.run([sys.executable, str(h.REPO / "scripts" / "measure_qos.py"), "input", "1280x720",
+                                 "best_effort", "6", "2", "--namespace", namespace],
+                                env=env, capture_output=True, text=True, timeout=120)
+        node.send(signal.SIGINT)
+        assert_clean_exit(node.finish(timeout=60))
+    match = re.search(r"RESULT 1280x720 best_effort: (\d+) of 6 masks", camera.stdout)
+    assert match, camera.stdout + camera.stderr
+    assert int(match.group(1)) >= 5, camera.stdout
