@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import contextlib
 import glob
 import os
 import random
@@ -44,7 +45,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -687,3 +688,14 @@ def shm_leftovers(before: set[str], remove: bool = True) -> list[str]:
             except OSError:
                 pass
     return left
+
+
+
+@contextlib.contextmanager
+def no_shm_leftovers() -> Iterator[None]:
+    """Around a fixture's whole life: Fast DDS files its processes leave behind fail the
+    test session (and are removed)."""
+    before = shm_snapshot()
+    yield
+    left = shm_leftovers(before)
+    assert not left, f"Fast DDS shared-memory files left behind (now removed): {left}"

@@ -93,14 +93,12 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session():
-    before = h.shm_snapshot()
-    created = Session()
-    try:
-        yield created
-    finally:
-        created.close()
-    left = h.shm_leftovers(before)
-    assert not left, f"Fast DDS shared-memory files left behind (now removed): {left}"
+    with h.no_shm_leftovers():
+        created = Session()
+        try:
+            yield created
+        finally:
+            created.close()
 
 
 @pytest.fixture(scope="module")

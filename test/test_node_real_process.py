@@ -27,14 +27,12 @@ READY_TIMEOUT_S = 120.0  # imports, model load and warm-up on a loaded 2-core ma
 
 @pytest.fixture(scope="module")
 def probe():
-    before = h.shm_snapshot()
-    created = h.Probe("process_probe")
-    try:
-        yield created
-    finally:
-        created.close()
-    left = h.shm_leftovers(before)
-    assert not left, f"Fast DDS shared-memory files left behind (now removed): {left}"
+    with h.no_shm_leftovers():
+        created = h.Probe("process_probe")
+        try:
+            yield created
+        finally:
+            created.close()
 
 
 def assert_clean_exit(result: h.ProcessResult) -> None:
