@@ -169,7 +169,8 @@ class SegmentNode(Node):
         try:
             self._start(command_line)
         except BaseException:
-            self.destroy_node()
+            with contextlib.suppress(Exception):  # the start-up error is the one to report
+                self.destroy_node()
             raise
 
     def _start(self, command_line: Sequence[str]) -> None:
