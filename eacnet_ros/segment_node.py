@@ -266,6 +266,8 @@ class SegmentNode(Node):
         self._publish_diagnostics()
 
     def _follow_publishers(self) -> None:
+        if self.config.reliability != "auto":
+            return  # a fixed reliability never changes: no graph query
         topic = self.subscription.topic_name
         offered = [_POLICY_NAMES.get(info.qos_profile.reliability, node_logic.BEST_EFFORT)
                    for info in self.get_publishers_info_by_topic(topic)]

@@ -52,6 +52,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pytest
+from launch_harness import entry_point  # setup.py's console scripts, read in one place
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -457,10 +458,7 @@ def node_command(script: str = "segment_node") -> list[str]:
     """How ``ros2 run eacnet_ros segment_node`` starts the node: the console script. The
     installed wrapper is used when it calls what setup.py declares; otherwise (a stale
     editable install) the declared ``module:function`` is called the way the wrapper would."""
-    match = re.search(rf"[\"']{script}\s*=\s*([\w.]+):(\w+)[\"']", (REPO / "setup.py").read_text())
-    if match is None:
-        return [sys.executable, "-m", "eacnet_ros.segment_node"]
-    module, function = match.groups()
+    module, function = entry_point(script)
     wrapper = Path(sys.executable).parent / script
     if wrapper.is_file() and f"from {module} import {function}" in wrapper.read_text(errors="replace"):
         return [str(wrapper)]
