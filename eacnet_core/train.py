@@ -48,6 +48,7 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
+from .device_augment import DeviceTrainData
 from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
 from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
 from .models import MODELS, build_model
@@ -151,6 +152,33 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.skip_batches) * self.batch_size
+
+
+class _Pairs:
+    """A DataLoader's (image, label, index) batches as (image, label)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((image, label) for image, label, _ in self.loader)
+
+
+class _DeviceBatches:
+    """The sampler's order cut into batches on the device (DeviceTrainData)."""
+
+    def __init__(self, data: DeviceTrainData, order: list[int], batch_size: int, epoch: int):
+        self.data, self.order, self.batch_size, self.epoch = data, order, batch_size, epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.order), self.batch_size):
+            yield self.data.batch(self.order[start:start + self.batch_size], self.epoch)
 
 
 def _worker_init(_: int) -> None:
@@ -452,9 +480,14 @@ class Trainer:
                                   tuple(cfg.scales), cfg.flip)
         val_tf = EvalTransform(self.info.mean, self.info.std, cfg.val_size if cfg.val_size != (0, 0) else None)
         self.train_set = build_dataset(cfg.dataset, root, cfg.train_split, cfg.limit, train_tf, cfg.seed)
-        if cfg.cache:
+        if cfg.cache or cfg.data_on_device:
             megabytes = self.train_set.cache_in_memory() / 2**20
             self._log(f"data: {len(self.train_set)} training pairs decoded into memory ({megabytes:.0f} MB)")
+        self.device_data: Optional[DeviceTrainData] = None
+        if cfg.data_on_device:
+            self.device_data = DeviceTrainData(self.train_set, train_tf, self.device)
+            self._log(f"data: training set on {self.device} ({self.device_data.nbytes / 2**20:.0f} MB), "
+                      "augmented there")
         self.val_set: Optional[SegmentationDataset] = None
         if cfg.val_every > 0:
             self.val_set = build_dataset(cfg.dataset, root, cfg.val_split, cfg.limit, val_tf, cfg.seed)
@@ -623,12 +656,12 @@ class Trainer:
         self.ddp_model.train()
         self.sampler.set_epoch(self.epoch, self.epoch_iteration)
         self.train_set.set_epoch(self.epoch)
-        loader = self._loader(self.train_set, self.sampler, self.cfg.batch_size)
+        loader = self._batches()
         bar = self._progress(len(loader))
         tick = time.perf_counter()
         self._session_images = self._session_iters = 0
         try:
-            for image, label, _ in loader:
+            for image, label in loader:
                 loss, stop = self._step(image, label)
                 self.epoch_iteration += 1
                 self.iteration += 1
@@ -652,6 +685,12 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return True
+
+    def _batches(self) -> _Pairs | _DeviceBatches:
+        """This epoch's (image, label) batches: from the DataLoader, or cut on the device."""
+        if self.device_data is None:
+            return _Pairs(self._loader(self.train_set, self.sampler, self.cfg.batch_size))
+        return _DeviceBatches(self.device_data, list(self.sampler), self.cfg.batch_size, self.epoch)
 
     def _progress(self, total: int):
         if not (self.cfg.progress and self.dist.is_main):
@@ -770,8 +809,9 @@ def attention_entropy(model: nn.Module, dataset: SegmentationDataset, device: to
     was_training = model.training
     model.eval()
     try:
-        for index in range(min(images, len(dataset))):
-            model(dataset[index][0].unsqueeze(0).to(device))
+        with torch.no_grad():
+            for index in range(min(images, len(dataset))):
+                model(dataset[index][0].unsqueeze(0).to(device))
     finally:
         hook.remove()
         model.train(was_training)
@@ -883,6 +923,8 @@ def add_parser(subparsers) -> None:
     a("--limit", type=int, help="use only the first N images of each split (smoke runs)")
     a("--workers", type=int, help=f"DataLoader workers per process, default {d.workers}")
     a("--cache", action="store_true", help="decode the training images once into memory (small datasets)")
+    a("--data-on-device", action="store_true", help="hold the training set on the device and augment it there "
+                                                    "(GPU training of small datasets; implies --cache)")
     a("--seed", type=int, help=f"default {d.seed}")
     a("--device", help="auto | cpu | cuda | cuda:N (default auto; under torchrun cuda:LOCAL_RANK)")
     a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")

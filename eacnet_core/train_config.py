@@ -20,8 +20,8 @@ DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512
 #: Reference learning rates: Adam 5e-4 (ERFNet/EACNet-ERF), SGD 4.5e-2 (DABNet on Cityscapes).
 DEFAULT_LR = {"adam": 5e-4, "sgd": 4.5e-2}
 #: Fields that may change when a run is resumed: they do not alter the training state.
-RESUME_OVERRIDABLE = ("epochs", "cache", "data_root", "workers", "device", "threads", "val_every", "val_batch_size",
-                      "tensorboard", "progress")
+RESUME_OVERRIDABLE = ("epochs", "cache", "data_on_device", "data_root", "workers", "device", "threads", "val_every",
+                      "val_batch_size", "tensorboard", "progress")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class TrainConfig:
     limit: int = 0  # first N images of each split; 0 = all
     workers: int = 2
     cache: bool = False  # decode the training images once into memory
+    data_on_device: bool = False  # hold the training set on the device and augment there (GPU training)
     seed: int = 0
     device: str = "auto"
     amp: bool = False
