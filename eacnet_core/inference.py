@@ -61,6 +61,9 @@ class SegmenterOptions:
     channels_last: bool = True  # faster on CPU for ERFNet (measured 1.3x at 360x480)
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = library default
     ort_sessions: int = 4  # onnxruntime sessions kept, one per input size (25-50 MB each); LRU beyond
+    # precision int8: frames that calibrate the quantisation (a CamVid folder: its train/ split, or a
+    # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present
+    calibration_data: str = ""
 
 
 class Segmenter:
@@ -94,7 +97,8 @@ class Segmenter:
         self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
         self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
         self._model = model.eval()
-        self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions)
+        int8 = self._int8_builder() if self.precision == "int8" else None
+        self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions, int8)
         # backend=auto on CPU in fp32: time the exact CPU paths and keep the fastest (_pick_fastest_cpu_path).
         self._can_autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
@@ -127,6 +131,17 @@ class Segmenter:
         info = CAMVID if num_classes == CAMVID.num_classes else generic(num_classes)
         log.warning("model %s has no trained weights: its output is noise", model_name)
         return cls(build_model(model_name, num_classes), model_name, info, options)
+
+    def _int8_builder(self) -> Callable[[bytes], bytes]:
+        """fp32 dynamic-size graph -> the int8 graph for these weights (cached; see quantize.py)."""
+        from .quantize import CalibrationSpec, file_digest, int8_graph, state_digest
+
+        digest = file_digest(self.weights) if self.weights else state_digest(self._model.state_dict())
+        root = self.options.calibration_data or _default_calibration_root()
+        height, width = self._network_size(None, None) or _WARMUP_HW
+        spec = CalibrationSpec(root, height=height, width=width) if root else None
+        return functools.partial(int8_graph, self.model_name, weights=self.weights, weights_digest=digest,
+                                 spec=spec, mean=self.dataset.mean, std=self.dataset.std)
 
     @property
     def trained(self) -> bool:
@@ -298,9 +313,11 @@ class OrtSessions:
     fails its check against torch (a size-dependent Python branch frozen by tracing), each
     size is exported on its own, as before."""
 
-    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int):
+    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int,
+                 int8: Optional[Callable[[bytes], bytes]] = None):
         self.capacity = capacity
         self._model, self._device, self._threads = model, device, threads
+        self._int8 = int8  # turns the checked fp32 dynamic-size graph into the int8 one
         self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
         self._per_size = False  # the dynamic graph failed its check: export per size
@@ -344,7 +361,10 @@ class OrtSessions:
         model = _cpu_copy(self._model)
         graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
         if _graph_matches(graph, model, self._threads):
-            return graph
+            return graph if self._int8 is None else self._int8(graph)
+        if self._int8 is not None:
+            raise RuntimeError("precision int8 needs the dynamic-size ONNX graph, which does not match torch for "
+                               "this model: use fp32")
         log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
                     "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
         self._per_size = True
@@ -452,11 +472,29 @@ def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _resolve_backend(backend: str, precision: str) -> str:
-    """'auto' starts as torch, which runs every precision; on CPU in fp32, warmup(), tune()
-    or the first frame then measures the alternatives (``_pick_fastest_cpu_path``)."""
+    """'auto' starts as torch, which runs every float precision; on CPU in fp32, warmup(),
+    tune() or the first frame then measures the alternatives (``_pick_fastest_cpu_path``).
+    int8 is onnxruntime's (a statically quantised graph)."""
+    if precision == "int8":
+        if backend == "torch":
+            raise ValueError("precision int8 runs on onnxruntime: use backend auto or onnxruntime")
+        if not _ort_available():
+            raise ValueError("precision int8 needs onnx and onnxruntime (pip install onnx onnxruntime)")
+        return "onnxruntime"
     if backend == "onnxruntime" and precision != "fp32":
-        raise ValueError(f"the onnxruntime backend runs fp32 only; got precision {precision}")
+        raise ValueError(f"the onnxruntime backend runs fp32 and int8; got precision {precision}")
     return "torch" if backend == "auto" else backend
+
+
+def _default_calibration_root() -> str:
+    """$EACNET_DATA or ../shared/data/CamVid when it holds CamVid's train split; else ''."""
+    from .datasets import DatasetError, default_data_root
+
+    try:
+        root = default_data_root("camvid")
+    except DatasetError:
+        return ""
+    return str(root) if (root / "train").is_dir() else ""
 
 
 def _check_size(height: int, width: int) -> None:

@@ -15,7 +15,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -49,7 +49,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Validate a precision for a device; 'auto' -> fp16 on CUDA, fp32 on CPU.
+    """Validate a precision for a device; 'auto' -> fp16 on CUDA, fp32 on CPU (int8 is never
+    automatic: it changes the results, so it is the user's choice).
 
     bf16 is never chosen automatically on CPU: on the CPUs we measured it was either
     unsupported or not faster for these small convolutions."""
@@ -61,6 +62,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device (CPU fp16 convolutions are slow "
                          "and unsupported in places); use fp32 or bf16 on CPU")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision int8 runs on the CPU (onnxruntime, statically quantised); on CUDA use fp16")
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         raise ValueError("precision bf16 requested but this CPU has no native bf16 support; use fp32")
     return precision

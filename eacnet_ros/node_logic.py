@@ -105,8 +105,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                              "of the chosen model."),
     ParamSpec("device", _OPTIONS.device, "Where the model runs; auto and an unavailable cuda fall back to CPU.",
               choices=("auto", "cpu", "cuda", "cuda:N")),
-    ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA, fp32 on CPU.",
+    ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA, fp32 on CPU; int8: "
+              "statically quantised onnxruntime model on the CPU (built at start-up from int8_calibration frames "
+              "and cached; ~1.8x faster for erfnet models, slower for dabnet ones on our CPU: docs/RESULTS.md).",
               choices=PRECISIONS),
+    ParamSpec("int8_calibration", _OPTIONS.calibration_data, "precision int8: folder of camera frames (or a "
+              "CamVid folder: its train/ split) that calibrates the quantisation; empty: $EACNET_DATA or "
+              "../shared/data/CamVid when present. Only read when the int8 model is not cached yet."),
     ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: on CPU the fastest of torch (NHWC, NCHW) "
               "and onnxruntime, measured at start-up; torch elsewhere.", choices=BACKENDS),
     ParamSpec("inference_height", _OPTIONS.inference_height, "Network input height in pixels; 0 (with "
@@ -145,6 +150,7 @@ class NodeConfig:
     weights: str
     device: str
     precision: str
+    int8_calibration: str
     backend: str
     inference_height: int
     inference_width: int
@@ -166,6 +172,8 @@ class NodeConfig:
             raise ParameterError("invalid parameters: " + "; ".join(errors))
         merged["overlay_alpha"] = float(merged["overlay_alpha"])
         merged["weights"] = os.path.expanduser(merged["weights"]) if merged["weights"] else ""
+        merged["int8_calibration"] = os.path.expanduser(merged["int8_calibration"]) if merged["int8_calibration"] \
+            else ""
         merged["device"] = merged["device"].lower()
         return cls(**merged)
 
@@ -298,6 +306,8 @@ def choose_device(device: str, precision: str, cuda_available: Optional[bool] = 
     device = device.lower()
     if device == "cpu":
         return "cpu", precision, None
+    if precision == "int8":  # a CPU path by design, also where a GPU is present
+        return "cpu", precision, (None if device == "auto" else f"device {device}: precision int8 runs on the CPU")
     index = 0 if device in ("auto", "cuda") else int(device.split(":")[1])
     if cuda_available and index < cuda_count:
         return ("cuda" if device == "auto" else f"cuda:{index}"), precision, None
@@ -311,6 +321,7 @@ def choose_device(device: str, precision: str, cuda_available: Optional[bool] = 
 
 def segmenter_options(config: NodeConfig, device: str, precision: str) -> SegmenterOptions:
     return SegmenterOptions(device=device, precision=precision, backend=config.backend,
+                            calibration_data=config.int8_calibration,
                             inference_height=config.inference_height, inference_width=config.inference_width,
                             threads=config.threads)
 

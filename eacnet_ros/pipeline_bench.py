@@ -57,7 +57,7 @@ class PipelineConfig:
         parts = text.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("nchw", "nhwc")):
             raise ValueError(f"configuration {text!r} must look like backend:precision[:nchw|nhwc], "
-                             "e.g. torch:fp32, torch:fp32:nchw, onnxruntime:fp32, torch:bf16")
+                             "e.g. torch:fp32, torch:fp32:nchw, onnxruntime:fp32, onnxruntime:int8, torch:bf16")
         return cls(parts[0], parts[1], len(parts) == 2 or parts[2] == "nhwc")
 
     @property

@@ -91,11 +91,12 @@ def make_worker(segmenter, color_subs=0, overlay_subs=0, warnings=None, **kwargs
 
 def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
-        "backbone", "attention", "weights", "device", "precision", "backend", "inference_height",
-        "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels", "transport"]
+        "backbone", "attention", "weights", "device", "precision", "int8_calibration", "backend",
+        "inference_height", "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels",
+        "transport"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
-    assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16")
+    assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")
     assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime")
     assert SPECS["reliability"].choices == ("auto", "reliable", "best_effort")
     assert SPECS["transport"].choices == ("raw", "compressed")
@@ -109,7 +110,7 @@ def test_only_overlay_alpha_changes_at_run_time_and_descriptions_say_so():
     for spec in PARAMETERS:
         assert spec.description and spec.full_description().startswith(spec.description)
         assert ("restart" in spec.full_description()) == spec.read_only
-        assert spec.name == "weights" or spec.constraints()
+        assert spec.name in ("weights", "int8_calibration") or spec.constraints()  # free paths
 
 
 def test_defaults_are_valid_and_pick_eacnet_erf():
@@ -137,7 +138,7 @@ def test_compressed_transport_subscribes_to_image_compressed():
     ({"backbone": "dabnet", "attention": "nonlocal"}, "no model for backbone='dabnet' attention='nonlocal'"),
     ({"device": "gpu"}, "device='gpu' must be one of: auto, cpu, cuda, cuda:N"),
     ({"device": "cuda:x"}, "device='cuda:x'"),
-    ({"precision": "int8"}, "precision='int8' must be one of: auto, fp32, fp16, bf16"),
+    ({"precision": "int4"}, "precision='int4' must be one of: auto, fp32, fp16, bf16, int8"),
     ({"backend": "tensorrt"}, "backend='tensorrt' must be one of"),
     ({"inference_height": -1, "inference_width": 32}, "inference_height=-1 must be a integer in"),
     ({"inference_height": 360}, "must both be positive or both 0"),
@@ -188,6 +189,9 @@ def test_run_time_parameter_updates(name, value, words):
     ("auto", "auto", False, 0, ("cpu", "auto"), "device auto: CUDA is not available; running on CPU"),
     ("cuda", "fp16", False, 0, ("cpu", "fp32"), "with fp32 instead of fp16"),
     ("cuda:3", "auto", True, 1, ("cpu", "auto"), "only 1 CUDA device(s)"),
+    ("auto", "int8", True, 1, ("cpu", "int8"), None),  # int8 is a CPU path even beside a GPU
+    ("cuda", "int8", True, 1, ("cpu", "int8"), "precision int8 runs on the CPU"),
+    ("auto", "int8", False, 0, ("cpu", "int8"), None),
 ])
 def test_choose_device_falls_back_to_cpu_with_one_warning(device, precision, cuda, count, expected, warns):
     chosen, new_precision, warning = node_logic.choose_device(device, precision, cuda, count)
