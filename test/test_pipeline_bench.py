@@ -54,6 +54,38 @@ def test_check_targets_reports_pass_and_fail():
     assert pb.check_targets([base, fast])[1].startswith("FAIL")
 
 
+def test_int8_rows_are_held_to_their_end_to_end_target():
+    stages = {s: 1.0 for s in pb.STAGES}
+    other = len(pb.STAGES) - 1  # 1 ms each besides the forward pass
+    base = pb.StageTimes("480x360", "torch:fp32:nchw", "cpu", stages | {"forward": 100.0 - other})  # 100 ms total
+    int8 = pb.StageTimes("480x360", "onnxruntime:int8", "cpu", stages | {"forward": 50.0 - other}, agreement=0.97)
+    (line,) = [x for x in pb.check_targets([base, int8]) if "int8" in x and "end to end" in x]
+    assert line.startswith("PASS") and "2.00x" in line and "97.00%" in line
+    int8.ms["forward"] = 60.0  # well under 1.8x
+    assert [x for x in pb.check_targets([base, int8]) if "end to end" in x][0].startswith("FAIL")
+
+
+def test_int8_configuration_runs_and_reports_agreement(tmp_path, synthetic, monkeypatch):
+    """onnxruntime:int8 as a bench-pipeline configuration, calibrated on a frames folder."""
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    for i in range(2):  # CamVid's layout: the default calibration data is its train split
+        synthetic.write_png(tmp_path / "camvid" / "train" / f"f{i}.png", synthetic.pair(rng, 40, 56)[0])
+    monkeypatch.setenv("EACNET_DATA", str(tmp_path / "camvid"))
+    configs = [pb.PipelineConfig.parse(c) for c in ("onnxruntime:fp32", "onnxruntime:int8")]
+    from eacnet_core.checkpoint import make_checkpoint, save_atomic
+    from eacnet_core.classes import CAMVID
+    from eacnet_core.models import build_model
+
+    weights = tmp_path / "w.pt"
+    save_atomic(make_checkpoint("erfnet_enc", build_model("erfnet_enc", CAMVID.num_classes), CAMVID), weights)
+    segmenters = pb.build_segmenters("erfnet_enc", str(weights), configs, "cpu", (40, 56), 1)
+    rows = pb.bench_size(segmenters, configs, (40, 56), runs=1, warmup=0)
+    assert [r.config for r in rows] == ["onnxruntime:fp32", "onnxruntime:int8"]
+    assert 0.5 < rows[1].agreement <= 1.0 and rows[1].ms["forward"] > 0
+    assert list((tmp_path / "int8-cache").glob("erfnet_enc-*.int8.onnx"))  # beside its weights
+
+
 @pytest.mark.parametrize("text", ["torch", "torch:fp32:nchw:x", "torch:fp32:planar"])
 def test_bad_configurations_are_rejected(text):
     with pytest.raises(ValueError, match="backend:precision"):
