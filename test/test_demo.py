@@ -90,7 +90,11 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys, no_packaged_weights):
     data = json.loads((out / "result.json").read_text())
     assert data["evaluated"] == 2 and data["trained"] is False and data["model"] == demo.DEFAULT_MODEL
     assert "UNTRAINED" in (out / "report" / "index.html").read_text()
-    assert main(argv + ["--storage", "sqlite3"]) == 0  # a second run replaces its own outputs
+    capsys.readouterr()
+    assert main(argv + ["--storage", "sqlite3"]) == 2  # a second run replaces outputs only when asked
+    assert "camvid_val_bag exists; pass --overwrite" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == data and not any((out / "eacnet_bag").glob("*.db3"))
+    assert main(argv + ["--storage", "sqlite3", "--overwrite"]) == 0
     assert any((out / "eacnet_bag").glob("*.db3")) and {p.name for p in out.iterdir()} == {
         "camvid_val_bag", "eacnet_bag", "result.json", "report"}
 
