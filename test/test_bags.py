@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.metadata import parse_qos
 from torch import nn
@@ -36,7 +37,6 @@ from eacnet_ros.cli import main
 
 CPU = SegmenterOptions(device="cpu", backend="torch")  # deterministic path; auto is tested in test_inference
 H, W = 32, 48
-CAMVID_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CamVid"
 QUIET = {"progress": False}
 
 
@@ -642,9 +642,9 @@ def test_cli_make_bag_from_video(tmp_path, capsys):
     assert "--labels does not apply to --video" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="no CamVid at ../shared/data/CamVid")
+@needs_real_camvid
 def test_make_bag_from_real_camvid(tmp_path):
-    assert main(["make-bag", "--camvid", str(CAMVID_ROOT), "--split", "val", "--limit", "3",
+    assert main(["make-bag", "--camvid", str(REAL_CAMVID), "--split", "val", "--limit", "3",
                  "--out", str(tmp_path / "val")]) == 0
     content = read_bag(tmp_path / "val")
     images, labels = content["/camera/image_raw"], content["/camera/labels"]
@@ -652,7 +652,7 @@ def test_make_bag_from_real_camvid(tmp_path):
     for (_, img), (_, label) in zip(images, labels, strict=True):
         assert (img.width, img.height, img.encoding) == (480, 360, "bgr8") and label.encoding == "mono8"
         assert label.header == img.header and codec.image_to_array(label).max() <= 11
-    first = cv2.imread(str(CAMVID_ROOT / "val" / "0016E5_07959.png"), cv2.IMREAD_COLOR)
+    first = cv2.imread(str(REAL_CAMVID / "val" / "0016E5_07959.png"), cv2.IMREAD_COLOR)
     assert np.array_equal(codec.image_to_bgr(images[0][1]), first)
 
 

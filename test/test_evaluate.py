@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import make_checkpoint
 from eacnet_core.classes import CAMVID
@@ -18,11 +19,6 @@ from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.metrics import ConfusionMatrix
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main as cli_main
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
-
-
 
 
 def _camvid_checkpoint(tmp_path: Path, name: str = "dabnet") -> Path:
@@ -182,7 +178,7 @@ def test_plot_writes_png(tmp_path):
     assert plot_per_class(cm, tmp_path / "x" / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="shared CamVid copy absent")
+@needs_real_camvid
 def test_real_camvid_eval_two_images(tmp_path):
     weights = _camvid_checkpoint(tmp_path)
     out = tmp_path / "real.json"

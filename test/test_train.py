@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, model_from_checkpoint
 from eacnet_core.classes import generic
@@ -24,7 +25,6 @@ from eacnet_core.train_config import TrainConfig
 from eacnet_ros.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
 
 
 
@@ -385,10 +385,10 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, synthetic):
 # ---------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="shared CamVid copy absent")
+@needs_real_camvid
 def test_real_camvid_smoke_with_limit(tmp_path, capsys):
     rc = cli_main(["train", "--model", "dabnet", "--data-root", str(REAL_CAMVID), "--out", str(tmp_path / "run"),
-                   "--limit", "2", "--epochs", "1", "--batch-size", "2", "--crop", "96x128", "--workers", "0",
+                   "--limit", "2", "--epochs", "1", "--batch-size", "2", "--crop-size", "128x96", "--workers", "0",
                    "--loss", "weighted-ce", "--class-weight-c", "1.10", "--no-progress", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out
