@@ -8,7 +8,6 @@ the ratios stay fair. Warm-up runs are excluded; CUDA is synchronised around eac
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +18,18 @@ import torch
 
 from .flops import module_macs, total_flops
 from .models import MODELS, build_model
+from .options import (
+    Alias,
+    add_batch_size,
+    add_device,
+    add_height_width_aliases,
+    add_overwrite,
+    add_threads,
+    size_from_height_width,
+    wxh,
+)
+from .outputs import check_outputs, write_json
+from .progress import progress_bar
 from .runtime import DTYPES, resolve_device, resolve_precision, sync
 
 
@@ -120,9 +131,7 @@ def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, progress:
     times: dict[str, list[float]] = {name: [] for name in runners}
     rounds = range(runs)
     if progress:
-        from tqdm import tqdm
-
-        rounds = tqdm(rounds, desc="bench rounds", unit="round", leave=False)
+        rounds = progress_bar(rounds, desc="bench rounds", unit="round", leave=False)
     for _ in rounds:
         for name, step in runners.items():
             start = time.perf_counter()
@@ -151,30 +160,34 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time the model family (latency, FPS, params, MACs)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="all", help="comma-separated registry names, or 'all' (default)")
-    p.add_argument("--height", type=int, default=512, help="input height (default 512)")
-    p.add_argument("--width", type=int, default=1024, help="input width (default 1024)")
+    p.add_argument("--size", type=wxh, default=None, metavar="WxH", help="input size WxH (default 1024x512, as the "
+                                                                         "paper's Cityscapes tables)")
+    add_height_width_aliases(p)
     p.add_argument("--classes", type=int, default=19, help="number of classes (default 19, as the paper)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    add_batch_size(p, default=1, aliases=[Alias("--batch")])
+    add_device(p)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (torch backend)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                    help="torch eager, or the exported ONNX graph in onnxruntime")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
     p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: library default)")
-    p.add_argument("--json", help="write the results as a JSON list to this path")
+    add_threads(p)
+    p.add_argument("--json", type=Path, help="write the results as a JSON list to this path")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     names = tuple(MODELS) if args.models == "all" else tuple(m.strip() for m in args.models.split(",") if m.strip())
-    cfg = BenchConfig(models=names, height=args.height, width=args.width, classes=args.classes, batch=args.batch,
+    height, width = size_from_height_width(args, default=(BenchConfig.height, BenchConfig.width))
+    if args.json:
+        check_outputs([args.json], overwrite=args.overwrite)
+    cfg = BenchConfig(models=names, height=height, width=width, classes=args.classes, batch=args.batch_size,
                       device=args.device, precision=args.precision, channels_last=args.channels_last,
                       backend=args.backend, warmup=args.warmup, runs=args.runs, threads=args.threads)
     results = run_bench(cfg)
     print(format_table(results))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+        write_json(args.json, [asdict(r) for r in results])
     return 0

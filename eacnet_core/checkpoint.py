@@ -13,8 +13,8 @@ so the Segmenter, the node and the bag tools carry no dataset knowledge.
 
 from __future__ import annotations
 
+import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +23,7 @@ from torch import nn
 
 from .classes import DatasetInfo
 from .models import MODELS, build_model
+from .outputs import atomic_write, check_outputs
 
 FORMAT = "eacnet-checkpoint"
 VERSION = 1
@@ -42,24 +43,9 @@ def make_checkpoint(model_name: str, model: nn.Module, dataset: DatasetInfo, **e
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash or SIGKILL mid-write never leaves a truncated checkpoint under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through the one atomic-write helper: a crash or SIGKILL mid-write never
+    leaves a truncated checkpoint under the real name."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, expect_model: Optional[str] = None,
@@ -112,9 +98,13 @@ DEPLOY_FIELDS = ("format", "version", "model", "num_classes", "dataset", "state_
                  "epoch", "metrics")
 
 
-def slim(src: str | os.PathLike, dst: str | os.PathLike, fp16: bool = True) -> dict:
+def slim(src: str | os.PathLike, dst: str | os.PathLike, fp16: bool = True, overwrite: bool = False) -> dict:
     """Copy a training checkpoint without its training state, floats stored as fp16
-    (half the size; loading converts back to fp32). Returns the slim checkpoint."""
+    (half the size; loading converts back to fp32). Returns the slim checkpoint.
+
+    ``dst`` is never ``src`` (slimming in place would drop the optimiser state that
+    ``--resume`` needs) and replaces an existing file only with ``overwrite``."""
+    check_outputs([dst], inputs=[src], overwrite=overwrite)
     ckpt = load_checkpoint(src)
     out = {k: ckpt[k] for k in DEPLOY_FIELDS if k in ckpt}
     if fp16:
@@ -145,12 +135,16 @@ def record_check(path: str | os.PathLike, data_root: str | os.PathLike, images: 
 
 
 def add_parser(subparsers) -> None:
+    from .options import add_out, add_overwrite
+
     p = subparsers.add_parser("slim", help="strip a training checkpoint down to a deployable one (fp16)",
                               description="Copy a checkpoint without optimiser/scheduler/RNG state, with fp16 "
                                           "weights (loading converts them back to fp32). This is how the packaged "
                                           "weights were made.")
-    p.add_argument("src", help="checkpoint written by `eacnet train` (e.g. best.pt)")
-    p.add_argument("dst", help="output path")
+    p.add_argument("src", help="checkpoint written by `eacnet train` (e.g. best.pt); never modified")
+    p.add_argument("dst", nargs="?", help=argparse.SUPPRESS)  # the old positional output, deprecated
+    add_out(p, "output checkpoint (never SRC)", metavar="DST")
+    add_overwrite(p)
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     p.add_argument("--check-data", metavar="CAMVID_ROOT",
                    help="record the mIoU on the first --check-images CamVid val images in metrics['check']")
@@ -158,11 +152,26 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_run_slim)
 
 
+def _slim_destination(args) -> str:
+    """--out, or the deprecated positional DST."""
+    from .options import warn_deprecated
+
+    if args.dst is not None and args.out is not None:
+        raise ValueError("give the output once: --out DST (the positional DST is its old spelling)")
+    if args.dst is not None:
+        warn_deprecated("the positional DST of `eacnet slim`", "--out DST")
+        return args.dst
+    if args.out is None:
+        raise ValueError("--out DST is required (the output checkpoint)")
+    return args.out
+
+
 def _run_slim(args) -> int:
-    out = slim(args.src, args.dst, fp16=not args.fp32)
+    dst = _slim_destination(args)
+    out = slim(args.src, dst, fp16=not args.fp32, overwrite=args.overwrite)
     if args.check_data:
-        out["metrics"]["check"] = record_check(args.dst, args.check_data, args.check_images)
-    print(f"wrote {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB, model {out['model']}, "
+        out["metrics"]["check"] = record_check(dst, args.check_data, args.check_images)
+    print(f"wrote {dst} ({Path(dst).stat().st_size / 1e6:.1f} MB, model {out['model']}, "
           f"epoch {out.get('epoch')}, metrics {out.get('metrics')})")
     return 0
 

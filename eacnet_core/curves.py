@@ -9,8 +9,12 @@ whether a moving gamma buys mIoU against the equal-budget control.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
+
+from .options import add_out, add_overwrite
+from .outputs import check_outputs, write_bytes
 
 LOG = "metrics.jsonl"
 
@@ -65,21 +69,23 @@ def plot(runs: dict[str, list[dict]], out: str | Path) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lstrip(".").lower() or "png", dpi=110)
     plt.close(fig)
-    return out
+    return write_bytes(out, buffer.getvalue())
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("curves", help="plot val mIoU and the attention's gamma per epoch of training runs",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files); LABEL=PATH names a line")
-    p.add_argument("--out", required=True, help="image file to write (.png, .svg, ...)")
+    add_out(p, "image file to write (.png, .svg, ...)", required=True, type=Path)
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([args.out], inputs=[Path(spec.rpartition("=")[2]) for spec in args.runs], overwrite=args.overwrite)
     runs = {}
     for spec in args.runs:
         label, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,8 +36,11 @@ from .datasets import (
     prepare_worker_fork,
 )
 from .metrics import ConfusionMatrix
+from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
+from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
+from .progress import progress_bar
 from .runtime import DTYPES, resolve_device, resolve_precision, sync
-from .transforms import EvalTransform, parse_hw
+from .transforms import EvalTransform
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
 PredictionHook = Callable[[np.ndarray, list[int]], None]
@@ -79,23 +82,26 @@ def evaluate_model(model: nn.Module, loader: DataLoader, info: DatasetInfo, devi
                    on_predictions: Optional[PredictionHook] = None) -> EvalResult:
     """Run ``model`` over ``loader`` in eval mode and accumulate the confusion matrix.
 
+    Images go in with the model's own dtype, so a model cast to fp16 / bf16 runs as the
+    Segmenter runs it (``eacnet eval --precision``); ``amp_dtype`` autocasts an fp32 model
+    instead (training's validation under ``--amp``).
+
     Under torch.distributed each process evaluates its own shard and the matrices are
     summed, so every process returns the whole split's result."""
     confusion = ConfusionMatrix(info.num_classes, info.ignore_index, info.class_names)
     was_training = model.training
     model.eval()
+    dtype = next(model.parameters()).dtype
     images, model_seconds = 0, 0.0
     start = time.perf_counter()
     batches = loader
     if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True)
+        batches = progress_bar(loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True)
     with torch.inference_mode():
         for batch in batches:
             image, label, index = batch[0], batch[1], batch[2]
             t0 = time.perf_counter()
-            x = image.to(device, non_blocking=True)
+            x = image.to(device, dtype=dtype, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits = model(x)
             pred = predict_to_label_size(logits.float(), tuple(label.shape[-2:]))
@@ -160,8 +166,6 @@ def plot_per_class(confusion: ConfusionMatrix, path: str | Path, title: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ious = 100 * confusion.per_class_iou
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(ious) + 2), 4.5))
     bars = ax.bar(range(len(ious)), ious, color="#3a78b5")
@@ -175,23 +179,44 @@ def plot_per_class(confusion: ConfusionMatrix, path: str | Path, title: str = ""
     ax.set_title(title or "per-class IoU")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return write_bytes(path, buffer.getvalue())
+
+
+def prediction_paths(dataset: SegmentationDataset, folder: Path, index: int) -> tuple[Path, Path]:
+    """``<stem>.png`` (class ids) and ``<stem>_color.png`` (palette) of one image."""
+    stem = dataset.samples[index].image.stem
+    return folder / f"{stem}.png", folder / f"{stem}_color.png"
+
+
+def check_prediction_outputs(dataset: SegmentationDataset, folder: Optional[Path], overwrite: bool,
+                             others: tuple[Optional[Path], ...] = (), extra_inputs: tuple[Path, ...] = ()) -> None:
+    """Before the first forward pass: the predictions' folder is no folder the dataset is
+    read from (--save-predictions into the labels folder once replaced the ground truth), no
+    output is an input or another output (two images with one stem), and none exists unless
+    ``overwrite``. ``others``: the run's other output files (--json, --plot)."""
+    data = [p for sample in dataset.samples for p in (sample.image, sample.label)]
+    outputs = [p for p in others if p is not None]
+    if folder is not None:
+        check_output_folder(folder, {p.parent for p in data})
+        outputs += [p for i in range(len(dataset)) for p in prediction_paths(dataset, folder, i)]
+    check_outputs(outputs, inputs=data + list(extra_inputs), overwrite=overwrite)
 
 
 def prediction_writer(dataset: SegmentationDataset, folder: str | Path, info: DatasetInfo) -> PredictionHook:
-    """Writes ``<stem>.png`` (class ids, uint8) and ``<stem>_color.png`` (palette) per image."""
+    """Writes ``<stem>.png`` (class ids, uint8) and ``<stem>_color.png`` (palette) per image,
+    each atomically (see ``check_prediction_outputs`` for what is refused first)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     palette_bgr = np.zeros((256, 3), np.uint8)
     palette_bgr[: info.num_classes] = info.palette_array()[:, ::-1]
 
     def write(pred: np.ndarray, indices: list[int]) -> None:
         for mask, index in zip(pred, indices, strict=True):
-            stem = dataset.samples[index].image.stem
-            cv2.imwrite(str(folder / f"{stem}.png"), mask.astype(np.uint8))
-            cv2.imwrite(str(folder / f"{stem}_color.png"), palette_bgr[mask.astype(np.uint8)])
+            ids, colour = prediction_paths(dataset, folder, index)
+            write_image(ids, mask.astype(np.uint8))
+            write_image(colour, palette_bgr[mask.astype(np.uint8)])
 
     return write
 
@@ -207,17 +232,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
     p.add_argument("--split", default="val", help="val (default), test, train")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
-    p.add_argument("--size", default="", help="inference size HxW the images are resized to (default: native)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    add_resize(p, aliases=[Alias("--size", hxw, "eval's --size was HxW; --resize is WxH: --size 360x480 is "
+                                               "--resize 480x360")], what="the images")
+    add_batch_size(p, default=1)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="autocast precision (default fp32; fp16 needs CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: library default)")
-    p.add_argument("--json", help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
-    p.add_argument("--plot", help="write a per-class IoU bar chart (PNG) here")
-    p.add_argument("--save-predictions", help="write class-id and colour masks into this folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="the model and images cast to this type, as the Segmenter and the node run them "
+                        "(auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA)")
+    add_threads(p)
+    p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
+    p.add_argument("--plot", type=Path, help="write a per-class IoU bar chart (PNG) here")
+    add_out(p, "write <image>.png (class ids) and <image>_color.png per image into this folder (never a folder "
+               "of the dataset)", aliases=[Alias("--save-predictions")], type=Path, metavar="DIR")
+    add_overwrite(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.set_defaults(func=run)
 
 
@@ -235,12 +264,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt, weights = _load_weights(args)
     info = dataset_info(ckpt)
     root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
-    size = parse_hw(args.size)
-    transform = EvalTransform(info.mean, info.std, size if size != (0, 0) else None)
+    size = args.resize if args.resize and args.resize != (0, 0) else None
+    transform = EvalTransform(info.mean, info.std, size)
     dataset = build_dataset(args.dataset, root, args.split, limit=args.limit, transform=transform)
     if dataset.info.num_classes != info.num_classes:
         raise CheckpointError(f"{weights}: model has {info.num_classes} classes, dataset {args.dataset} has "
                               f"{dataset.info.num_classes}")
+    check_prediction_outputs(dataset, args.out, args.overwrite, others=(args.json, args.plot), extra_inputs=(weights,))
     info = replace(info, ignore_index=dataset.info.ignore_index)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -248,21 +278,17 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = model_from_checkpoint(ckpt, weights).to(device)
-    hook = prediction_writer(dataset, args.save_predictions, info) if args.save_predictions else None
+    model = model_from_checkpoint(ckpt, weights).to(device, dtype=DTYPES[precision])
+    hook = prediction_writer(dataset, args.out, info) if args.out else None
     loader = eval_loader(dataset, args.batch_size, args.workers, pin_memory=device.type == "cuda")
     print(f"eval: {ckpt['model']} ({weights}) on {dataset.name}, {len(dataset)} images, {device}, {precision}")
     try:
-        result = evaluate_model(model, loader, info, device, None if precision == "fp32" else DTYPES[precision],
-                                progress=not args.no_progress, on_predictions=hook)
+        result = evaluate_model(model, loader, info, device, progress=not args.no_progress, on_predictions=hook)
     except DatasetError as exc:  # raised inside a worker: keep the one line that names the file
         raise DatasetError.clean(exc) from None
     _print_result(result, ckpt["model"], dataset.name)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report_json(result, ckpt["model"], args.dataset, args.split, str(weights)),
-                                   indent=2))
+        write_json(args.json, report_json(result, ckpt["model"], args.dataset, args.split, str(weights)))
     if args.plot:
         plot_per_class(result.confusion, args.plot, f"{ckpt['model']} on {dataset.name}")
     return 0

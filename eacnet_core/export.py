@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import warnings
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+
+from .options import add_height_width_aliases, add_out, add_overwrite, add_threads, size_from_height_width, wxh
+from .outputs import check_outputs, write_bytes
 
 #: Names of the image's (and logits') height and width axes in a ``dynamic_size`` export.
 SIZE_AXES = ("height", "width")
@@ -26,18 +30,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, height: int, width: i
     freezes Python branches on the size: export at a size no stride divides (e.g. odd) so the
     input padding stays in the graph, and check other sizes (the Segmenter does both)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     dummy = torch.zeros(1, 3, height, width, device=next(model.parameters()).device)
     axes: dict[int, str] = {0: "batch"} if dynamic_batch else {}
     if dynamic_size:
         axes.update({2: SIZE_AXES[0], 3: SIZE_AXES[1]})
+    graph = io.BytesIO()  # in memory, then one atomic write: never half a graph under the real name
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
-        torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
+        torch.onnx.export(model, (dummy,), graph, input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": axes, "logits": axes} if axes else None, opset_version=opset,
                           dynamo=False)
-    return path
+    return write_bytes(path, graph.getvalue())
 
 
 def ort_session(path: str | os.PathLike | bytes, device: torch.device | str = "cpu", threads: int = 0,
@@ -79,9 +83,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", help="registry model name (default: the one the --weights checkpoint names)")
     p.add_argument("--weights", help="checkpoint to export (default: packaged weights, else random init)")
     p.add_argument("--classes", type=int, default=None, help="number of classes without weights (default 19)")
-    p.add_argument("--height", type=int, required=True, help="input height in pixels")
-    p.add_argument("--width", type=int, required=True, help="input width in pixels")
-    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--size", type=wxh, metavar="WxH", help="input size WxH, e.g. 480x360 (required)")
+    add_height_width_aliases(p)
+    add_out(p, "output .onnx path", required=True)
+    add_overwrite(p)
+    add_threads(p)
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run)
@@ -93,15 +99,22 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model and not args.weights:
         raise SystemExit("eacnet export: give --model NAME or --weights CKPT")
+    size = size_from_height_width(args, default=None)
+    if size is None or 0 in size:
+        raise ValueError("--size WxH is required (the input size of the graph, e.g. 480x360)")
+    height, width = size
     weights = args.weights or (packaged_weights(args.model) if args.classes is None else None)
+    check_outputs([args.out], inputs=[weights] if weights else [], overwrite=args.overwrite)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if weights:
         ckpt = load_checkpoint(weights, expect_model=args.model, expect_classes=args.classes)
         model, name = model_from_checkpoint(ckpt, weights), ckpt["model"]
     else:
         model, name = build_model(args.model, args.classes or 19), args.model
-    path = export_onnx(model, args.out, args.height, args.width, args.dynamic_batch, args.opset)
-    check = compare_with_torch(model, path, args.height, args.width)
-    print(f"wrote {path} ({name}, {'trained' if weights else 'random'} weights, {args.width}x{args.height}); "
+    path = export_onnx(model, args.out, height, width, args.dynamic_batch, args.opset)
+    check = compare_with_torch(model, path, height, width)
+    print(f"wrote {path} ({name}, {'trained' if weights else 'random'} weights, {width}x{height}); "
           f"onnxruntime vs torch: max |diff| {check['max_abs_diff']:.2e}, "
           f"argmax agreement {100 * check['argmax_agreement']:.3f}%")
     return 0

@@ -167,8 +167,13 @@ class Segmenter:
         size = (f"{self.options.inference_width}x{self.options.inference_height}"
                 if self.options.inference_height else "input size")
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
-        backend = ("auto (chosen on the first frame)" if self._tune_on_first_frame
-                   else self.backend + (" channels_last" if self.channels_last else ""))
+        # backend=auto on CPU chooses in warmup() or on the first frame: before that, say so
+        # rather than name the starting path (a description taken early once recorded torch for onnxruntime).
+        if self._can_autotune and self.autotune_size is None:
+            backend = "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)"
+        else:
+            backend = (self.backend + (" channels_last" if self.channels_last else "")
+                       + (" (chosen by auto)" if self._can_autotune else ""))
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
                 f"precision={self.precision} backend={backend} inference={size} weights={weights}")
 

@@ -4,6 +4,7 @@ per frame, the class-id PNG, the colour PNG and the overlay PNG."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +12,22 @@ import cv2
 import numpy as np
 
 from .inference import BACKENDS, Segmenter, SegmenterOptions
-from .transforms import parse_hw
+from .options import INFERENCE_SIZE_HXW, Alias, add_out, add_overwrite, add_resize, add_threads
+from .outputs import OutputError, check_output_folder, check_outputs, write_image
+from .progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+#: The files written per frame: <name>_<kind>.png
+OUTPUT_KINDS = ("mask", "color", "overlay")
+
+
+def image_files(source: Path) -> list[Path]:
+    """The images a folder holds, sorted by name (an error when there are none)."""
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"input folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
 
 
 def iter_frames(source: Path) -> Iterator[tuple[str, np.ndarray | None]]:
@@ -22,10 +35,7 @@ def iter_frames(source: Path) -> Iterator[tuple[str, np.ndarray | None]]:
     if not source.exists():
         raise FileNotFoundError(f"input {source} does not exist")
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"input folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for path in files:
+        for path in image_files(source):
             yield path.stem, cv2.imread(str(path), cv2.IMREAD_COLOR)
     elif source.suffix.lower() in VIDEO_SUFFIXES:
         yield from _video_frames(source)
@@ -54,42 +64,75 @@ def _video_frames(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         capture.release()
 
 
-def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: float = 0.5,
-                     progress: bool = True) -> dict:
-    """Write <name>_mask.png (class ids), <name>_color.png and <name>_overlay.png per frame.
-    Unreadable images are skipped and counted, never fatal."""
-    from tqdm import tqdm
 
+def check_segment_outputs(source: Path, out_dir: Path, overwrite: bool = False) -> None:
+    """Everything that could lose data, before the first frame: ``out_dir`` is not the
+    input's folder, no two inputs map to one output name (``a.png`` and ``a.jpg`` are both
+    ``a``), no output replaces an input, and none exists unless ``overwrite``."""
+    if not source.exists():
+        raise FileNotFoundError(f"input {source} does not exist")
+    check_output_folder(out_dir, [source if source.is_dir() else source.parent])
+    if source.suffix.lower() in VIDEO_SUFFIXES and not source.is_dir():
+        existing = [] if overwrite else _video_outputs(source, out_dir)
+        if existing:
+            raise OutputError(f"output {existing[0]} exists ({len(existing)} output file(s) of {source.name} "
+                              "there); pass --overwrite to replace them")
+        return
+    files = image_files(source) if source.is_dir() else [source]
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:
+            raise OutputError(f"inputs {by_stem[path.stem].name} and {path.name} would both be written as "
+                              f"{path.stem}_mask.png (outputs are named by file stem); segment one of them on its own")
+        by_stem[path.stem] = path
+    check_outputs([out_dir / f"{stem}_{kind}.png" for stem in by_stem for kind in OUTPUT_KINDS], inputs=files,
+                  overwrite=overwrite)
+
+
+def _video_outputs(video: Path, out_dir: Path) -> list[Path]:
+    """Outputs of ``video`` already in ``out_dir``: its frame names are only known while
+    decoding, so any frame's output counts."""
+    if not out_dir.is_dir():
+        return []
+    pattern = re.compile(rf"{re.escape(video.stem)}_\d{{6}}_({'|'.join(OUTPUT_KINDS)})\.png")
+    return sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
+
+
+def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: float = 0.5,
+                     progress: bool = True, overwrite: bool = False) -> dict:
+    """Write <name>_mask.png (class ids), <name>_color.png and <name>_overlay.png per frame,
+    each atomically, after ``check_segment_outputs``. Unreadable images are skipped and
+    counted, never fatal."""
+    check_segment_outputs(source, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = 0, []
-    for name, frame in tqdm(iter_frames(source), desc="segment", unit="frame", disable=not progress):
+    for name, frame in progress_bar(iter_frames(source), enabled=progress, desc="segment", unit="frame"):
         if frame is None:
             skipped.append(name)
             continue
         mask = segmenter.segment(frame)
         colour = segmenter.colorize(mask)
-        for suffix, image in (("mask", mask), ("color", colour),
-                              ("overlay", segmenter.overlay(frame, mask, alpha, colour))):
-            if not cv2.imwrite(str(out_dir / f"{name}_{suffix}.png"), image):
-                raise OSError(f"could not write {out_dir / f'{name}_{suffix}.png'}")
+        for kind, image in zip(OUTPUT_KINDS, (mask, colour, segmenter.overlay(frame, mask, alpha, colour)),
+                               strict=True):
+            write_image(out_dir / f"{name}_{kind}.png", image)
         written += 1
     return {"frames": written, "skipped": skipped, "output": str(out_dir)}
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """--device/--precision/--backend/--inference-size, shared by every command that runs a Segmenter."""
+    """--device/--precision/--backend/--resize/--threads, shared by every command that runs a Segmenter."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="auto: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="torch or onnxruntime (default auto)")
-    parser.add_argument("--inference-size", default=None, metavar="HxW",
-                        help="resize frames to this size for the network (default: each frame's own size)")
+    add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
+    add_threads(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
-    height, width = parse_hw(args.inference_size) if args.inference_size else (0, 0)
+    height, width = args.resize or (0, 0)
     return SegmenterOptions(device=args.device, precision=args.precision, backend=args.backend,
-                            inference_height=height, inference_width=width)
+                            inference_height=height, inference_width=width, threads=args.threads)
 
 
 def add_parser(subparsers) -> None:
@@ -101,18 +144,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-untrained", action="store_true",
                    help="with --model and no packaged weights: run a randomly initialised model (noise)")
     p.add_argument("--input", required=True, help="an image, a folder of images or a video file")
-    p.add_argument("--output", required=True, help="folder for <frame>_mask/_color/_overlay.png")
+    add_out(p, "folder for <frame>_mask/_color/_overlay.png (not the input's folder)", required=True,
+            aliases=[Alias("--output")], metavar="DIR")
+    add_overwrite(p)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    source, out = Path(args.input), Path(args.out)
+    check_segment_outputs(source, out, args.overwrite)  # before loading a model: the cheapest mistakes first
     options = options_from_args(args)
     segmenter = (Segmenter.from_checkpoint(args.weights, options) if args.weights
                  else Segmenter.from_name(args.model, options=options, allow_untrained=args.allow_untrained))
     print(segmenter.describe())
-    summary = segment_to_files(segmenter, Path(args.input), Path(args.output), args.alpha)
+    summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite)
     print(f"wrote {summary['frames']} frame(s) to {summary['output']}"
           + (f"; skipped {len(summary['skipped'])} unreadable: {', '.join(summary['skipped'][:5])}"
              if summary["skipped"] else ""))

@@ -53,9 +53,11 @@ from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
 from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
 from .models import MODELS, build_model
 from .models.attention import SelfCalibrationAttention
+from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
+from .progress import progress_bar
 from .runtime import resolve_device, resolve_precision
 from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
-from .transforms import EvalTransform, TrainTransform, parse_hw
+from .transforms import EvalTransform, TrainTransform
 
 LAST, BEST, LOG = "last.pt", "best.pt", "metrics.jsonl"
 
@@ -428,8 +430,11 @@ class Trainer:
         self.resume_ckpt = self._resume_checkpoint() if resume else None
         if self.resume_ckpt is not None:
             cfg = _resumed_config(self.resume_ckpt, cfg, self._log)
-        elif (self.out / LAST).exists():
-            raise ValueError(f"{self.out / LAST} exists: pass --resume to continue that run, or choose another --out")
+        else:
+            for name in (LAST, BEST):  # a new run would replace them
+                if (self.out / name).exists():
+                    raise ValueError(f"{self.out / name} exists: pass --resume to continue that run, or choose "
+                                     "another --out")
         self.cfg = cfg.resolved()
         self.stop = StopSignal()
         self.on_step: Optional[Callable[[Trainer], None]] = None  # called after every optimiser step
@@ -620,7 +625,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         history: list[dict] = []
         self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.iters_per_epoch} iterations, batch "
-                  f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[0]}x{cfg.crop[1]}, {cfg.optimizer} "
+                  f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
         with self.stop.installed():
             while self.epoch < cfg.epochs:
@@ -695,10 +700,8 @@ class Trainer:
     def _progress(self, total: int):
         if not (self.cfg.progress and self.dist.is_main):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it", dynamic_ncols=True,
-                    leave=False)
+        return progress_bar(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
+                            dynamic_ncols=True, leave=False)
 
     def _step(self, image: torch.Tensor, label: torch.Tensor) -> tuple[float, bool]:
         """Forward, loss, agreement on (mean loss, stop request) across processes, then the
@@ -874,13 +877,6 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        return parse_hw(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_parser(subparsers) -> None:
     d = TrainConfig()
     p = subparsers.add_parser("train", help="train a model (single process or torchrun DDP)",
@@ -898,7 +894,10 @@ def add_parser(subparsers) -> None:
     a("--resume", action="store_true", default=False, help="continue the run in --out from its last.pt")
     a("--epochs", type=int, help=f"default {d.epochs}")
     a("--batch-size", type=int, help=f"per process, default {d.batch_size}")
-    a("--crop", type=_hw, help="training crop HxW (default camvid 360x480, cityscapes 512x1024, folder 512x512)")
+    add_option(p, "--crop-size", dest="crop", type=wxh, metavar="WxH",
+               aliases=[Alias("--crop", hxw, "--crop was HxW; --crop-size is WxH: --crop 360x480 is "
+                                             "--crop-size 480x360")],
+               help="training crop WxH (default camvid 480x360, cityscapes 1024x512, folder 512x512)")
     a("--scales", type=_scales, help="random scales, comma-separated (default the paper's 0.75,...,2.0)")
     a("--no-flip", dest="flip", action="store_false", help="no random horizontal flip")
     a("--lr", type=float, help="initial learning rate (default adam 5e-4, sgd 4.5e-2)")
@@ -918,7 +917,9 @@ def add_parser(subparsers) -> None:
     a("--class-weights", choices=WEIGHTINGS, help="weighting for --loss weighted-ce (default enet)")
     a("--class-weight-c", type=float, help=f"ENet constant c in 1/ln(c+p), default {d.class_weight_c}")
     a("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
-    a("--val-size", type=_hw, help="validate at this inference size HxW (default native)")
+    add_option(p, "--val-resize", dest="val_size", type=wxh, metavar="WxH",
+               aliases=[Alias("--val-size", hxw, "--val-size was HxW; --val-resize is WxH")],
+               help="resize validation images to this size WxH for the network (default: their own size)")
     a("--val-batch-size", type=int, help=f"default {d.val_batch_size}")
     a("--limit", type=int, help="use only the first N images of each split (smoke runs)")
     a("--workers", type=int, help=f"DataLoader workers per process, default {d.workers}")
@@ -926,7 +927,7 @@ def add_parser(subparsers) -> None:
     a("--data-on-device", action="store_true", help="hold the training set on the device and augment it there "
                                                     "(GPU training of small datasets; implies --cache)")
     a("--seed", type=int, help=f"default {d.seed}")
-    a("--device", help="auto | cpu | cuda | cuda:N (default auto; under torchrun cuda:LOCAL_RANK)")
+    a("--device", help=f"{DEVICE_HELP}; under torchrun cuda:LOCAL_RANK")
     a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")
     a("--amp-dtype", choices=AMP_DTYPES, help="auto = fp16 on CUDA, bf16 on CPU")
     a("--threads", type=int, help="torch CPU threads (default: library default)")

@@ -98,7 +98,7 @@ class TrainConfig:
              "--lr, --weight-decay and --warmup-iters must be >= 0 and --warmup-ratio in (0, 1]"),
             (self.val_every >= 0 and self.limit >= 0 and self.workers >= 0 and self.pool >= 0,
              "--val-every, --limit, --workers and --pool must be >= 0"),
-            (len(self.crop) == 2 and len(self.val_size) == 2, "--crop and --val-size are HxW"),
+            (len(self.crop) == 2 and len(self.val_size) == 2, "--crop-size and --val-resize are WxH"),
         ]
         for ok, message in checks:
             if not ok:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import array
 import itertools
-import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from eacnet_core import datasets
 from eacnet_core.inference import Segmenter
+from eacnet_core.outputs import OutputError, check_outputs, real_path, write_json
+from eacnet_core.progress import progress_bar
 
 from . import codec
 from .node_logic import FrameProcessor, SegmentedFrame, encode_frame
@@ -248,10 +251,8 @@ def make_bag(frames: Iterable[Frame], out: Path, opts: MakeBagOptions = MakeBagO
             image_type = COMPRESSED_TYPE if opts.compressed else IMAGE_TYPE
             image_conn = writer.add_connection(topic, image_type, typestore=STORE)
             label_conn = None
-            from tqdm import tqdm
-
-            for frame in tqdm(frames, desc="make-bag", unit="frame", disable=not opts.progress,
-                              total=opts.limit or None):
+            for frame in progress_bar(frames, enabled=opts.progress, desc="make-bag", unit="frame",
+                                      total=opts.limit or None):
                 if opts.limit and counts["frames"] >= opts.limit:
                     break
                 if frame.bgr is None:
@@ -324,19 +325,27 @@ def pick_image_topic(reader: Reader, requested: str, label_topic: Optional[str],
     an explicit topic must exist and be an image type. Errors list what is there."""
     topics = reader.topics
     images = image_topics(reader)
-    listing = ", ".join(f"{t} ({m})" for t, m in sorted(images.items())) or "none"
     if requested != "auto":
         if requested not in topics:
-            raise BagError(f"bag {path} has no topic {requested}; image topics: {listing}")
+            raise BagError(f"bag {path} has no topic {requested}; its topics: {topic_listing(reader)}")
         if requested not in images:
             raise BagError(f"topic {requested} in {path} is {topics[requested].msgtype}, "
                            f"not {IMAGE_TYPE} or {COMPRESSED_TYPE}")
         return requested
     candidates = sorted(t for t in images if t != label_topic and not t.startswith(OUTPUT_PREFIX))
-    if len(candidates) != 1:
-        why = "no image topic" if not candidates else f"{len(candidates)} image topics"
-        raise BagError(f"bag {path}: --image-topic auto found {why}; pass one of: {listing}")
+    if not candidates:
+        raise BagError(f"bag {path}: --image-topic auto found no image topic to segment (an {IMAGE_TYPE} or "
+                       f"{COMPRESSED_TYPE} topic other than the labels and {OUTPUT_PREFIX} outputs); its topics: "
+                       f"{topic_listing(reader)}")
+    if len(candidates) > 1:
+        raise BagError(f"bag {path}: --image-topic auto found {len(candidates)} image topics; pass --image-topic "
+                       f"with one of: {', '.join(f'{t} ({images[t]})' for t in candidates)}")
     return candidates[0]
+
+
+def topic_listing(reader: Reader) -> str:
+    """Every topic of the bag with its type, for error messages."""
+    return ", ".join(f"{name} ({info.msgtype})" for name, info in sorted(reader.topics.items())) or "none at all"
 
 
 def resolve_label_topic(reader: Reader, requested: Optional[str], path: Path) -> Optional[str]:
@@ -346,7 +355,7 @@ def resolve_label_topic(reader: Reader, requested: Optional[str], path: Path) ->
     topic = requested or DEFAULT_LABEL_TOPIC
     if topic not in topics:
         if requested:
-            raise BagError(f"bag {path} has no label topic {requested}; topics: {', '.join(sorted(topics))}")
+            raise BagError(f"bag {path} has no label topic {requested}; its topics: {topic_listing(reader)}")
         return None
     if topics[topic].msgtype != IMAGE_TYPE:
         raise BagError(f"label topic {topic} in {path} is {topics[topic].msgtype}, not {IMAGE_TYPE}")
@@ -355,6 +364,21 @@ def resolve_label_topic(reader: Reader, requested: Optional[str], path: Path) ->
 
 def stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+
+
+#: CDR encapsulation kind (second byte of the 4-byte header) -> the header stamp's layout.
+_CDR_STAMP = {0: struct.Struct(">iI"), 1: struct.Struct("<iI")}
+
+
+def header_stamp(raw: bytes) -> Optional[int]:
+    """The header stamp (ns) of a CDR message that starts with a std_msgs/Header (Image,
+    CompressedImage), read from bytes 4-12 without deserialising the rest: after the
+    encapsulation header come stamp.sec (int32) and stamp.nanosec (uint32). None when the
+    bytes are too short or not plain CDR."""
+    if len(raw) < 12 or raw[0] != 0 or raw[1] not in _CDR_STAMP:
+        return None
+    sec, nanosec = _CDR_STAMP[raw[1]].unpack_from(raw, 4)
+    return sec * 10**9 + nanosec
 
 
 def _deserialize(raw: bytes, msgtype: str) -> Optional[Any]:
@@ -401,6 +425,7 @@ class BagEvalResult:
     evaluated: int = 0
     undecodable: int = 0
     unpaired: int = 0
+    ambiguous_labels: int = 0  # labels whose header stamp other frames or labels share: not scored
     mismatched_labels: int = 0
     miou: Optional[float] = None
     pixel_accuracy: Optional[float] = None
@@ -418,32 +443,49 @@ class BagEvalResult:
     def to_json(self) -> dict:
         """The documented JSON: fractions in [0, 1], null where there is nothing to measure."""
         keys = ("frames", "evaluated", "miou", "pixel_accuracy", "per_class", "absent_classes", "latency_ms", "fps",
-                "undecodable", "unpaired", "mismatched_labels", "output_bag", "trained", "model", "bag", "image_topic",
-                "label_topic", "segmenter", "wall_s")
+                "undecodable", "unpaired", "ambiguous_labels", "mismatched_labels", "output_bag", "trained", "model",
+                "bag", "image_topic", "label_topic", "segmenter", "wall_s")
         return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
 class _Scan:
-    """What a first, cheap pass over the headers tells the pairing: which frames have a label."""
+    """What a first, cheap pass over the headers tells the pairing: which frames have a label.
 
-    frame_stamps: array.array
-    frame_set: set
-    label_set: set
-    unpaired: int
+    A label is paired with the frame of the same header stamp only when that stamp is
+    unique, to one frame and one label: drivers that leave stamps at zero (or repeat them)
+    would otherwise have labels scored against the wrong frames."""
+
+    frame_stamps: array.array  # stamps of the frames the run processes (the first --limit), in bag order
+    label_set: set  # stamps held by exactly one of those frames and one label: the pairs to score
+    unpaired: int  # labels whose stamp no processed frame has (with --limit: up to its last frame's stamp)
+    ambiguous: int  # labels whose stamp several frames or labels share: not scored
+    shared_stamp: Optional[tuple[int, int]] = None  # (stamp, frames) of the most shared one, for the warning
 
 
-def _prescan(reader: Reader, frame_conns: list, label_conns: list, frame_type: str, path: Path) -> _Scan:
-    """Read only the stamps of frames and labels, so the main pass keeps a prediction only
-    for frames whose label is still to come (memory stays flat over long bags)."""
-    frames, labels = array.array("q"), array.array("q")
-    label_ids = {c.id for c in label_conns}
-    for conn, _, raw in read_messages(reader, frame_conns + label_conns, path):
-        msg = _deserialize(raw, IMAGE_TYPE if conn.id in label_ids else frame_type)
-        if msg is not None:
-            (labels if conn.id in label_ids else frames).append(stamp_ns(msg))
-    frame_set = set(frames)
-    return _Scan(frames, frame_set, set(labels), sum(1 for s in labels if s not in frame_set))
+def _prescan(reader: Reader, frame_conns: list, label_conns: list, path: Path, limit: int = 0) -> _Scan:
+    """Read only the header stamps (``header_stamp``: 8 bytes, nothing deserialised) of the
+    first ``limit`` (all when 0) frames and of every label, so the main pass keeps a
+    prediction only for frames whose label is still to come (memory stays flat over long
+    bags) and knows which stamps are ambiguous."""
+    frames, messages = array.array("q"), 0
+    for _, _, raw in read_messages(reader, frame_conns, path):
+        messages += 1
+        stamp = header_stamp(raw)
+        if stamp is not None:
+            frames.append(stamp)
+        if limit and messages >= limit:
+            break
+    labels = [s for s in (header_stamp(raw) for _, _, raw in read_messages(reader, label_conns, path)) if s is not None]
+    per_frame, per_label = Counter(frames), Counter(labels)
+    last = max(frames, default=None) if limit else None
+    shared = {s: n for s, n in per_label.items() if s in per_frame and (n > 1 or per_frame[s] > 1)}
+    most = max(shared, key=lambda s: per_frame[s], default=None)
+    return _Scan(frame_stamps=frames,
+                 label_set={s for s, n in per_label.items() if n == 1 and per_frame.get(s) == 1},
+                 unpaired=sum(n for s, n in per_label.items() if s not in per_frame and (last is None or s <= last)),
+                 ambiguous=sum(shared.values()),
+                 shared_stamp=None if most is None else (most, per_frame[most]))
 
 
 def _label_array(msg: Any) -> Optional[np.ndarray]:
@@ -463,14 +505,15 @@ def _shrink(image: np.ndarray, width: int = 320) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _sample_stamps(scan: _Scan, limit: int, count: int) -> set:
-    """Up to ``count`` frames spread over the run, labelled frames preferred."""
-    stamps = list(scan.frame_stamps[:limit] if limit else scan.frame_stamps)
-    labelled = [s for s in stamps if s in scan.label_set] or stamps
+def _sample_positions(scan: _Scan, count: int) -> list[int]:
+    """Positions (in ``scan.frame_stamps``) of up to ``count`` frames spread over the run,
+    labelled frames preferred."""
+    positions = range(len(scan.frame_stamps))
+    labelled = [i for i in positions if scan.frame_stamps[i] in scan.label_set] or list(positions)
     if not labelled or count <= 0:
-        return set()
+        return []
     picks = np.linspace(0, len(labelled) - 1, min(count, len(labelled))).round().astype(int)
-    return {labelled[i] for i in picks}
+    return sorted({labelled[i] for i in picks})
 
 
 class _Evaluator:
@@ -488,7 +531,9 @@ class _Evaluator:
         self.pending_preds: dict[int, np.ndarray] = {}  # stamp -> mask awaiting its label
         self.pending_labels: dict[int, np.ndarray] = {}  # stamp -> label awaiting its frame
         self.failed: set = set()  # stamps of undecodable frames: their labels are dropped
-        self.samples = {s: None for s in _sample_stamps(scan, opts.limit, opts.samples)}
+        self.position = 0  # frames with a readable header so far: the index into scan.frame_stamps
+        self.samples: dict[int, Optional[Sample]] = dict.fromkeys(_sample_positions(scan, opts.samples))
+        self.sample_of_stamp = {scan.frame_stamps[i]: i for i in self.samples if scan.frame_stamps[i] in scan.label_set}
         self.out_conns: dict[str, Any] = {}
         self.warm = False
 
@@ -502,9 +547,14 @@ class _Evaluator:
 
     def on_frame(self, conn: Any, receive_ns: int, raw: bytes) -> None:
         self.result.frames += 1
+        position, raw_stamp = self.position, header_stamp(raw)
+        if raw_stamp is not None:
+            self.position += 1
         msg = _deserialize(raw, self.frame_type)
         if msg is None:
             self.result.undecodable += 1
+            if raw_stamp is not None:  # its label must not wait for it
+                self.failed.add(raw_stamp)
             return
         stamp = stamp_ns(msg)
         if not self.warm:
@@ -521,8 +571,8 @@ class _Evaluator:
         self.result.latencies.append(1000.0 * (time.perf_counter() - start))
         if self.writer is not None:
             self._write(conn, receive_ns, raw, outputs)
-        if stamp in self.samples:
-            self.samples[stamp] = Sample(stamp, _shrink(bgr), _shrink(frame.color_mask), _shrink(frame.overlay))
+        if position in self.samples:
+            self.samples[position] = Sample(stamp, _shrink(bgr), _shrink(frame.color_mask), _shrink(frame.overlay))
         if stamp in self.pending_labels:
             self._score(stamp, frame.mask, self.pending_labels.pop(stamp))
         elif stamp in self.scan.label_set:
@@ -556,8 +606,8 @@ class _Evaluator:
             self._mismatch("undeserialisable label message")
             return
         stamp = stamp_ns(msg)
-        if stamp in self.failed or stamp not in self.scan.frame_set:
-            return  # frame undecodable (counted there) or absent (counted as unpaired by the pre-scan)
+        if stamp in self.failed or stamp not in self.scan.label_set:
+            return  # frame undecodable (counted there), absent (unpaired) or its stamp shared (ambiguous)
         label = _label_array(msg)
         if label is None:
             self._mismatch(f"label at stamp {stamp} has encoding {msg.encoding!r}, expected mono8")
@@ -578,8 +628,9 @@ class _Evaluator:
             self._mismatch(f"label at stamp {stamp}: {exc}")
             return
         self.result.evaluated += 1
-        if self.samples.get(stamp) is not None:
-            self.samples[stamp].truth = _shrink(self.seg.colorize(label))
+        sample = self.samples.get(self.sample_of_stamp.get(stamp, -1))
+        if sample is not None:
+            sample.truth = _shrink(self.seg.colorize(label))
 
     def _mismatch(self, why: str) -> None:
         if not self.result.mismatched_labels:
@@ -600,6 +651,7 @@ def latency_percentiles(latencies: Sequence[float]) -> dict:
 
 def _finish(result: BagEvalResult, ev: _Evaluator) -> None:
     """Fill the figures from the confusion matrix and the latencies."""
+    result.segmenter = ev.seg.describe()  # after the run: backend=auto has chosen by now
     result.latency_ms = latency_percentiles(result.latencies)
     total_s = sum(result.latencies) / 1000.0
     result.fps = len(result.latencies) / total_s if total_s > 0 else None
@@ -629,13 +681,18 @@ def evaluate_bag(bag: Path, segmenter: Segmenter, opts: EvalOptions = EvalOption
         frame_conns = [c for c in reader.connections if c.topic == topic]
         label_conns = [c for c in reader.connections if c.topic == label_topic]
         frame_type = frame_conns[0].msgtype
-        scan = _prescan(reader, frame_conns, label_conns, frame_type, bag)
+        scan = _prescan(reader, frame_conns, label_conns, bag, opts.limit)
         if not len(scan.frame_stamps):
             listed = sum(c.msgcount for c in frame_conns)
             raise BagError(f"bag {bag}: no readable frame on {topic} (its metadata lists {listed} message(s))")
+        if scan.ambiguous:
+            log.warning("%d label(s) share their header stamp with other frames or labels (stamp %d ns is on %d "
+                        "frames): they cannot be paired by stamp and are not scored; the camera driver must give "
+                        "each frame its own stamp", scan.ambiguous, *scan.shared_stamp)
         result = BagEvalResult(bag=str(bag), image_topic=topic, label_topic=label_topic,
                                model=segmenter.model_name, trained=segmenter.trained,
-                               segmenter=segmenter.describe(), unpaired=scan.unpaired)
+                               segmenter=segmenter.describe(), unpaired=scan.unpaired,
+                               ambiguous_labels=scan.ambiguous)
         if opts.out is None:
             ev = _run(reader, segmenter, opts, scan, result, None, frame_conns, label_conns, frame_type, on_frame)
         else:
@@ -654,12 +711,10 @@ def evaluate_bag(bag: Path, segmenter: Segmenter, opts: EvalOptions = EvalOption
 def _run(reader: Reader, segmenter: Segmenter, opts: EvalOptions, scan: _Scan, result: BagEvalResult,
          writer: Optional[Writer], frame_conns: list, label_conns: list, frame_type: str,
          on_frame: Optional[Callable[[int], None]]) -> _Evaluator:
-    from tqdm import tqdm
-
     ev = _Evaluator(segmenter, opts, scan, result, writer, frame_type)
     frame_ids = {c.id for c in frame_conns}
-    total = min(len(scan.frame_stamps), opts.limit) if opts.limit else len(scan.frame_stamps)
-    with tqdm(total=total, desc="bag-eval", unit="frame", disable=not opts.progress) as bar:
+    total = len(scan.frame_stamps)
+    with progress_bar(total=total, enabled=opts.progress, desc="bag-eval", unit="frame") as bar:
         for conn, receive_ns, raw in read_messages(reader, frame_conns + label_conns, Path(result.bag)):
             if conn.id not in frame_ids:
                 ev.on_label(raw)
@@ -689,7 +744,9 @@ def format_result(result: BagEvalResult) -> str:
                      "are noise, not a measure of the method")
     lat = result.latency_ms
     lines.append(f"frames {result.frames}  evaluated {result.evaluated}  undecodable {result.undecodable}  "
-                 f"unpaired labels {result.unpaired}  unusable labels {result.mismatched_labels}")
+                 f"unpaired labels {result.unpaired}  unusable labels {result.mismatched_labels}"
+                 + (f"  labels with shared stamps (not scored) {result.ambiguous_labels}"
+                    if result.ambiguous_labels else ""))
     if result.miou is not None:
         lines.append(f"mIoU {100 * result.miou:.2f}%  pixel accuracy {100 * (result.pixel_accuracy or 0):.2f}%")
         lines.append("per-class IoU %: " + ", ".join(f"{n} {100 * v:.1f}" for n, v in result.per_class.items()))
@@ -702,15 +759,8 @@ def format_result(result: BagEvalResult) -> str:
                      f"FPS {result.fps:.2f}  (decode + segment + colour + overlay + encode, per frame)")
     if result.output_bag:
         lines.append(f"output bag: {result.output_bag}")
+    lines.append(f"ran: {result.segmenter}")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader never sees half a JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ====================================================================== CLI
@@ -758,9 +808,11 @@ def _add_bag_eval(subparsers) -> None:
     p.add_argument("--image-topic", default="auto", help="auto (the only image topic) or a topic name")
     p.add_argument("--label-topic", default=None, help=f"label images (default {DEFAULT_LABEL_TOPIC} when present)")
     p.add_argument("--out", type=Path, help="write /eacnet/mask, color_mask, overlay and the input frames here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out bag (never the input)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out bag, --json file and --report (never the input)")
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
-    p.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with charts and samples here")
+    p.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with charts and samples here "
+                                                              "(a new or empty folder)")
     p.add_argument("--limit", type=int, default=0, help="process at most N frames (default all)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5, as the node)")
     add_runtime_arguments(p)
@@ -807,18 +859,37 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
 
 def run_bag_eval(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
-    if not bag.exists():  # before loading a model: the cheapest mistake to report
+    if not bag.exists():  # before loading a model: the cheapest mistakes to report
         raise BagNotFoundError(f"bag {bag} does not exist")
+    if args.out is not None:
+        check_output_path(args.out, args.overwrite, inputs=(bag,))
+    check_result_outputs(args.json, args.report, [bag] + ([args.out] if args.out else []), args.overwrite)
     segmenter = load_segmenter(args)
     print(segmenter.describe())
     opts = EvalOptions(image_topic=args.image_topic, label_topic=args.label_topic, out=args.out,
                        overwrite=args.overwrite, limit=args.limit, alpha=args.alpha)
-    if args.out is not None:
-        check_output_path(args.out, args.overwrite, inputs=(bag,))  # fail before the long run
     result = evaluate_bag(bag, segmenter, opts)
     print(format_result(result))
     save_outputs(result, args.json, args.report)
     return 0
+
+
+def check_result_outputs(json_path: Optional[Path], report_dir: Optional[Path], bag_paths: Sequence[Path],
+                         overwrite: bool = False) -> None:
+    """Before the run: --json and --report lie outside every bag of the run (input and
+    output), --json is no bag file and exists only with ``overwrite``, and --report is a new
+    or empty folder unless ``overwrite``."""
+    from .report import check_report_folder
+
+    for path in (p for p in (json_path, report_dir) if p is not None):
+        real = real_path(path)
+        for bag in bag_paths:
+            if real_path(bag) == real or real_path(bag) in real.parents:
+                raise OutputError(f"{path} is or lies inside the bag {bag}; write it elsewhere")
+    if json_path is not None:
+        check_outputs([json_path], overwrite=overwrite)
+    if report_dir is not None:
+        check_report_folder(report_dir, overwrite)
 
 
 def save_outputs(result: BagEvalResult, json_path: Optional[Path], report_dir: Optional[Path]) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import re
@@ -57,6 +56,8 @@ import numpy as np
 from eacnet_core.datasets import DatasetError, default_data_root
 from eacnet_core.inference import BACKENDS, Segmenter
 from eacnet_core.models.registry import model_for
+from eacnet_core.options import add_overwrite
+from eacnet_core.outputs import check_outputs, write_json
 
 from . import codec
 from .bags import camvid_frames, latency_percentiles
@@ -606,7 +607,8 @@ def add_parser(subparsers) -> None:
                                                           "next frame when the previous mask arrived)")
     p.add_argument("--data-root", help="CamVid root for the frames (default: $EACNET_DATA or ../shared/data/CamVid; "
                                        "synthetic frames when neither exists)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -618,6 +620,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.rate < 0 or args.threads < 0:
         raise ValueError("--rate and --threads must be >= 0")
     model_for(args.backbone, args.attention)  # a clear error before any process starts
+    if args.json:
+        check_outputs([args.json], overwrite=args.overwrite)
 
 
 def resolved_threads(requested: int) -> int:
@@ -650,5 +654,5 @@ def run(args: argparse.Namespace) -> int:
     for line in check_targets(results):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_json() for r in results], indent=2))
+        write_json(args.json, [r.to_json() for r in results])
     return 0

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from eacnet_core.inference import Segmenter
+from eacnet_core.outputs import write_bytes
 
 from . import bags
 
@@ -79,17 +80,12 @@ def find_camvid(data_root: Optional[Path]) -> Optional[Path]:
 
 
 def _fetch(url: str, dest: Path, timeout: float = 20.0) -> None:
-    """One file, written under a temporary name and renamed, so the cache never holds half a file."""
+    """One file, written atomically, so the cache never holds half a file."""
     if dest.is_file():
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
-            tmp.write_bytes(response.read())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
+        data = response.read()
+    write_bytes(dest, data)
 
 
 def download_camvid(limit: int, dest: Optional[Path] = None, base_url: Optional[str] = None) -> Path:
@@ -112,29 +108,47 @@ def download_camvid(limit: int, dest: Optional[Path] = None, base_url: Optional[
     return dest
 
 
+def demo_outputs(out: Path) -> tuple[Path, Path, Path, Path]:
+    """The input bag, output bag, JSON and report folder the demo writes under ``out``."""
+    return out / f"camvid_{SPLIT}_bag", out / "eacnet_bag", out / "result.json", out / "report"
+
+
+def check_demo_outputs(out: Path, root: Optional[Path], overwrite: bool) -> None:
+    """Before anything runs: no output inside the data, and earlier outputs replaced only
+    with ``overwrite`` (each only if it is what the demo writes there: a bag, a file, a report)."""
+    input_bag, output_bag, json_path, report = demo_outputs(out)
+    bags.check_output_path(input_bag, overwrite, inputs=(root,) if root else ())
+    bags.check_output_path(output_bag, overwrite, inputs=(root,) if root else ())
+    bags.check_result_outputs(json_path, report, [root] if root else [], overwrite)
+
+
 def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str = DEFAULT_MODEL,
-             storage: str = "mcap", options=None, progress: bool = True) -> bags.BagEvalResult:
-    """CamVid val -> bag -> node path -> figures, output bag, JSON and report under ``out``."""
+             storage: str = "mcap", options=None, progress: bool = True,
+             overwrite: bool = False) -> bags.BagEvalResult:
+    """CamVid val -> bag -> node path -> figures, output bag, JSON and report under ``out``;
+    outputs of an earlier run are replaced only with ``overwrite``."""
     from eacnet_core.inference import SegmenterOptions
 
     root = find_camvid(data_root)
+    check_demo_outputs(out, root, overwrite)
     if root is None:
         print(f"CamVid not found locally; downloading {limit or 'all'} {SPLIT} frames from {SEGNET_RAW}")
         root = download_camvid(limit)
+        check_demo_outputs(out, root, overwrite)
     print(f"CamVid: {root}")
     out.mkdir(parents=True, exist_ok=True)
-    input_bag, output_bag = out / f"camvid_{SPLIT}_bag", out / "eacnet_bag"
+    input_bag, output_bag, json_path, report = demo_outputs(out)
     made = bags.make_bag(bags.camvid_frames(root, SPLIT), input_bag,
-                         bags.MakeBagOptions(storage=storage, limit=limit, overwrite=True, progress=progress),
+                         bags.MakeBagOptions(storage=storage, limit=limit, overwrite=overwrite, progress=progress),
                          inputs=(root,))
     print(f"bag: {made['frames']} {SPLIT} frame(s) and {made['labels']} label(s) -> {input_bag} ({storage})")
     torch.manual_seed(0)  # an untrained model is then the same random net on every run
     segmenter = Segmenter.from_name(model, options=options or SegmenterOptions(), allow_untrained=True)
     print(segmenter.describe())
     result = bags.evaluate_bag(input_bag, segmenter,
-                               bags.EvalOptions(out=output_bag, overwrite=True, progress=progress))
+                               bags.EvalOptions(out=output_bag, overwrite=overwrite, progress=progress))
     print(bags.format_result(result))
-    bags.save_outputs(result, out / "result.json", out / "report")
+    bags.save_outputs(result, json_path, report)
     if segmenter.weights and trained_on_demo_split(segmenter.weights):
         print(f"demo: note: {segmenter.weights.name} was trained on CamVid train + {SPLIT} (the paper's protocol "
               f"for test-set models), so this mIoU on {SPLIT} frames measures fit, not accuracy; held-out "
@@ -171,6 +185,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-root", type=Path, help=f"CamVid folder (default ${ENV_DATA}, ../shared/data/CamVid, "
                                                   "else download)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
     p.add_argument("--limit", type=int, default=20, help="val frames to use (default 20; 0 = all 101)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL})")
     p.add_argument("--storage", choices=tuple(bags.STORAGES), default="mcap", help="bag storage (default mcap)")
@@ -183,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
-    result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args))
+    result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args),
+                      overwrite=args.overwrite)
     print(headline(result))
     return 0

@@ -19,7 +19,6 @@ by default) on the same frame: a faster backend only counts if it gives the same
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,8 @@ import cv2
 import numpy as np
 
 from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, wxh
+from eacnet_core.outputs import check_outputs, write_json
 from eacnet_core.runtime import sync
 from eacnet_core.transforms import parse_hw
 
@@ -241,29 +242,33 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="input sizes WxH (default: %(default)s)")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
                    help="backend:precision[:nchw] (default: %(default)s); the first is the baseline")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--inference-size", help="network input WxH (default: each input's own size)")
+    add_device(p)
+    add_resize(p, aliases=[Alias("--inference-size", wxh, "same WxH meaning here")], what="each input")
     p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: library default)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    add_threads(p)
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     configs = [PipelineConfig.parse(c) for c in args.configs]
     sizes = [parse_size(s) for s in args.sizes]
-    inference_hw = parse_size(args.inference_size) if args.inference_size else (0, 0)
+    inference_hw = args.resize or (0, 0)
     if args.runs < 1 or args.warmup < 0:
         raise ValueError("--runs must be >= 1 and --warmup >= 0")
+    if args.json:
+        check_outputs([args.json], overwrite=args.overwrite)
     segmenters = build_segmenters(args.model, args.weights, configs, args.device, inference_hw, args.threads)
     results = [r for size in sizes for r in bench_size(segmenters, configs, size, args.runs, args.warmup)]
     print(f"model {args.model}, device {segmenters[0].device}, {args.runs} runs (median ms), baseline "
-          f"{configs[0].label}; inference at {'input size' if not inference_hw[0] else args.inference_size}")
+          f"{configs[0].label}; inference at "
+          f"{'input size' if not inference_hw[0] else f'{inference_hw[1]}x{inference_hw[0]}'}")
     print(format_table(results))
     for line in check_targets(results):
         print(line)
     if args.json:
         rows = [{**asdict(r), "non_forward_ms": r.non_forward_ms, "total_ms": r.total_ms} for r in results]
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     return 0

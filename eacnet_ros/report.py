@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
+
+from eacnet_core.outputs import OutputError, write_bytes
 
 if TYPE_CHECKING:
     from .bags import BagEvalResult, Sample
@@ -113,6 +114,7 @@ def _figures_table(result: BagEvalResult) -> str:
             ("bag", result.bag), ("image topic", result.image_topic), ("label topic", result.label_topic or "none"),
             ("frames", result.frames), ("evaluated (with label)", result.evaluated),
             ("undecodable frames", result.undecodable), ("unpaired labels", result.unpaired),
+            ("labels with shared stamps (not scored)", result.ambiguous_labels),
             ("unusable labels", result.mismatched_labels), ("mIoU", _pct(result.miou)),
             ("pixel accuracy", _pct(result.pixel_accuracy)), ("latency p50", _ms(lat.get("p50"))),
             ("latency p90", _ms(lat.get("p90"))), ("latency p99", _ms(lat.get("p99"))),
@@ -163,10 +165,19 @@ def build_html(result: BagEvalResult, charts: dict[str, bytes], strips: Sequence
     return "\n".join(parts)
 
 
-def write_report(out_dir: Path, result: BagEvalResult) -> Path:
-    """Write ``index.html`` and the PNGs into ``out_dir``; returns the HTML path."""
+def check_report_folder(out_dir: Path, overwrite: bool = False) -> None:
+    """A report goes into a new or empty folder, or replaces the files of one with ``overwrite``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"report folder {out_dir} is a file; give a folder")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputError(f"report folder {out_dir} is not empty; pass --overwrite to replace its report")
+
+
+def write_report(out_dir: Path, result: BagEvalResult) -> Path:
+    """Write ``index.html`` and the PNGs into ``out_dir``, each atomically; returns the HTML path.
+    Callers run ``check_report_folder`` first."""
+    out_dir = Path(out_dir)
     charts: dict[str, bytes] = {}
     if result.per_class:
         charts["per_class_iou.png"] = iou_chart(result.per_class, result.miou, result.palette)
@@ -175,13 +186,5 @@ def write_report(out_dir: Path, result: BagEvalResult) -> Path:
     strips = [sample_strip(s) for s in result.samples]
     files = dict(charts, **{f"sample_{i:02d}.png": png for i, png in enumerate(strips)})
     for name, png in files.items():
-        _write_atomic(out_dir / name, png)
-    index = out_dir / "index.html"
-    _write_atomic(index, build_html(result, charts, strips).encode("utf-8"))
-    return index
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_bytes(out_dir / name, png)
+    return write_bytes(out_dir / "index.html", build_html(result, charts, strips).encode("utf-8"))

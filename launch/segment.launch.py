@@ -20,6 +20,7 @@ With ``bag:=`` the replay starts only once the node reports it is listening (mod
 and warmed), so the bag's first frames are not published into a node that isn't there yet.
 """
 
+import hashlib
 import os
 import tempfile
 from typing import NamedTuple, Optional
@@ -153,9 +154,21 @@ def _rviz_config(template: str, image_topic: str, namespace: str) -> str:
     with open(template, encoding="utf-8") as f:
         text = f.read().replace(f"Value: {RVIZ_IMAGE_TOPIC}\n", f"Value: {image_topic}\n")
     text = text.replace(f"Value: {RVIZ_NAMESPACE}", f"Value: {prefix}")
-    handle, path = tempfile.mkstemp(prefix="eacnet_segment_", suffix=".rviz")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        f.write(text)
+    # One file per distinct configuration in the user's cache, reused by every launch (a
+    # temporary file per launch was never removed), written atomically for concurrent launches.
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), PACKAGE)
+    path = os.path.join(folder, f"segment_{hashlib.sha256(text.encode()).hexdigest()[:16]}.rviz")
+    if not os.path.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".segment_", suffix=".rviz.tmp", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
     return path
 
 

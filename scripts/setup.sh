@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 
 "$PYTHON" - <<'PY' || { echo "eacnet setup: Python 3.10-3.12 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 import sys
-sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
+sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)
 PY
 if [ ! -x "$VENV/bin/python" ]; then
   echo "eacnet setup: creating $VENV"

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID
 
 import eacnet_core.inference  # noqa: F401 - see PACKAGE_LOGGERS
 import eacnet_core.runtime  # noqa: F401
@@ -26,9 +27,6 @@ import eacnet_ros.bags  # noqa: F401
 #: logger created after it, and caplog, listening on the root logger, would hear nothing.
 PACKAGE_LOGGERS = [logging.getLogger(name) for name in ("eacnet_core", "eacnet_ros")]
 
-REPO = Path(__file__).resolve().parents[1]
-#: The shared CamVid copy, found relative to the repository (skip tests when absent).
-REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
 
 
 @pytest.fixture(autouse=True)

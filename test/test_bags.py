@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.metadata import parse_qos
 from torch import nn
@@ -36,7 +37,6 @@ from eacnet_ros.cli import main
 
 CPU = SegmenterOptions(device="cpu", backend="torch")  # deterministic path; auto is tested in test_inference
 H, W = 32, 48
-CAMVID_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CamVid"
 QUIET = {"progress": False}
 
 
@@ -186,6 +186,63 @@ def test_pairing_by_stamp_out_of_order_with_missing_and_extra_labels(oracle, tmp
     assert perfect(result)  # a mispaired label would not match its frame's prediction
 
 
+@pytest.mark.parametrize("msgtype", [IMAGE_TYPE, COMPRESSED_TYPE])
+@pytest.mark.parametrize("little_endian", [True, False])
+def test_header_stamp_reads_the_stamp_without_deserialising(msgtype, little_endian):
+    header = bags._header(1_700_000_123_456_789_012, "a_long_frame_id")
+    bgr = synthetic_frames(1)[0].bgr
+    msg = (codec.array_to_image(bags.Image, header, bgr, "bgr8") if msgtype == IMAGE_TYPE
+           else codec.bgr_to_compressed(bags.CompressedImage, header, bgr, "png"))
+    raw = STORE.serialize_cdr(msg, msgtype, little_endian=little_endian)
+    assert bags.header_stamp(raw) == stamp(msg) == 1_700_000_123_456_789_012
+    assert bags.header_stamp(raw[:11]) is None and bags.header_stamp(b"\x01\x01" + raw[2:]) is None
+
+
+def test_prescan_reads_only_headers_and_stops_at_the_limit(oracle, tmp_path, monkeypatch):
+    bag = tmp_path / "bag"
+    make_bag(synthetic_frames(6, oracle), bag, MakeBagOptions(**QUIET))
+    read = []
+    real_messages = bags.read_messages
+
+    def counting(reader, connections, path):
+        for item in real_messages(reader, connections, path):
+            read.append(item[0].topic)
+            yield item
+
+    def no_deserialising(*args):
+        raise AssertionError("the pre-scan deserialised a message")
+
+    monkeypatch.setattr(bags, "read_messages", counting)
+    monkeypatch.setattr(bags, "_deserialize", no_deserialising)
+    with bags.open_bag(bag) as reader:
+        frames = [c for c in reader.connections if c.topic == "/camera/image_raw"]
+        labels = [c for c in reader.connections if c.topic == "/camera/labels"]
+        scan = bags._prescan(reader, frames, labels, bag, limit=2)
+    assert read.count("/camera/image_raw") == 2 and len(scan.frame_stamps) == 2
+    assert scan.label_set == set(scan.frame_stamps) and (scan.unpaired, scan.ambiguous) == (0, 0)
+
+
+def test_shared_stamps_are_never_paired(oracle, tmp_path, caplog):
+    """Drivers that leave stamps at zero: pairing by stamp would score labels against the
+    wrong frames. Labels of a shared stamp are counted and not scored; unique ones still are."""
+    right = synthetic_frames(3, oracle, seed=1)
+    wrong = synthetic_frames(3, oracle, seed=2)  # labels that fit other frames than theirs
+    entries = []
+    for i, (f, g) in enumerate(zip(right, wrong, strict=True)):
+        entries.append(("/camera/image_raw", IMAGE_TYPE, 100 + 10 * i, image_msg(f.bgr, 10**9 + i)))
+        entries.append(("/camera/labels", IMAGE_TYPE, 101 + 10 * i, image_msg(f.label, 10**9 + i, "mono8")))
+        entries.append(("/camera/image_raw", IMAGE_TYPE, 105 + 10 * i, image_msg(g.bgr, 0)))
+        entries.append(("/camera/labels", IMAGE_TYPE, 106 + 10 * (2 - i), image_msg(g.label, 0, "mono8")))
+    bag = write_raw_bag(tmp_path / "bag", entries)
+    with caplog.at_level("WARNING", logger="eacnet_ros"):
+        result = evaluate_bag(bag, oracle, EvalOptions(**QUIET))
+    assert (result.frames, result.evaluated, result.ambiguous_labels, result.unpaired) == (6, 3, 3, 0)
+    assert perfect(result)
+    assert "3 label(s) share their header stamp" in caplog.text and "stamp 0 ns is on 3 frames" in caplog.text
+    assert result.to_json()["ambiguous_labels"] == 3
+    assert "labels with shared stamps (not scored) 3" in bags.format_result(result)
+
+
 def test_limit_counts_only_the_first_frames(oracle, tmp_path):
     bag = tmp_path / "bag"
     make_bag(synthetic_frames(6, oracle), bag, MakeBagOptions(**QUIET))
@@ -331,6 +388,16 @@ def test_topic_errors_name_the_topic(oracle, tmp_path):
                                                                                                   "mono8"))])
     with pytest.raises(BagError, match="no image topic"):
         evaluate_bag(only_labels, oracle, EvalOptions(**QUIET))
+
+
+def test_a_bag_without_image_topics_lists_the_topics_it_has(oracle, tmp_path):
+    """It once said 'pass one of: none'."""
+    string = STORE.types["std_msgs/msg/String"](data="hi")
+    bag = write_raw_bag(tmp_path / "bag", [("/chatter", "std_msgs/msg/String", 1, string)])
+    with pytest.raises(BagError) as info:
+        evaluate_bag(bag, oracle, EvalOptions(**QUIET))
+    assert "no image topic" in str(info.value) and "its topics: /chatter (std_msgs/msg/String)" in str(info.value)
+    assert "none" not in str(info.value)
 
 
 # ---------------------------------------------------------------- bad input
@@ -494,6 +561,42 @@ def test_cli_bag_eval_json_report_and_untrained_notice(tmp_path, capsys, no_pack
     assert "UNTRAINED" in (tmp_path / "rep" / "index.html").read_text()
 
 
+def test_the_recorded_runtime_is_the_one_the_frames_ran_on(tmp_path):
+    """backend=auto chooses on the first frame; the result once recorded the path before the
+    choice (torch channels_last while onnxruntime ran)."""
+    torch.manual_seed(0)
+    seg = Segmenter(nn.Conv2d(3, CAMVID.num_classes, 1), "oracle", CAMVID,
+                    SegmenterOptions(device="cpu", backend="auto"))
+    assert "backend=auto (not chosen yet)" in seg.describe()
+    bag = tmp_path / "bag"
+    make_bag(synthetic_frames(2), bag, MakeBagOptions(**QUIET))
+    result = evaluate_bag(bag, seg, EvalOptions(**QUIET))
+    ran = seg.backend + (" channels_last" if seg.channels_last else "")
+    assert f"backend={ran} (chosen by auto)" in result.segmenter and result.to_json()["segmenter"] == result.segmenter
+    assert f"ran: {result.segmenter}" in bags.format_result(result)
+
+
+def test_cli_json_and_report_need_overwrite_and_stay_out_of_the_bags(tmp_path, capsys, no_packaged_weights):
+    bag = tmp_path / "in"
+    make_bag(synthetic_frames(1), bag, MakeBagOptions(**QUIET))
+    (tmp_path / "r.json").write_text("earlier")
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "notes.txt").write_text("mine")
+    base = ["bag-eval", "--bag", str(bag), "--model", "erfnet_enc", "--allow-untrained", "--device", "cpu"]
+    cases = [(["--json", str(tmp_path / "r.json")], "r.json exists; pass --overwrite"),
+             (["--report", str(tmp_path / "rep")], "rep is not empty; pass --overwrite"),
+             (["--json", str(bag / "r.json"), "--overwrite"], "lies inside the bag"),
+             (["--out", str(tmp_path / "o"), "--report", str(tmp_path / "o" / "rep")], "lies inside the bag")]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (tmp_path / "r.json").read_text() == "earlier" and not (tmp_path / "o").exists()
+    assert main(base + ["--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "rep"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["frames"] == 1
+    assert (tmp_path / "rep" / "notes.txt").read_text() == "mine" and (tmp_path / "rep" / "index.html").is_file()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["bag-eval", "--bag", "{tmp}/missing", "--model", "erfnet_enc", "--allow-untrained"], "missing does not exist"),
     (["bag-eval", "--bag", "{tmp}", "--model", "erfnet_enc", "--allow-untrained"], "not a rosbag2 folder"),
@@ -539,9 +642,9 @@ def test_cli_make_bag_from_video(tmp_path, capsys):
     assert "--labels does not apply to --video" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="no CamVid at ../shared/data/CamVid")
+@needs_real_camvid
 def test_make_bag_from_real_camvid(tmp_path):
-    assert main(["make-bag", "--camvid", str(CAMVID_ROOT), "--split", "val", "--limit", "3",
+    assert main(["make-bag", "--camvid", str(REAL_CAMVID), "--split", "val", "--limit", "3",
                  "--out", str(tmp_path / "val")]) == 0
     content = read_bag(tmp_path / "val")
     images, labels = content["/camera/image_raw"], content["/camera/labels"]
@@ -549,7 +652,7 @@ def test_make_bag_from_real_camvid(tmp_path):
     for (_, img), (_, label) in zip(images, labels, strict=True):
         assert (img.width, img.height, img.encoding) == (480, 360, "bgr8") and label.encoding == "mono8"
         assert label.header == img.header and codec.image_to_array(label).max() <= 11
-    first = cv2.imread(str(CAMVID_ROOT / "val" / "0016E5_07959.png"), cv2.IMREAD_COLOR)
+    first = cv2.imread(str(REAL_CAMVID / "val" / "0016E5_07959.png"), cv2.IMREAD_COLOR)
     assert np.array_equal(codec.image_to_bgr(images[0][1]), first)
 
 

@@ -18,7 +18,7 @@ BENCH_KEYS = {"model", "params", "gmacs", "gflops", "latency_ms_median", "latenc
 
 def test_bench_json_fields_present_and_sane(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--models", "erfnet,eacnet_erf", "--height", "32", "--width", "48", "--classes", "5",
+    assert main(["bench", "--models", "erfnet,eacnet_erf", "--size", "48x32", "--classes", "5",
                  "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["model"] for r in rows] == ["erfnet", "eacnet_erf"]
@@ -35,14 +35,14 @@ def test_bench_json_fields_present_and_sane(tmp_path, capsys):
 
 def test_bench_onnxruntime_backend(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--models", "dabnet", "--height", "32", "--width", "32", "--backend", "onnxruntime",
+    assert main(["bench", "--models", "dabnet", "--size", "32x32", "--backend", "onnxruntime",
                  "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["backend"] == "onnxruntime" and row["latency_ms_median"] > 0
 
 
 def test_bench_rejects_unknown_model(capsys):
-    assert main(["bench", "--models", "resnet", "--height", "32", "--width", "32"]) == 2
+    assert main(["bench", "--models", "resnet", "--size", "32x32"]) == 2
     assert "unknown model(s) resnet" in capsys.readouterr().err
 
 
@@ -67,7 +67,7 @@ def test_dynamic_batch_export(tmp_path):
 
 def test_export_cli_reports_agreement(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", "--model", "eacnet_erf", "--classes", "5", "--height", "32", "--width", "48",
+    assert main(["export", "--model", "eacnet_erf", "--classes", "5", "--size", "48x32",
                  "--out", str(out)]) == 0
     assert out.stat().st_size > 1_000_000  # ~1.9M float32 parameters
     assert "argmax agreement 100.000%" in capsys.readouterr().out

@@ -3,11 +3,10 @@ giving an error that names the file."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from real_data import needs_real_camvid
 
 from eacnet_core.classes import CAMVID, CITYSCAPES
 from eacnet_core.datasets import (
@@ -295,8 +294,7 @@ def test_default_data_root(tmp_path, monkeypatch):
         default_data_root("cityscapes")
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                   "CamVid")), reason="shared CamVid copy absent")
+@needs_real_camvid
 def test_real_camvid_two_images(synthetic):
     ds = camvid(synthetic.real_camvid, "train", limit=2)
     assert len(ds) == 2

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_ros import demo
 from eacnet_ros.cli import main
 
-CAMVID_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CamVid"
 UNREACHABLE = "http://127.0.0.1:9/CamVid"  # discard port: refused at once, no network needed
 
 
@@ -90,7 +90,11 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys, no_packaged_weights):
     data = json.loads((out / "result.json").read_text())
     assert data["evaluated"] == 2 and data["trained"] is False and data["model"] == demo.DEFAULT_MODEL
     assert "UNTRAINED" in (out / "report" / "index.html").read_text()
-    assert main(argv + ["--storage", "sqlite3"]) == 0  # a second run replaces its own outputs
+    capsys.readouterr()
+    assert main(argv + ["--storage", "sqlite3"]) == 2  # a second run replaces outputs only when asked
+    assert "camvid_val_bag exists; pass --overwrite" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == data and not any((out / "eacnet_bag").glob("*.db3"))
+    assert main(argv + ["--storage", "sqlite3", "--overwrite"]) == 0
     assert any((out / "eacnet_bag").glob("*.db3")) and {p.name for p in out.iterdir()} == {
         "camvid_val_bag", "eacnet_bag", "result.json", "report"}
 
@@ -104,9 +108,9 @@ def test_demo_downloads_into_the_cache_when_nothing_is_local(no_local_data, monk
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="no CamVid at ../shared/data/CamVid")
+@needs_real_camvid
 def test_demo_on_real_camvid(tmp_path, capsys):
-    assert main(["demo", "--data-root", str(CAMVID_ROOT), "--out", str(tmp_path), "--limit", "2",
+    assert main(["demo", "--data-root", str(REAL_CAMVID), "--out", str(tmp_path), "--limit", "2",
                  "--device", "cpu"]) == 0
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["evaluated"] == 2 and 0.0 <= data["miou"] <= 1.0 and data["fps"] > 0

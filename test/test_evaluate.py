@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import make_checkpoint
 from eacnet_core.classes import CAMVID
@@ -18,11 +19,6 @@ from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.metrics import ConfusionMatrix
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main as cli_main
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
-
-
 
 
 def _camvid_checkpoint(tmp_path: Path, name: str = "dabnet") -> Path:
@@ -52,7 +48,7 @@ def test_eval_equals_the_inference_path(tmp_path, synthetic, capsys, size):
     args = ["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers", "0",
             "--no-progress", "--device", "cpu"]
     if size != (0, 0):
-        args += ["--size", f"{size[0]}x{size[1]}"]
+        args += ["--resize", f"{size[1]}x{size[0]}"]
     assert cli_main(args) == 0
     report = json.loads(out.read_text())
     expected = _segmenter_confusion(weights, camvid(root, "val"), size)
@@ -63,12 +59,33 @@ def test_eval_equals_the_inference_path(tmp_path, synthetic, capsys, size):
     assert "Sky" in printed and "Bicyclist" in printed and "mIoU" in printed and "images/s" in printed
 
 
+def test_eval_precision_casts_the_model_as_the_segmenter_does(tmp_path, synthetic, monkeypatch):
+    """--precision means what it means on the robot: the model and the image cast to bf16
+    (not autocast, which keeps fp32 weights and picks ops to run in low precision)."""
+    monkeypatch.setattr("eacnet_core.runtime.cpu_supports_bf16", lambda: True)
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 2})
+    weights = _camvid_checkpoint(tmp_path)
+    out = tmp_path / "bf16.json"
+    assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers",
+                     "0", "--no-progress", "--device", "cpu", "--precision", "bf16"]) == 0
+    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", precision="bf16", backend="torch",
+                                                              channels_last=False))
+    dataset = camvid(root, "val")
+    expected, fp32 = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index), _segmenter_confusion(weights, dataset)
+    for i in range(len(dataset)):
+        image, label = dataset.load(i)
+        expected.update(seg.segment(image), label)
+    report = json.loads(out.read_text())
+    assert report["pixel_acc"] == pytest.approx(expected.pixel_accuracy, abs=1e-12)
+    assert report["pixel_acc"] != pytest.approx(fp32.pixel_accuracy, abs=1e-12)  # bf16 really ran
+
+
 def test_eval_json_plot_and_predictions(tmp_path, synthetic):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
     weights = _camvid_checkpoint(tmp_path)
     rc = cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "val", "--limit", "2",
                    "--json", str(tmp_path / "r" / "e.json"), "--plot", str(tmp_path / "r" / "iou.png"),
-                   "--save-predictions", str(tmp_path / "pred"), "--workers", "0", "--no-progress",
+                   "--out", str(tmp_path / "pred"), "--workers", "0", "--no-progress",
                    "--batch-size", "2"])
     assert rc == 0
     report = json.loads((tmp_path / "r" / "e.json").read_text())
@@ -161,7 +178,7 @@ def test_plot_writes_png(tmp_path):
     assert plot_per_class(cm, tmp_path / "x" / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="shared CamVid copy absent")
+@needs_real_camvid
 def test_real_camvid_eval_two_images(tmp_path):
     weights = _camvid_checkpoint(tmp_path)
     out = tmp_path / "real.json"

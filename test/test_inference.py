@@ -182,7 +182,7 @@ def test_segment_cli_writes_three_pngs_per_frame(checkpoint, tmp_path, capsys):
         cv2.imwrite(str(images / f"f{i}.png"), rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert main(["segment", "--weights", str(checkpoint), "--input", str(images), "--output", str(out),
+    assert main(["segment", "--weights", str(checkpoint), "--input", str(images), "--out", str(out),
                  "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"f{i}_{k}.png" for i in range(2)
                                                      for k in ("color", "mask", "overlay")]
@@ -198,14 +198,14 @@ def test_segment_cli_video(checkpoint, tmp_path):
         writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
     writer.release()
     out = tmp_path / "out"
-    assert main(["segment", "--weights", str(checkpoint), "--input", str(video), "--output", str(out),
+    assert main(["segment", "--weights", str(checkpoint), "--input", str(video), "--out", str(out),
                  "--device", "cpu"]) == 0
     assert len(list(out.glob("clip_*_overlay.png"))) == 3
 
 
 def test_segment_cli_missing_input_is_one_line(checkpoint, tmp_path, capsys):
     assert main(["segment", "--weights", str(checkpoint), "--input", str(tmp_path / "nope"),
-                 "--output", str(tmp_path / "o")]) == 2
+                 "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
 
@@ -239,7 +239,7 @@ def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tm
     full = torch.load(checkpoint, weights_only=True)
     full["optimizer"] = {"state": {}, "param_groups": []}
     save_atomic(full, tmp_path / "train.pt")
-    assert main(["slim", str(tmp_path / "train.pt"), str(tmp_path / "slim.pt")]) == 0
+    assert main(["slim", str(tmp_path / "train.pt"), "--out", str(tmp_path / "slim.pt")]) == 0
     slim = torch.load(tmp_path / "slim.pt", weights_only=True)
     assert "optimizer" not in slim and slim["epoch"] == 3
     assert all(v.dtype == torch.float16 for v in slim["state_dict"].values() if v.is_floating_point())

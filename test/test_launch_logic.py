@@ -225,16 +225,29 @@ def test_rviz_uses_the_packaged_config(launch_module):
     assert rviz.kwargs["parameters"] == [{"use_sim_time": False}]
 
 
-def test_rviz_config_follows_a_custom_camera_and_namespace(launch_module):
-    actions = run_launch(launch_module, rviz="true", image_topic="/front/image", namespace="front_seg", bag="/b")
+def rviz_config_of(actions: list) -> tuple[Node, Path]:
     (rviz,) = [a for a in actions if isinstance(a, Node) and a.kwargs["executable"] == "rviz2"]
-    path = Path(rviz.kwargs["arguments"][1])
-    try:
-        topics = [d["Topic"]["Value"] for d in yaml.safe_load(path.read_text())["Visualization Manager"]["Displays"]]
-    finally:
-        path.unlink()
+    return rviz, Path(rviz.kwargs["arguments"][1])
+
+
+def test_rviz_config_follows_a_custom_camera_and_namespace(launch_module, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rviz, path = rviz_config_of(run_launch(launch_module, rviz="true", image_topic="/front/image",
+                                           namespace="front_seg", bag="/b"))
+    topics = [d["Topic"]["Value"] for d in yaml.safe_load(path.read_text())["Visualization Manager"]["Displays"]]
     assert topics == ["/front/image", "/front_seg/overlay", "/front_seg/color_mask"]
     assert rviz.kwargs["parameters"] == [{"use_sim_time": True}]
+
+
+def test_rviz_configs_do_not_pile_up_one_per_launch(launch_module, monkeypatch, tmp_path):
+    """Each launch once left a temporary .rviz file behind: now one file per configuration."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    paths = {rviz_config_of(run_launch(launch_module, rviz="true", namespace="cam1"))[1] for _ in range(3)}
+    other = rviz_config_of(run_launch(launch_module, rviz="true", namespace="cam2"))[1]
+    (path,) = paths
+    assert path.parent == tmp_path / "eacnet_ros" and other != path
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, other.name])
+    assert "Value: /cam1/overlay" in path.read_text() and "Value: /cam2/overlay" in other.read_text()
 
 
 def test_bad_boolean_is_an_error(launch_module):

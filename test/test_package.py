@@ -129,6 +129,43 @@ def test_rviz_config_shows_camera_overlay_and_colour_mask():
     assert all(d["Name"] in panels for d in displays)  # each image gets its own dock panel
 
 
+# ---------------------------------------------------------------------------- README
+
+def readme() -> str:
+    return (REPO / "README.md").read_text()
+
+
+def test_readme_python_range_is_what_setup_sh_checks_and_setup_py_allows(setup_kwargs):
+    import re
+
+    low, high = re.search(r"Python 3\.(\d+) to 3\.(\d+)", readme()).groups()
+    setup_sh = (REPO / "scripts" / "setup.sh").read_text()
+    assert f"(3, {low}) <= sys.version_info[:2] <= (3, {high})" in setup_sh
+    assert f"Python 3.{low}-3.{high} is required" in setup_sh
+    assert setup_kwargs["python_requires"] == f">=3.{low}"
+
+
+def test_readme_layout_names_every_module():
+    import re
+
+    layout = readme().split("## Layout", 1)[1]
+    named = set(re.findall(r"[a-z_]+", layout))
+    for package in ("eacnet_core", "eacnet_ros"):
+        modules = {p.stem for p in (REPO / package).glob("*.py") if p.stem != "__init__"}
+        assert modules <= named, f"README Layout misses {sorted(modules - named)} of {package}"
+
+
+def test_readme_launch_arguments_are_declared():
+    """Every name:=value the README passes to segment.launch.py (not the node's own -r / -p
+    arguments) is a launch argument."""
+    import re
+
+    launch = (REPO / "launch" / "segment.launch.py").read_text()
+    declared = set(re.findall(r'Argument\("([a-z_]+)"', launch))
+    used = set(re.findall(r"(?<!-r )(?<!-p )\b([a-z_]+):=", readme()))
+    assert used and used <= declared, sorted(used - declared)
+
+
 # ---------------------------------------------------------------------------- lint
 
 @pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),

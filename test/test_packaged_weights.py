@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import WEIGHTS_DIR, load_checkpoint, packaged_weights
 from eacnet_core.classes import CAMVID
@@ -14,7 +15,6 @@ from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.metrics import ConfusionMatrix
 from eacnet_core.models.registry import BY_BACKBONE
 
-REAL_CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CamVid"
 PACKAGED = sorted(WEIGHTS_DIR.glob("*_camvid.pt"))
 #: Every model the ROS node can be launched with (backbone x attention) ships weights.
 REQUIRED = set(BY_BACKBONE.values())
@@ -47,7 +47,7 @@ def test_packaged_weights_are_the_default(path: Path):
     assert seg.trained and seg.weights == path
 
 
-@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="needs the shared CamVid copy (../shared/data/CamVid)")
+@needs_real_camvid
 @pytest.mark.parametrize("path", PACKAGED, ids=lambda p: p.name)
 def test_packaged_weights_reproduce_their_recorded_val_miou(path: Path):
     """The mIoU on the first N val images, recorded at packaging time, within 0.5 points."""

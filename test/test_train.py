@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, model_from_checkpoint
 from eacnet_core.classes import generic
@@ -24,7 +25,6 @@ from eacnet_core.train_config import TrainConfig
 from eacnet_ros.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CAMVID = REPO.parent / "shared" / "data" / "CamVid"
 
 
 
@@ -185,8 +185,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
     root = synthetic.folder(tmp_path / "data", count=4)
     monkeypatch.setattr("eacnet_core.train.build_criterion", lambda *a, **k: _NanAfter(3))
     rc = cli_main(["train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root), "--out",
-                   str(tmp_path / "run"), "--epochs", "3", "--batch-size", "2", "--crop", "32x48", "--workers", "0",
-                   "--val-every", "0", "--no-progress", "--no-tensorboard"])
+                   str(tmp_path / "run"), "--epochs", "3", "--batch-size", "2", "--crop-size", "48x32",
+                   "--workers", "0", "--val-every", "0", "--no-progress", "--no-tensorboard"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2, iteration 3" in err and "last.pt" in err
@@ -197,8 +197,8 @@ def test_bad_label_during_training_names_the_file(tmp_path, synthetic, capsys):
     root = synthetic.folder(tmp_path / "data", count=2)
     synthetic.write_png(root / "labels" / "img001.png", np.full((32, 48), 7, np.uint8))
     rc = cli_main(["train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root), "--out",
-                   str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "32x48", "--workers", "1",
-                   "--no-progress"])
+                   str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop-size", "48x32",
+                   "--workers", "1", "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "img001.png: label values 7 are outside the class range" in err
@@ -229,8 +229,9 @@ def test_sigint_saves_and_exits_cleanly(tmp_path, synthetic):
     root = synthetic.folder(tmp_path / "data", count=2)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "eacnet_ros.cli", "train", "--model", "dabnet", "--dataset", "folder",
-           "--data-root", str(root), "--out", str(out), "--epochs", "10000", "--batch-size", "2", "--crop", "32x48",
-           "--workers", "1", "--val-every", "0", "--no-progress", "--no-tensorboard", "--threads", "1"]
+           "--data-root", str(root), "--out", str(out), "--epochs", "10000", "--batch-size", "2",
+           "--crop-size", "48x32", "--workers", "1", "--val-every", "0", "--no-progress", "--no-tensorboard",
+           "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         deadline = time.time() + 90
@@ -317,7 +318,7 @@ def test_cli_init_from_prints_loaded_new_unexpected(tmp_path, synthetic, capsys)
     path, _ = _saved(tmp_path, "dabnet")
     rc = cli_main(["train", "--model", "eacnet_dab", "--dataset", "folder", "--data-root", str(root), "--out",
                    str(tmp_path / "run"), "--init-from", str(path), "--epochs", "1", "--batch-size", "2",
-                   "--crop", "32x48", "--workers", "0", "--val-every", "0", "--no-progress"])
+                   "--crop-size", "48x32", "--workers", "0", "--val-every", "0", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "names matched with a 'backbone.' prefix added" in out
@@ -367,7 +368,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, synthetic):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "eacnet_ros.cli", "train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root),
-           "--out", str(out), "--epochs", "2", "--batch-size", "1", "--crop", "32x48", "--workers", "0",
+           "--out", str(out), "--epochs", "2", "--batch-size", "1", "--crop-size", "48x32", "--workers", "0",
            "--threads", "1", "--no-progress", "--no-tensorboard", "--device", "cpu", "--sync-bn"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -384,10 +385,10 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, synthetic):
 # ---------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="shared CamVid copy absent")
+@needs_real_camvid
 def test_real_camvid_smoke_with_limit(tmp_path, capsys):
     rc = cli_main(["train", "--model", "dabnet", "--data-root", str(REAL_CAMVID), "--out", str(tmp_path / "run"),
-                   "--limit", "2", "--epochs", "1", "--batch-size", "2", "--crop", "96x128", "--workers", "0",
+                   "--limit", "2", "--epochs", "1", "--batch-size", "2", "--crop-size", "128x96", "--workers", "0",
                    "--loss", "weighted-ce", "--class-weight-c", "1.10", "--no-progress", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out

@@ -1,0 +1,146 @@
+"""The command-line options that several ``eacnet`` commands share: one spelling, one meaning.
+
+* Sizes are **WxH**, as cameras, ROS and image tools write them (``1280x720``):
+  ``--resize`` (the size the network sees: eval, segment, bag-eval, demo, bench-pipeline),
+  ``--size`` (the input of bench and export), ``--crop-size`` and ``--val-resize`` (train),
+  ``--sizes`` (bench-pipeline, bench-dds).
+* ``--out`` is where a command's main output goes; ``--overwrite`` lets it replace outputs
+  that exist (never an input); ``--batch-size``; ``--device`` (default ``auto``);
+  ``--threads`` wherever a model runs.
+
+Old spellings keep working for one release, with a warning on stderr, and keep their old
+meaning: the HxW ones (``--inference-size`` of segment / bag-eval / demo, ``--size`` of eval,
+``--crop``, ``--val-size`` of train) are still read as HxW, never silently as WxH. Their new
+names differ on purpose, so a size can never be read in the other order. An old spelling
+and its new one together are an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .transforms import parse_hw
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: CUDA when present)"
+
+
+def wxh(text: str) -> tuple[int, int]:
+    """argparse type of a WxH size: '1280x720' -> (720, 1280), i.e. (height, width).
+    '0' means "not set" (0, 0) where the option allows it."""
+    try:
+        return parse_hw(text, order="WxH")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def hxw(text: str) -> tuple[int, int]:
+    """argparse type of the deprecated HxW spellings: '360x480' -> (360, 480)."""
+    try:
+        return parse_hw(text, order="HxW")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def warn_deprecated(old: str, new: str, note: str = "") -> None:
+    """One line on stderr: the old spelling still works this release, and what replaces it."""
+    print(f"eacnet: warning: {old} is deprecated and will be removed in the next release; use {new}"
+          + (f" ({note})" if note else ""), file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Alias:
+    """An old spelling of an option: its flag, its own value type when its meaning differs
+    (an HxW size), and a note for the warning."""
+
+    flag: str
+    type: Optional[Callable[[str], Any]] = None
+    note: str = ""
+
+
+class _Deprecated(argparse.Action):
+    """Stores like the option it is an old name of, after a deprecation warning."""
+
+    def __init__(self, option_strings, dest, replacement: str = "", note: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement, self.note = replacement, note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_deprecated(option_string, self.replacement, self.note)
+        setattr(namespace, self.dest, values)
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, *, aliases: Sequence[Alias] = (), required: bool = False,
+               **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument(flag, **kwargs)`` plus its old spellings, each storing into the
+    same place. They form a mutually exclusive group, so giving both is argparse's error."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(flag, **kwargs)
+    for alias in aliases:
+        group.add_argument(alias.flag, dest=action.dest, action=_Deprecated, replacement=flag, note=alias.note,
+                           type=alias.type or kwargs.get("type"), metavar=kwargs.get("metavar"),
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return action
+
+
+def add_resize(parser: argparse.ArgumentParser, aliases: Sequence[Alias] = (), flag: str = "--resize",
+               what: str = "frames") -> argparse.Action:
+    """The size the network sees, WxH; unset (None) or '0': each image's own size."""
+    return add_option(parser, flag, aliases=aliases, type=wxh, default=None, metavar="WxH",
+                      help=f"resize {what} to this size for the network, WxH (e.g. 480x360; default: each "
+                           "image's own size)")
+
+
+#: The old HxW --inference-size of segment, bag-eval and demo.
+INFERENCE_SIZE_HXW = Alias("--inference-size", hxw, "--inference-size was HxW; --resize is WxH: "
+                                                    "--inference-size 360x480 is --resize 480x360")
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, aliases: Sequence[Alias] = (), required: bool = False,
+            **kwargs: Any) -> argparse.Action:
+    return add_option(parser, "--out", aliases=aliases, required=required, help=help, **kwargs)
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist (an input is never replaced)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch / onnxruntime (default 0: the library default)")
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int, aliases: Sequence[Alias] = ()) -> None:
+    add_option(parser, "--batch-size", aliases=aliases, type=int, default=default,
+               help=f"images per forward pass (default {default})")
+
+
+def size_from_height_width(args: argparse.Namespace, default: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+    """bench / export: ``--size WxH``, or the old ``--height`` / ``--width`` pair (deprecated).
+    Returns (height, width), or ``default`` when neither is given."""
+    old = [flag for flag, value in (("--height", args.height), ("--width", args.width)) if value is not None]
+    if not old:
+        return args.size if args.size is not None else default
+    if args.size is not None:
+        raise ValueError(f"give --size WxH or the old {' and '.join(old)}, not both")
+    warn_deprecated(" / ".join(old), "--size WxH", "e.g. --height 360 --width 480 is --size 480x360")
+    fallback = default or (None, None)
+    height = args.height if args.height is not None else fallback[0]
+    width = args.width if args.width is not None else fallback[1]
+    if height is None or width is None:
+        raise ValueError("give --size WxH (or both --height and --width)")
+    return height, width
+
+
+def add_height_width_aliases(parser: argparse.ArgumentParser) -> None:
+    """The old --height / --width of bench and export, hidden from --help."""
+    parser.add_argument("--height", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
