@@ -39,7 +39,7 @@ from .metrics import ConfusionMatrix
 from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
 from .progress import progress_bar
-from .runtime import DTYPES, resolve_device, resolve_precision, sync
+from .runtime import DTYPES, PRECISIONS, resolve_device, resolve_precision, sync
 from .transforms import EvalTransform
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
@@ -77,8 +77,26 @@ def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np
     return np.stack([cv2.resize(p, (label_hw[1], label_hw[0]), interpolation=cv2.INTER_NEAREST) for p in pred])
 
 
-def evaluate_model(model: nn.Module, loader: DataLoader, info: DatasetInfo, device: torch.device,
-                   amp_dtype: Optional[torch.dtype] = None, progress: bool = False,
+def int8_forward(model: nn.Module, model_name: str, info: DatasetInfo, weights: Path, calibration: str,
+                 threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The int8 onnxruntime graph the Segmenter (and the node) runs, as a batch -> logits
+    function, so ``eacnet eval --precision int8`` scores exactly that model."""
+    from .inference import Segmenter, SegmenterOptions
+
+    options = SegmenterOptions(device="cpu", precision="int8", backend="onnxruntime", threads=threads,
+                               calibration_data=calibration)
+    segmenter = Segmenter(model, model_name, info, options, weights=weights)
+    segmenter.warmup()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        rows = [np.asarray(segmenter.logits(batch[i:i + 1].numpy())) for i in range(batch.shape[0])]
+        return torch.from_numpy(np.concatenate(rows))
+
+    return forward
+
+
+def evaluate_model(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, info: DatasetInfo,
+                   device: torch.device, amp_dtype: Optional[torch.dtype] = None, progress: bool = False,
                    on_predictions: Optional[PredictionHook] = None) -> EvalResult:
     """Run ``model`` over ``loader`` in eval mode and accumulate the confusion matrix.
 
@@ -89,9 +107,11 @@ def evaluate_model(model: nn.Module, loader: DataLoader, info: DatasetInfo, devi
     Under torch.distributed each process evaluates its own shard and the matrices are
     summed, so every process returns the whole split's result."""
     confusion = ConfusionMatrix(info.num_classes, info.ignore_index, info.class_names)
-    was_training = model.training
-    model.eval()
-    dtype = next(model.parameters()).dtype
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
+    dtype = next(module.parameters()).dtype if module is not None else torch.float32
     images, model_seconds = 0, 0.0
     start = time.perf_counter()
     batches = loader
@@ -113,7 +133,8 @@ def evaluate_model(model: nn.Module, loader: DataLoader, info: DatasetInfo, devi
             images += len(pred)
             if on_predictions is not None:
                 on_predictions(pred, [int(i) for i in index])
-    model.train(was_training)
+    if module is not None:
+        module.train(was_training)
     seconds = time.perf_counter() - start
     if dist.is_available() and dist.is_initialized():
         confusion.matrix, images, seconds, model_seconds = _all_reduce(confusion.matrix, images, seconds,
@@ -237,9 +258,13 @@ def add_parser(subparsers) -> None:
     add_batch_size(p, default=1)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     add_device(p)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model and images cast to this type, as the Segmenter and the node run them "
-                        "(auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA)")
+                        "(auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA; int8: the quantised onnxruntime "
+                        "model the node runs with precision int8, on the CPU)")
+    p.add_argument("--int8-calibration", metavar="DIR",
+                   help="--precision int8: frames that calibrate the quantisation (default: the dataset root's "
+                        "train split); read only when the int8 model is not cached yet")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
     p.add_argument("--plot", type=Path, help="write a per-class IoU bar chart (PNG) here")
@@ -274,11 +299,15 @@ def run(args: argparse.Namespace) -> int:
     info = replace(info, ignore_index=dataset.info.ignore_index)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = torch.device("cpu") if args.precision == "int8" else resolve_device(args.device)  # int8: a CPU path
     precision = resolve_precision(args.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = model_from_checkpoint(ckpt, weights).to(device, dtype=DTYPES[precision])
+    model = model_from_checkpoint(ckpt, weights)
+    if precision == "int8":
+        model = int8_forward(model, ckpt["model"], info, weights, args.int8_calibration or str(root), args.threads)
+    else:
+        model = model.to(device, dtype=DTYPES[precision])
     hook = prediction_writer(dataset, args.out, info) if args.out else None
     loader = eval_loader(dataset, args.batch_size, args.workers, pin_memory=device.type == "cuda")
     print(f"eval: {ckpt['model']} ({weights}) on {dataset.name}, {len(dataset)} images, {device}, {precision}")

@@ -34,6 +34,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from .outputs import write_bytes
 from .transforms import normalize_bgr
 
 log = logging.getLogger(__name__)
@@ -219,20 +220,10 @@ class Int8Cache:
         return graph
 
     def store(self, model_name: str, fields: dict, graph: bytes) -> Path:
-        """Atomic write: a unique temporary file in the cache folder, then a rename."""
+        """Atomically (outputs.write_bytes): concurrent builders or a crash never leave half a file."""
         path = self.path(model_name, fields)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(graph)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_bytes(path, graph)
 
 
 def int8_graph(model_name: str, fp32_graph: bytes, weights: Optional[Path], weights_digest: str,

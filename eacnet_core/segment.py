@@ -15,6 +15,7 @@ from .inference import BACKENDS, Segmenter, SegmenterOptions
 from .options import INFERENCE_SIZE_HXW, Alias, add_out, add_overwrite, add_resize, add_threads
 from .outputs import OutputError, check_output_folder, check_outputs, write_image
 from .progress import progress_bar
+from .runtime import PRECISIONS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -122,8 +123,9 @@ def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: f
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--device/--precision/--backend/--resize/--threads, shared by every command that runs a Segmenter."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                        help="auto: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: fp16 on CUDA, fp32 on CPU; int8: quantised onnxruntime model on the CPU")
+    add_int8_calibration(parser)
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="torch or onnxruntime (default auto)")
     add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
     add_threads(parser)
@@ -132,7 +134,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
     height, width = args.resize or (0, 0)
     return SegmenterOptions(device=args.device, precision=args.precision, backend=args.backend,
-                            inference_height=height, inference_width=width, threads=args.threads)
+                            inference_height=height, inference_width=width, threads=args.threads,
+                            calibration_data=args.int8_calibration or "")
+
+
+def add_int8_calibration(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8-calibration", metavar="DIR",
+                        help="--precision int8: CamVid folder (its train split) or folder of camera frames that "
+                             "calibrates the quantisation (default $EACNET_DATA or ../shared/data/CamVid); read "
+                             "only when the int8 model is not cached yet")
 
 
 def add_parser(subparsers) -> None:

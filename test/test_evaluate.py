@@ -80,6 +80,26 @@ def test_eval_precision_casts_the_model_as_the_segmenter_does(tmp_path, syntheti
     assert report["pixel_acc"] != pytest.approx(fp32.pixel_accuracy, abs=1e-12)  # bf16 really ran
 
 
+def test_eval_precision_int8_scores_the_quantised_graph_the_segmenter_runs(tmp_path, synthetic):
+    """--precision int8 calibrates on the dataset root's train split and scores exactly the
+    int8 onnxruntime model a Segmenter with precision int8 runs."""
+    pytest.importorskip("onnxruntime")
+    root = synthetic.camvid(tmp_path / "CamVid", {"train": 3, "val": 2})
+    weights = _camvid_checkpoint(tmp_path)
+    out = tmp_path / "int8.json"
+    assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers",
+                     "0", "--no-progress", "--precision", "int8"]) == 0
+    assert list((tmp_path / "int8-cache").glob("*.int8.onnx"))  # built beside the weights, from root/train
+    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", precision="int8",
+                                                              calibration_data=str(root)))
+    dataset = camvid(root, "val")
+    expected = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index)
+    for i in range(len(dataset)):
+        image, label = dataset.load(i)
+        expected.update(seg.segment(image), label)
+    assert json.loads(out.read_text())["pixel_acc"] == pytest.approx(expected.pixel_accuracy, abs=1e-12)
+
+
 def test_eval_json_plot_and_predictions(tmp_path, synthetic):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
     weights = _camvid_checkpoint(tmp_path)
