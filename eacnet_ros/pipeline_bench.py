@@ -160,18 +160,30 @@ def build_segmenters(model: str, weights: Optional[str], configs: Sequence[Pipel
     return segmenters
 
 
+#: Runs of one configuration in a row before the next one's (see bench_size).
+BLOCK = 5
+
+
 def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig], size_hw: tuple[int, int],
-               runs: int, warmup: int) -> list[StageTimes]:
-    """Interleaved timing of every configuration at one input size; index 0 is the baseline."""
+               runs: int, warmup: int, block: int = BLOCK) -> list[StageTimes]:
+    """Timing of every configuration at one input size, interleaved in blocks of ``block``
+    runs (each block preceded by ``warmup`` untimed runs); index 0 is the baseline.
+
+    Blocks rather than single runs: an engine's worker threads keep spinning for a while
+    after its run (onnxruntime's and OpenMP's busy-wait), and on 2 cores that stole a third
+    of the next engine's time when every run alternated (onnxruntime int8 after fp32: 24.6 ms
+    against 20.0 ms alone). Alternating blocks still spreads machine drift over all of them."""
     store, image_type = message_types()
     msg = input_message(store, image_type, synthetic_frame(*size_hw))
     samples: list[list[dict[str, float]]] = [[] for _ in configs]
     masks: list[Optional[np.ndarray]] = [None] * len(configs)
-    for round_index in range(warmup + runs):
+    while any(len(s) < runs for s in samples):
         for i, segmenter in enumerate(segmenters):
-            times, masks[i] = run_frame(segmenter, msg, store, image_type)
-            if round_index >= warmup:
-                samples[i].append(times)
+            count = min(block, runs - len(samples[i]))
+            for run_index in range(warmup + count if count else 0):
+                times, masks[i] = run_frame(segmenter, msg, store, image_type)
+                if run_index >= warmup:
+                    samples[i].append(times)
     label = f"{size_hw[1]}x{size_hw[0]}"
     results = []
     for config, segmenter, runs_ms, mask in zip(configs, segmenters, samples, masks, strict=True):
