@@ -347,7 +347,7 @@ class OrtSessions:
             return self._sessions[key]
         if len(self._sessions) >= self.capacity:  # drop first: never more than capacity alive
             dropped = self._sessions.popitem(last=False)[0]  # keep no reference: its memory goes now
-            _return_freed_memory()
+            return_freed_memory()
             log.debug("onnxruntime: dropped the %dx%d session (keeping %d)", dropped[1], dropped[0], self.capacity)
         self._sessions[key] = self._create(height, width)
         return self._sessions[key]
@@ -355,7 +355,7 @@ class OrtSessions:
     def clear(self) -> None:
         self._sessions.clear()
         self._graph = None
-        _return_freed_memory()
+        return_freed_memory()
 
     def _create(self, height: int, width: int):
         from .export import ort_session  # onnx is an optional extra
@@ -376,7 +376,7 @@ class OrtSessions:
         return None
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
     the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
     settled at ~610 MB without this and ~490 MB with it. A no-op without glibc."""
