@@ -104,9 +104,13 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
 
     # ------------------------------------------------------------------ shutdown
     def destroy_node(self) -> None:
-        """Stop the worker before the publishers it uses are destroyed."""
+        """Stop the worker before the publishers it uses are destroyed; then the lifecycle
+        state machine, which rclpy's LifecycleNode never destroys: it holds the node (and
+        its transition_event publisher), so Fast DDS's shared-memory files outlived the
+        process's context without this."""
         self._release()
         super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
 
 
 def main(args: Optional[list] = None) -> int:
