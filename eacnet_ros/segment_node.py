@@ -246,7 +246,7 @@ class SegmentationMixin:
         segmenter = node_logic.load_segmenter(config, warn=self.get_logger().warning)
         self.config, self.segmenter = config, segmenter
         self.get_logger().info(f"loaded {segmenter.describe()}")
-        self.processor = FrameProcessor(segmenter, float(self.get_parameter("overlay_alpha").value))
+        self.processor = FrameProcessor(segmenter, config.overlay_alpha)
         self.output_publishers = {camera: {name: self._output_publisher(camera, name) for name in OUTPUT_TOPICS}
                                   for camera in config.camera_names}
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))

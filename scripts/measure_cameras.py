@@ -25,9 +25,11 @@ frames) it times ``--seconds``:
 * total throughput (the sum) against what was offered (N x rate), and the share dropped;
 * memory: the resident set (VmRSS) of the node processes, summed, at the window's end.
 
-The load average before and after each run is printed with it: the machine is shared, and
-a busy one inflates every number. Sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a
-random ROS_DOMAIN_ID unless they are set.
+How loaded the machine was, for each run: the CPU time the node processes and this
+process used in the window, and the CPU time everything else used (other people's jobs on
+a shared machine), each as a share of all cores; and the load average before and after.
+
+Sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a random ROS_DOMAIN_ID unless they are set.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Result:
     p50_ms: list[float]
     p90_ms: list[float]
     rss_mb: float
+    our_cpu: float  # share of all cores the node processes and this rig used in the window
+    other_cpu: float  # share of all cores everything else used in the window
     load_before: float
     load_after: float
 
@@ -160,6 +164,36 @@ class Rig:
         self.context.try_shutdown()
 
 
+class CpuShares:
+    """CPU time over a window: the machine's busy time (/proc/stat) and that of ``pids``."""
+
+    def __init__(self, pids: Sequence[int]):
+        self.pids = list(pids)
+        self._start = (time.monotonic(), _busy_ticks(), _process_ticks(self.pids))
+
+    def shares(self) -> tuple[float, float]:
+        """(ours, others): CPU time as a share of all cores over the window so far."""
+        elapsed, busy, ours = (time.monotonic(), _busy_ticks(), _process_ticks(self.pids))
+        capacity = (elapsed - self._start[0]) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+        our_share = (ours - self._start[2]) / capacity
+        return our_share, max(0.0, (busy - self._start[1]) / capacity - our_share)
+
+
+def _busy_ticks() -> int:
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_ticks(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total
+
+
 def rss_mb(pids: Sequence[int]) -> float:
     total_kb = 0
     for pid in pids:
@@ -189,14 +223,16 @@ def measure(setup: str, cameras: int, args: argparse.Namespace, frames: Sequence
             rig.run(args.warmup, args.rate)
             backends = [node.runtime().label for node in nodes]
             rig.reset()
+            cpu = CpuShares([node.pid for node in nodes] + [os.getpid()])
             rig.run(args.seconds, args.rate)
+            our_cpu, other_cpu = cpu.shares()
             memory = rss_mb([node.pid for node in nodes])
             time.sleep(TAIL_S)
             fps, p50, p90 = rig.per_camera(args.seconds)
     finally:
         rig.close()
-    return Result(cameras, setup, len(nodes), backends, cameras * args.rate, fps, p50, p90, memory, load_before,
-                  os.getloadavg()[0])
+    return Result(cameras, setup, len(nodes), backends, cameras * args.rate, fps, p50, p90, memory, our_cpu,
+                  other_cpu, load_before, os.getloadavg()[0])
 
 
 def _cells(values: Sequence[float], digits: int) -> str:
@@ -205,12 +241,13 @@ def _cells(values: Sequence[float], digits: int) -> str:
 
 def table(results: Sequence[Result]) -> str:
     lines = ["| cameras | setup | node processes | per-camera fps | latency p50 ms | latency p90 ms | total fps "
-             "(offered) | dropped | RSS MB | load before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(offered) | dropped | RSS MB | CPU: ours / others | load before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.cameras} | {r.setup} | {r.processes} | {_cells(r.fps, 1)} | {_cells(r.p50_ms, 0)} | "
                      f"{_cells(r.p90_ms, 0)} | {r.total_fps:.1f} ({r.offered_fps:.0f}) | {100 * r.dropped:.0f}% | "
-                     f"{r.rss_mb:.0f} | {r.load_before:.2f} / {r.load_after:.2f} |")
+                     f"{r.rss_mb:.0f} | {100 * r.our_cpu:.0f}% / {100 * r.other_cpu:.0f}% | "
+                     f"{r.load_before:.2f} / {r.load_after:.2f} |")
     return "\n".join(lines)
 
 
