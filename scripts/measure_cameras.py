@@ -22,7 +22,9 @@ frames) it times ``--seconds``:
 
 * per-camera fps: masks received for the frames sent in the window, per second;
 * latency: mask arrival minus the frame's stamp (one machine, one clock), p50 and p90;
-* total throughput (the sum) against what was offered (N x rate), and the share dropped;
+* total throughput (the sum) against what was offered (N x rate), and the share dropped,
+  split by where: lost on the way to the node (sent minus the node's own frames_received,
+  from /diagnostics, over the whole run) or dropped by the node (replaced while waiting);
 * memory: the resident set (VmRSS) of the node processes, summed, at the window's end.
 
 How loaded the machine was, for each run: the CPU time the node processes and this
@@ -52,6 +54,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 232)))
 
 import rclpy  # noqa: E402  (after the discovery settings)
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -62,7 +65,7 @@ from eacnet_ros import codec  # noqa: E402
 from eacnet_ros.dds_bench import NodeProcess, resized, source_frames  # noqa: E402
 
 SETUPS = ("one", "batched", "separate")
-TAIL_S = 3.0  # after the window, for the last masks to come back
+TAIL_S = 3.0  # after the window, for the last masks (and diagnostics newer than the last frame) to come back
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Result:
     fps: list[float]
     p50_ms: list[float]
     p90_ms: list[float]
+    lost_in_transport: float  # share of the frames sent that the node(s) never received
     rss_mb: float
     our_cpu: float  # share of all cores the node processes and this rig used in the window
     other_cpu: float  # share of all cores everything else used in the window
@@ -106,10 +110,14 @@ class Rig:
         self.messages = [codec.array_to_image(Image, Header(frame_id=name), frames[i % len(frames)], "bgr8")
                          for i, name in enumerate(self.names)]
         self._lock = threading.Lock()
+        self.namespace = namespace
         self.sent: list[dict[tuple[int, int], float]] = [{} for _ in self.names]
         self.received: list[dict[tuple[int, int], float]] = [{} for _ in self.names]
+        self.sent_total = [0] * cameras
+        self.node_received: dict[str, int] = {}  # camera -> the node's frames_received, newest diagnostics
         for index, name in enumerate(self.names):
             self.node.create_subscription(Image, f"{name}/mask", lambda msg, i=index: self._on_mask(i, msg), mask_qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -119,6 +127,24 @@ class Rig:
         now = time.time()
         with self._lock:
             self.received[index][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        """frames_received per camera, from one node per camera ('<ns>/cam0/segment_node:
+        segmentation') or one node for all ('<ns>/segment_node: segmentation cam0')."""
+        for status in msg.status:
+            for name in self.names:
+                if (status.name == f"{self.namespace}/segment_node: segmentation {name}"
+                        or status.name == f"{self.namespace}/{name}/segment_node: segmentation"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    with self._lock:
+                        self.node_received[name] = int(values["frames_received"])
+
+    def transport_loss(self) -> float:
+        """Share of all frames sent so far that the node(s) have not received (call once
+        the node's diagnostics are newer than the last frame)."""
+        with self._lock:
+            received = sum(self.node_received.get(name, 0) for name in self.names)
+            return 1.0 - received / max(1, sum(self.sent_total))
 
     def wait_matched(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -139,6 +165,7 @@ class Rig:
                 msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec + index
                 with self._lock:
                     self.sent[index][(sec, nanosec + index)] = now
+                    self.sent_total[index] += 1
                 publisher.publish(msg)
 
     def reset(self) -> None:
@@ -229,9 +256,10 @@ def measure(setup: str, cameras: int, args: argparse.Namespace, frames: Sequence
             memory = rss_mb([node.pid for node in nodes])
             time.sleep(TAIL_S)
             fps, p50, p90 = rig.per_camera(args.seconds)
+            lost = rig.transport_loss()
     finally:
         rig.close()
-    return Result(cameras, setup, len(nodes), backends, cameras * args.rate, fps, p50, p90, memory, our_cpu,
+    return Result(cameras, setup, len(nodes), backends, cameras * args.rate, fps, p50, p90, lost, memory, our_cpu,
                   other_cpu, load_before, os.getloadavg()[0])
 
 
@@ -241,11 +269,12 @@ def _cells(values: Sequence[float], digits: int) -> str:
 
 def table(results: Sequence[Result]) -> str:
     lines = ["| cameras | setup | node processes | per-camera fps | latency p50 ms | latency p90 ms | total fps "
-             "(offered) | dropped | RSS MB | CPU: ours / others | load before / after |",
+             "(offered) | dropped: in all / lost on the way | RSS MB | CPU: ours / others | load before / after |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.cameras} | {r.setup} | {r.processes} | {_cells(r.fps, 1)} | {_cells(r.p50_ms, 0)} | "
-                     f"{_cells(r.p90_ms, 0)} | {r.total_fps:.1f} ({r.offered_fps:.0f}) | {100 * r.dropped:.0f}% | "
+                     f"{_cells(r.p90_ms, 0)} | {r.total_fps:.1f} ({r.offered_fps:.0f}) | {100 * r.dropped:.0f}% / "
+                     f"{100 * r.lost_in_transport:.0f}% | "
                      f"{r.rss_mb:.0f} | {100 * r.our_cpu:.0f}% / {100 * r.other_cpu:.0f}% | "
                      f"{r.load_before:.2f} / {r.load_after:.2f} |")
     return "\n".join(lines)
