@@ -9,10 +9,11 @@ node does), and one worker thread serves them:
   within one turn of every other camera, however often they publish.
 * **Newest first.** A frame that waits while others are processed is replaced by its
   camera's next one and counted as dropped for that camera, never queued.
-* **Batched where it pays.** With batching on, one take returns the frames waiting at all
+* **Batched on request.** With batching on, one take returns the frames waiting at all
   cameras (each at most one), and they go through the model in one forward pass
-  (``Segmenter.segment_batch``). A GPU gains from it; this project's CPU did not
-  (docs/RESULTS.md), hence ``batch_cameras: auto`` (``node_logic.batch_frames``).
+  (``Segmenter.segment_batch``): on this project's 2-core CPU 12-21% more frames, at
+  30-130% more latency (docs/RESULTS.md); ``batch_cameras: auto`` batches on CUDA only
+  (``node_logic.batch_frames``).
 * **Accounted per camera.** Each camera's ``FrameWorker`` (not started as a thread: it is
   the per-camera decode and publish steps with their own counters and throttled warnings)
   counts into its camera's ``FrameStats`` and into the total (``CameraStats``).

@@ -146,9 +146,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(C/image/compressed) and publishes C/mask, C/color_mask and C/overlay, relative to its namespace, "
               "serving the cameras' newest frames in turn. Empty: one camera on image, mask, ..."),
     ParamSpec("batch_cameras", "auto", "With several cameras, run the frames waiting from several cameras in one "
-              "forward pass. auto: on CUDA, where batching gains throughput, not on the CPU, where it did not "
-              "(docs/RESULTS.md); always / never force it. onnxruntime runs frames one by one either way.",
-              choices=("auto", "always", "never")),
+              "forward pass: more throughput, more latency. auto: on CUDA only (on a 2-core CPU it gave 12-21% more "
+              "frames for 30-130% more latency, docs/RESULTS.md); always / never force it. onnxruntime runs frames "
+              "one by one either way.", choices=("auto", "always", "never")),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
@@ -257,8 +257,9 @@ def camera_names_error(names: Sequence[str]) -> Optional[str]:
 
 def batch_frames(mode: str, device_type: str) -> bool:
     """Whether the frames of several cameras go through the model together (``batch_cameras``).
-    auto: on CUDA only; on this project's CPU a batch was no faster than its frames one by one
-    (docs/RESULTS.md, "Several cameras, one model")."""
+    auto: on CUDA only. On this project's 2-core CPU a batch raised the throughput by 12-21%
+    but the latency by 30-130% (docs/RESULTS.md, "Several cameras, one model"): a trade a
+    robot should choose (always), not get by default. The GPU measurement is pending."""
     return mode == "always" or (mode == "auto" and device_type == "cuda")
 
 
