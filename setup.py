@@ -52,7 +52,8 @@ setup(
         # launch_ros have no wheels: scripts/setup.sh installs them from ../shared/ros-launch.
         "ros": (ros := [f"{wheel}; platform_system == 'Linux' and platform_machine == 'x86_64'" for wheel in (
             "ros-rclpy==9.1.2", "ros-rcl-interfaces==2.3.0", "ros-sensor-msgs==5.5.1", "ros-std-msgs==5.5.1",
-            "ros-diagnostic-msgs==5.5.1", "ros-ament-index-python==1.11.0", "ros-rmw-fastrtps-cpp==9.3.3")]),
+            "ros-diagnostic-msgs==5.5.1", "ros-lifecycle-msgs==2.3.0", "ros-ament-index-python==1.11.0",
+            "ros-rmw-fastrtps-cpp==9.3.3")]),
         # With the ROS wheels, so CI runs the node and the launch file on real rclpy.
         "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16"] + ros,
     },
@@ -64,6 +65,7 @@ setup(
         "console_scripts": [
             "eacnet = eacnet_ros.cli:main",
             "segment_node = eacnet_ros.segment_main:main",
+            "segment_lifecycle_node = eacnet_ros.segment_main:lifecycle_main",
         ],
     },
 )

@@ -239,6 +239,10 @@ class NodeProcess:
             time.sleep(0.05)
         return loaded
 
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
     def log_tail(self, count: int = 5) -> str:
         return " | ".join(self.lines[-count:]) or "(no output)"
 

@@ -34,6 +34,7 @@ executor starved for a whole frame interval.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -46,13 +47,14 @@ from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 
-from eacnet_core.inference import BACKENDS, Segmenter, SegmenterOptions
+from eacnet_core.inference import BACKENDS, Segmenter, SegmenterOptions, return_freed_memory
 from eacnet_core.models.registry import model_for
 from eacnet_core.runtime import PRECISIONS
 
 from . import codec
 
 Scalar = Union[bool, int, float, str]
+ParamValue = Union[Scalar, list]
 
 # ---------------------------------------------------------------------------- parameters
 
@@ -60,6 +62,9 @@ _OPTIONS = SegmenterOptions()  # the Segmenter's defaults are the node's default
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 MAX_INFERENCE_SIZE = 8192
 DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
+#: A camera name: one or more ROS name tokens (letters, digits, underscores, not starting with
+#: a digit) joined by '/'. Relative, so the node's namespace applies to its topics.
+CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class ParamSpec:
     because changing them means rebuilding the model, the subscription or the QoS."""
 
     name: str
-    default: Scalar
+    default: ParamValue  # a list: a string array (never mutated)
     description: str
     choices: tuple[str, ...] = ()
     int_range: Optional[tuple[int, int]] = None
@@ -85,14 +90,23 @@ class ParamSpec:
         """Human-readable allowed values (ParameterDescriptor.additional_constraints)."""
         if self.choices:
             return "one of: " + ", ".join(self.choices)
+        if isinstance(self.default, list):
+            return "list of names, e.g. [front, left]"
         if self.int_range:
             return f"integer in [{self.int_range[0]}, {self.int_range[1]}]"
         if self.float_range:
             return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
         return ""
 
-    def full_description(self) -> str:
-        note = "Changes apply at run time." if self.runtime else "Read-only: restart the node to change it."
+    def full_description(self, managed: bool = False) -> str:
+        """The description with when a change applies; ``managed``: for the lifecycle node,
+        whose start-up parameters are read by configure and may change while unconfigured."""
+        if self.runtime:
+            note = "Changes apply at run time."
+        elif managed:
+            note = "Read by configure: set it while the node is unconfigured."
+        else:
+            note = "Read-only: restart the node to change it."
         return f"{self.description} {note}"
 
 
@@ -133,6 +147,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "bad and skipped, never decoded. Default 3840x2160.", int_range=(1, MAX_INFERENCE_SIZE ** 2)),
     ParamSpec("transport", "raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage "
               "(jpeg, png) on 'image/compressed'.", choices=("raw", "compressed")),
+    ParamSpec("cameras", [], "Camera names, one model for all: for each name C the node reads C/image "
+              "(C/image/compressed) and publishes C/mask, C/color_mask and C/overlay, relative to its namespace, "
+              "serving the cameras' newest frames in turn. Empty: one camera on image, mask, ..."),
+    ParamSpec("batch_cameras", "auto", "With several cameras, run the frames waiting from several cameras in one "
+              "forward pass: more throughput, more latency. auto: on CUDA only (on a 2-core CPU it gave 12-21% more "
+              "frames for 30-130% more latency, docs/RESULTS.md); always / never force it. onnxruntime runs frames "
+              "one by one either way.", choices=("auto", "always", "never")),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
@@ -159,6 +180,8 @@ class NodeConfig:
     reliability: str
     max_input_pixels: int
     transport: str
+    cameras: tuple[str, ...] = ()
+    batch_cameras: str = "auto"
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> NodeConfig:
@@ -175,6 +198,7 @@ class NodeConfig:
         merged["int8_calibration"] = os.path.expanduser(merged["int8_calibration"]) if merged["int8_calibration"] \
             else ""
         merged["device"] = merged["device"].lower()
+        merged["cameras"] = tuple(merged["cameras"])
         return cls(**merged)
 
     @property
@@ -190,10 +214,27 @@ class NodeConfig:
         """Relative, so namespaces and remapping apply."""
         return "image/compressed" if self.compressed else "image"
 
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The cameras served; ``("",)`` for the single camera on the node's own topics."""
+        return self.cameras or ("",)
+
+    def camera_input(self, camera: str) -> str:
+        return camera_topic(camera, self.input_topic)
+
+
+def camera_topic(camera: str, name: str) -> str:
+    """``front/mask`` for camera ``front``; ``mask`` for the single camera (``""``)."""
+    return f"{camera}/{name}" if camera else name
+
 
 def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
     """Why ``value`` is not acceptable for ``spec``, or None when it is."""
     expected = type(spec.default)
+    if expected is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{spec.name}={value!r} must be a list of strings, e.g. [front, left]"
+        return camera_names_error(value)
     if expected is float:
         ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:
@@ -208,6 +249,26 @@ def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
     if bounds and not (bounds[0] <= value <= bounds[1] and not (isinstance(value, float) and math.isnan(value))):
         return f"{spec.name}={value!r} must be a {spec.constraints()}"
     return None
+
+
+def camera_names_error(names: Sequence[str]) -> Optional[str]:
+    """Why these camera names cannot become topic names, or None when they can."""
+    bad = [name for name in names if not CAMERA_NAME.fullmatch(name)]
+    if bad:
+        return (f"cameras: {', '.join(map(repr, bad))} not valid: each name is letters, digits and underscores "
+                "(not starting with a digit), parts joined by '/', relative (no leading '/')")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        return f"cameras: {', '.join(repeated)} given more than once"
+    return None
+
+
+def batch_frames(mode: str, device_type: str) -> bool:
+    """Whether the frames of several cameras go through the model together (``batch_cameras``).
+    auto: on CUDA only. On this project's 2-core CPU a batch raised the throughput by 12-21%
+    but the latency by 30-130% (docs/RESULTS.md, "Several cameras, one model"): a trade a
+    robot should choose (always), not get by default. The GPU measurement is pending."""
+    return mode == "always" or (mode == "auto" and device_type == "cuda")
 
 
 def _cross_check(values: Mapping[str, Any]) -> list[str]:
@@ -275,18 +336,25 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
-def parameter_update_error(name: str, value: Any) -> Optional[str]:
+def parameter_update_error(name: str, value: Any, lifecycle_state: Optional[str] = None) -> Optional[str]:
     """Reason to reject a parameter change while the node runs, or None to accept it.
 
     rclpy already rejects writes to read-only parameters before calling the node's
     callback; this check also covers anything else (e.g. a future non-read-only
     parameter) and validates the value of the run-time ones. Parameters the node does
-    not own (use_sim_time, ...) are accepted untouched."""
+    not own (use_sim_time, ...) are accepted untouched.
+
+    ``lifecycle_state``: the managed node's state label (None for the plain node). Its
+    start-up parameters are read by configure, so they may change while 'unconfigured'
+    (values are checked one by one here; configure checks them together)."""
     spec = SPECS.get(name)
     if spec is None:
         return None
-    if not spec.runtime:
+    if not spec.runtime and lifecycle_state is None:
         return f"{name} is read at start-up: restart the node to change it"
+    if not spec.runtime and lifecycle_state != "unconfigured":
+        return (f"{name} is read by configure: it can change only while the node is unconfigured "
+                f"(it is {lifecycle_state}: deactivate and cleanup first)")
     return check_value(spec, value)
 
 
@@ -338,6 +406,17 @@ def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter
                                     segmenter_options(config, device, precision))
     segmenter.warmup()
     return segmenter
+
+
+def free_model_memory(device: str) -> None:
+    """Once the node has dropped its Segmenter (lifecycle cleanup): collect it now and hand
+    its memory back (the CUDA cache, glibc's heap), so a cleaned-up node holds no model."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+    return_freed_memory()
 
 
 _RCL_SOURCE_LOCATION = re.compile(r",? at /[^,]*?:\d+")
@@ -426,7 +505,15 @@ class FrameProcessor:
         self._alpha = float(value)
 
     def process(self, bgr: np.ndarray, want_color: bool, want_overlay: bool) -> SegmentedFrame:
-        mask = self.segmenter.segment(bgr)
+        return self._outputs(bgr, self.segmenter.segment(bgr), want_color, want_overlay)
+
+    def process_batch(self, images: Sequence[np.ndarray], wanted: Sequence[tuple[bool, bool]]) -> list[SegmentedFrame]:
+        """Several frames (one per camera) through one forward pass per network size;
+        ``wanted``: (colour, overlay) for each frame."""
+        masks = self.segmenter.segment_batch(images)
+        return [self._outputs(bgr, mask, *want) for bgr, mask, want in zip(images, masks, wanted, strict=True)]
+
+    def _outputs(self, bgr: np.ndarray, mask: np.ndarray, want_color: bool, want_overlay: bool) -> SegmentedFrame:
         colours = self.segmenter.colorize(mask) if (want_color or want_overlay) else None
         overlay = self.segmenter.overlay(bgr, mask, self._alpha, color_mask=colours) if want_overlay else None
         return SegmentedFrame(mask, colours if want_color else None, overlay)
@@ -449,10 +536,12 @@ class LatestFrame:
     """A one-slot mailbox between the subscription callback and the worker.
 
     ``put`` replaces whatever is waiting (returning True when it overwrote an untaken
-    message: a dropped frame); ``take`` waits for a message. No backlog can build up."""
+    message: a dropped frame); ``take`` waits for a message. No backlog can build up.
+    ``condition``: shared by the slots of several cameras, so one worker can wait for any
+    of them (``multi_camera.FrameScheduler``)."""
 
-    def __init__(self):
-        self._cond = threading.Condition()
+    def __init__(self, condition: Optional[threading.Condition] = None):
+        self._cond = condition or threading.Condition()
         self._item: Optional[tuple[Any, float]] = None
         self._closed = False
 
@@ -478,6 +567,17 @@ class LatestFrame:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def waiting(self) -> bool:
+        """A message is waiting; read under the (shared) condition's lock."""
+        return self._item is not None
+
+    def pop(self) -> Optional[tuple[Any, float]]:
+        """The waiting (message, receive time) or None, without waiting; the caller holds
+        the condition's lock (``FrameScheduler.take``)."""
+        item, self._item = self._item, None
+        return item
 
 
 # ---------------------------------------------------------------------------- statistics and diagnostics
@@ -594,10 +694,14 @@ def _summary(period: _Counters, fps: float, p50: float, stalled_s: float = 0.0) 
 def static_diagnostics(segmenter: Segmenter, config: NodeConfig) -> tuple[tuple[str, str], ...]:
     """Key/values that do not change while the node runs."""
     size = (f"{config.inference_width}x{config.inference_height}" if config.inference_height else "input size")
-    return (("model", segmenter.model_name), ("device", str(segmenter.device)), ("precision", segmenter.precision),
-            ("backend", segmenter.backend), ("inference_size", size),
-            ("weights", str(segmenter.weights) if segmenter.weights else "untrained"),
-            ("transport", config.transport))
+    values = (("model", segmenter.model_name), ("device", str(segmenter.device)), ("precision", segmenter.precision),
+              ("backend", segmenter.backend), ("inference_size", size),
+              ("weights", str(segmenter.weights) if segmenter.weights else "untrained"),
+              ("transport", config.transport))
+    if config.cameras:
+        batched = batch_frames(config.batch_cameras, segmenter.device.type)
+        values += (("batch_cameras", f"{config.batch_cameras} ({'batched' if batched else 'one by one'})"),)
+    return values
 
 
 # ---------------------------------------------------------------------------- throttled warnings
@@ -677,28 +781,50 @@ class FrameWorker:
 
     def process_one(self, msg: Any, received_at: float) -> bool:
         """Run one message through decode -> segment -> encode -> publish; True if published."""
+        bgr = self.decode(msg)
+        if bgr is None:
+            return False
         try:
-            bgr = codec.to_bgr(msg, self.max_pixels)
+            frame = self.processor.process(bgr, *self.wanted())
+        except Exception as exc:  # one frame must never kill the node
+            return self.failed(exc)
+        return self.publish(msg, frame, received_at)
+
+    # The steps of process_one, also used by multi_camera.MultiCameraWorker, which segments
+    # the frames of several cameras together between decode and publish.
+    def decode(self, msg: Any) -> Optional[np.ndarray]:
+        """The message as a BGR array; None for a bad frame (counted and warned)."""
+        try:
+            return codec.to_bgr(msg, self.max_pixels)
         except Exception as exc:  # ImageDecodeError, or a message too malformed to read at all
             self.stats.on_bad_frame()
             reason = str(exc) if isinstance(exc, codec.ImageDecodeError) else f"{type(exc).__name__}: {exc}"
             self._warn("bad_frame", f"skipping an image that cannot be decoded: {reason}")
-            return False
+            return None
+
+    def wanted(self) -> tuple[bool, bool]:
+        """(colour mask, overlay): each is computed only while someone subscribes to it."""
+        return (self.publishers["color_mask"].get_subscription_count() > 0,
+                self.publishers["overlay"].get_subscription_count() > 0)
+
+    def publish(self, msg: Any, frame: SegmentedFrame, received_at: float) -> bool:
+        """Encode and publish ``frame`` with ``msg``'s header; True if published."""
         try:
-            want_color = self.publishers["color_mask"].get_subscription_count() > 0
-            want_overlay = self.publishers["overlay"].get_subscription_count() > 0
-            frame = self.processor.process(bgr, want_color, want_overlay)
             messages = encode_frame(frame, msg.header, self.image_type)
             if not self.active():
                 return False
             for topic, out in messages.items():
                 self.publishers[topic].publish(out)
         except Exception as exc:  # one frame must never kill the node
-            self.stats.on_failed_frame()
-            self._warn("frame_error", f"processing a frame failed and it was skipped: {type(exc).__name__}: {exc}")
-            return False
+            return self.failed(exc)
         self.stats.on_published(received_at)
         return True
+
+    def failed(self, exc: BaseException) -> bool:
+        """Count and warn (throttled) about a frame that could not be processed; False."""
+        self.stats.on_failed_frame()
+        self._warn("frame_error", f"processing a frame failed and it was skipped: {type(exc).__name__}: {exc}")
+        return False
 
     def _warn(self, key: str, text: str) -> None:
         line = self.throttle(key, text)

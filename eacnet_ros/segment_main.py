@@ -1,4 +1,5 @@
-"""Entry point of ``segment_node``: owns SIGINT and SIGTERM from its first line.
+"""Entry points of ``segment_node`` and ``segment_lifecycle_node``: own SIGINT and SIGTERM
+from their first line.
 
 Importing the node (rclpy, torch, OpenCV) takes seconds, and a launch shutdown or a
 Ctrl-C may come at any moment of it. This module imports nothing heavy, installs the
@@ -48,13 +49,26 @@ class SignalStop:
 
 
 def main(args: Optional[list] = None) -> int:
+    """``segment_node``."""
+    return _main(args, managed=False)
+
+
+def lifecycle_main(args: Optional[list] = None) -> int:
+    """``segment_lifecycle_node``: the same node as a managed (lifecycle) node."""
+    return _main(args, managed=True)
+
+
+def _main(args: Optional[list], managed: bool) -> int:
     argv = list(sys.argv if args is None else args)
     with SignalStop().installed() as stop:
         try:
-            from . import segment_node
+            if managed:
+                from .segment_lifecycle_node import run_managed as run
+            else:
+                from .segment_node import run
         except Stopped:
             return 0
-        return segment_node.run(argv, stop)
+        return run(argv, stop)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""``segment_node``: semantic segmentation of a camera stream, the only module importing rclpy.
+"""``segment_node``: semantic segmentation of camera streams, with
+``segment_lifecycle_node`` the only modules importing rclpy.
 
-Topics (relative, so ``namespace`` and remapping give one node per camera):
+Topics (relative, so ``namespace`` and remapping apply):
 
 * in:  ``image`` (sensor_msgs/Image) or, with ``transport: compressed``,
   ``image/compressed`` (sensor_msgs/CompressedImage); KEEP_LAST depth 1, reliability
@@ -8,15 +9,23 @@ Topics (relative, so ``namespace`` and remapping give one node per camera):
 * out: ``mask`` (mono8 class ids), ``color_mask`` and ``overlay`` (bgr8), all at the input
   size with the input's header, reliable KEEP_LAST ``OUTPUT_DEPTH``; ``label_info``
   (vision_msgs/LabelInfo, transient_local); ``/diagnostics`` once a second.
+* With ``cameras: [front, left]`` each camera ``C`` has the same topics under ``C/``
+  (``front/image`` -> ``front/mask``, ...), served by one model (``multi_camera``); the
+  diagnostics then hold the total and one status per camera.
 
 The process (``main``) owns SIGINT and SIGTERM: either ends it with exit code 0 at any
 moment (while the model loads, at idle, while streaming), tearing down in order (worker,
 node, context). Every start-up error, rcl's own included, is one ``[eacnet] error:`` line
 and exit code 1.
 
-Everything except the ROS wiring lives in ``node_logic`` (tested without ROS); the module
-docstring there explains the threading: the subscription callback only stores the newest
-message and counts overwritten ones as dropped; a worker thread runs the model.
+Everything except the ROS wiring lives in ``node_logic`` and ``multi_camera`` (tested
+without ROS); the module docstring of ``node_logic`` explains the threading: the
+subscription callback only stores the newest message and counts overwritten ones as
+dropped; a worker thread runs the model.
+
+``SegmentationMixin`` holds the node's work in the steps of a managed node (configure,
+activate, deactivate, cleanup): ``SegmentNode`` takes the first two in its constructor,
+``segment_lifecycle_node.SegmentLifecycleNode`` on its lifecycle transitions.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import rclpy
@@ -36,12 +46,14 @@ from rclpy.clock import Clock, ClockType
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from . import node_logic
-from .node_logic import FrameProcessor, FrameStats, FrameWorker, LatestFrame, NodeConfig, ParamSpec
+from .multi_camera import CameraStats, FrameScheduler, MultiCameraWorker
+from .node_logic import FrameProcessor, FrameWorker, NodeConfig, ParamSpec
 from .segment_main import SignalStop, Stopped
 
 try:  # Iron and later
@@ -77,11 +89,14 @@ _LEVELS = {node_logic.OK: DiagnosticStatus.OK, node_logic.WARN: DiagnosticStatus
            node_logic.ERROR: DiagnosticStatus.ERROR}
 
 
-def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
+def descriptor_for(spec: ParamSpec, managed: bool = False) -> ParameterDescriptor:
     """ParameterDescriptor with description, allowed values and range; what
-    ``ros2 param describe`` shows and what rclpy enforces (ranges, read-only)."""
-    descriptor = ParameterDescriptor(description=spec.full_description(),
-                                     additional_constraints=spec.constraints(), read_only=spec.read_only)
+    ``ros2 param describe`` shows and what rclpy enforces (ranges, read-only). The managed
+    node's start-up parameters are not read-only: they may change while it is unconfigured
+    (its on-set callback refuses them in the other states)."""
+    descriptor = ParameterDescriptor(description=spec.full_description(managed),
+                                     additional_constraints=spec.constraints(),
+                                     read_only=spec.read_only and not managed)
     if spec.int_range:
         descriptor.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=1)]
     if spec.float_range:
@@ -150,84 +165,173 @@ class _RosLogHandler(logging.Handler):
             self._logger.info(text)
 
 
-class SegmentNode(Node):
-    """Subscribes to camera images and publishes mask, colour mask, overlay, labels and
-    diagnostics. Construction loads and warms the model; it raises on any start-up error."""
+@dataclass
+class _Input:
+    """One camera's image subscription and the reliability it was created with."""
 
-    def __init__(self, command_line: Sequence[str] = (), **kwargs: Any):
-        """``command_line``: the process's arguments, to refuse ``-p`` values that are
-        invalid or that rcl dropped; ``kwargs`` go to rclpy's Node (context, overrides)."""
-        super().__init__(NODE_NAME, **kwargs)
-        self._worker: Optional[FrameWorker] = None
-        self.subscription = None
+    subscription: Any
+    reliability: str
+
+
+class SegmentationMixin:
+    """Everything the node does, in the steps a managed node takes one at a time:
+    ``_configure`` (parameters, model, publishers), ``_activate`` (worker, subscriptions,
+    diagnostics), ``_deactivate`` and ``_cleanup``. ``SegmentNode`` runs the first two in
+    its constructor; ``segment_lifecycle_node.SegmentLifecycleNode`` on its transitions.
+
+    Mixed into an rclpy ``Node`` (``self``); call ``_init_segmentation`` right after the
+    Node's constructor."""
+
+    #: The managed node's start-up parameters may change while it is unconfigured.
+    MANAGED = False
+
+    def _init_segmentation(self) -> None:
+        self.config: Optional[NodeConfig] = None
+        self.segmenter = None
+        self.processor: Optional[FrameProcessor] = None
+        self.stats: Optional[CameraStats] = None
+        self.output_publishers: dict[str, dict[str, Any]] = {}  # camera -> output name -> publisher
+        self.diagnostics_publisher = None
+        self.label_publisher = None
+        self.diagnostics_timer = None
+        self._inputs: dict[str, _Input] = {}  # camera -> its image subscription
+        self._scheduler: Optional[FrameScheduler] = None
+        self._worker: Optional[Any] = None  # FrameWorker (one camera) or MultiCameraWorker
         self._warned_incompatible: set = set()
         core_logger = logging.getLogger("eacnet_core")
         self._log_bridge = _RosLogHandler(self.get_logger())
         self._core_level = core_logger.level
         core_logger.addHandler(self._log_bridge)
         core_logger.setLevel(logging.INFO)  # the backend choice and load notes are INFO lines
-        try:
-            self._start(command_line)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the start-up error is the one to report
-                self.destroy_node()
-            raise
 
-    def _start(self, command_line: Sequence[str]) -> None:
-        """Parameters, model, publishers, worker, subscription, timer: in that order, so no
-        frame arrives before everything it needs exists."""
+    # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self, command_line: Sequence[str]) -> None:
+        """Declare every parameter (refusing bad or dropped ``-p`` values of ``command_line``),
+        then register the on-set callback (rclpy would call it for the declarations too)."""
         node_logic.check_command_line(command_line)
-        self.config = self._declare_parameters()
-        node_logic.check_command_line(command_line, {p.name: self.get_parameter(p.name).value
-                                                     for p in node_logic.PARAMETERS})
-        self.segmenter = node_logic.load_segmenter(self.config, warn=self.get_logger().warning)
-        self.get_logger().info(f"loaded {self.segmenter.describe()}")
-        self.processor = FrameProcessor(self.segmenter, self.config.overlay_alpha)
-        self.stats = FrameStats()
-        self.output_publishers = {name: self._output_publisher(name) for name in OUTPUT_TOPICS}
+        for spec in node_logic.PARAMETERS:
+            # A string array cannot be declared from its empty default (rclpy would type it a byte array).
+            default = Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) else spec.default
+            self.declare_parameter(spec.name, default, descriptor_for(spec, self.MANAGED))
+        node_logic.check_command_line(command_line, self._parameter_values())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _parameter_values(self) -> dict[str, Any]:
+        """The node's parameters now. A string array nobody set has no value in rclpy
+        (declared by type): it takes its default, empty."""
+        return {spec.name: self.get_parameter_or(spec.name, Parameter(spec.name, value=spec.default)).value
+                for spec in node_logic.PARAMETERS}
+
+    def _lifecycle_state(self) -> Optional[str]:
+        """The managed node's state label for parameter changes; None for the plain node."""
+        return None
+
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        state = self._lifecycle_state()
+        for parameter in parameters:
+            reason = node_logic.parameter_update_error(parameter.name, parameter.value, state)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        for parameter in parameters:
+            if parameter.name == "overlay_alpha" and self.processor is not None:
+                self.processor.overlay_alpha = parameter.value
+                self.get_logger().info(f"overlay_alpha set to {self.processor.overlay_alpha}")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ configure / cleanup
+    def _configure(self) -> None:
+        """Validate the parameters, load and warm the model (once, for every camera), create
+        the publishers. Raises on any error, having created nothing that outlives it."""
+        config = NodeConfig.from_values(self._parameter_values())
+        segmenter = node_logic.load_segmenter(config, warn=self.get_logger().warning)
+        self.config, self.segmenter = config, segmenter
+        self.get_logger().info(f"loaded {segmenter.describe()}")
+        self.processor = FrameProcessor(segmenter, config.overlay_alpha)
+        self.output_publishers = {camera: {name: self._output_publisher(camera, name) for name in OUTPUT_TOPICS}
+                                  for camera in config.camera_names}
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.label_publisher = self._publish_label_info()
-        self._slot = LatestFrame()
-        self._worker = FrameWorker(self._slot, self.processor, self.stats, self.output_publishers, Image,
-                                   warn=self.get_logger().warning, active=self.context.ok,
-                                   max_pixels=self.config.max_input_pixels)
+
+    def _cleanup(self) -> None:
+        """Destroy the publishers and free the model (back to the state before configure)."""
+        for publishers in self.output_publishers.values():
+            for publisher in publishers.values():
+                self.destroy_publisher(publisher)
+        for publisher in (self.diagnostics_publisher, self.label_publisher):
+            if publisher is not None:
+                self.destroy_publisher(publisher)
+        device = str(self.segmenter.device) if self.segmenter is not None else "cpu"
+        self.output_publishers, self.diagnostics_publisher, self.label_publisher = {}, None, None
+        self.segmenter = self.processor = self.config = None
+        node_logic.free_model_memory(device)
+
+    # ------------------------------------------------------------------ activate / deactivate
+    def _activate(self) -> None:
+        """Worker, then subscriptions, then the diagnostics timer: no frame arrives before
+        everything it needs exists. Ends with the ready line."""
+        config = self.config
+        self.stats = CameraStats(config.camera_names)
+        self._scheduler = FrameScheduler(config.camera_names)
+        pipelines = {camera: self._pipeline(camera) for camera in config.camera_names}
+        batched = node_logic.batch_frames(config.batch_cameras, self.segmenter.device.type)
+        self._worker = (MultiCameraWorker(self._scheduler, pipelines, self.processor, batched,
+                                          warn=self.get_logger().warning)
+                        if config.cameras else pipelines[""])
         self._worker.start()
-        self._subscribe(node_logic.initial_reliability(self.config.reliability))
+        for camera in config.camera_names:
+            self._subscribe(camera, node_logic.initial_reliability(config.reliability))
         # A steady clock: diagnostics keep coming while a replayed bag's /clock is paused.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_timer, clock=steady)
-        # Registered last: rclpy also calls these callbacks for the declarations above.
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         # The ready line: segment.launch.py starts a bag replay when it sees "listening on ".
-        mode = ("auto: follows the publishers, best_effort until one appears" if self.config.reliability == "auto"
-                else self.config.reliability)
-        self.get_logger().info(f"listening on {self.subscription.topic_name} ({self._message_type.__name__}, "
-                               f"{mode}); publishing {', '.join(OUTPUT_TOPICS)}")
+        mode = ("auto: follows the publishers, best_effort until one appears" if config.reliability == "auto"
+                else config.reliability)
+        topics = ", ".join(entry.subscription.topic_name for entry in self._inputs.values())
+        outputs = ", ".join(OUTPUT_TOPICS) if not config.cameras else (
+            f"{', '.join(OUTPUT_TOPICS)} under each of {', '.join(config.cameras)}; frames "
+            + ("batched" if batched else "one by one"))
+        self.get_logger().info(f"listening on {topics} ({self._message_type.__name__}, {mode}); publishing {outputs}")
 
-    # ------------------------------------------------------------------ set-up
-    def _declare_parameters(self) -> NodeConfig:
-        values = {spec.name: self.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
-                  for spec in node_logic.PARAMETERS}
-        return NodeConfig.from_values(values)
+    def _pipeline(self, camera: str) -> FrameWorker:
+        """``camera``'s decode/segment/publish steps, counting into its statistics."""
+        warn = self.get_logger().warning
+        return FrameWorker(self._scheduler.slot(camera), self.processor, self.stats.camera(camera),
+                           self.output_publishers[camera], Image,
+                           warn=warn if not camera else (lambda text, c=camera: warn(f"camera {c}: {text}")),
+                           active=self.context.ok, max_pixels=self.config.max_input_pixels)
 
+    def _deactivate(self) -> None:
+        """Stop subscribing and publishing: subscriptions and timer go, the worker thread
+        ends (nothing runs until the next activate)."""
+        for entry in self._inputs.values():
+            self.destroy_subscription(entry.subscription)
+        self._inputs = {}
+        if self.diagnostics_timer is not None:
+            self.destroy_timer(self.diagnostics_timer)
+            self.diagnostics_timer = None
+        if self._worker is not None:
+            self._worker.stop()
+        self._worker = self._scheduler = None
+
+    # ------------------------------------------------------------------ set-up helpers
     @property
     def _message_type(self) -> type:
         return CompressedImage if self.config.compressed else Image
 
-    def _output_publisher(self, name: str) -> Any:
-        events = PublisherEventCallbacks(incompatible_qos=lambda info, topic=name: self._on_incompatible(
-            info, topic, we_publish=True))
-        return self.create_publisher(Image, name, output_qos(), event_callbacks=events)
+    def _output_publisher(self, camera: str, name: str) -> Any:
+        events = PublisherEventCallbacks(incompatible_qos=lambda info: self._on_incompatible(info, camera, name))
+        return self.create_publisher(Image, node_logic.camera_topic(camera, name), output_qos(),
+                                     event_callbacks=events)
 
-    def _subscribe(self, reliability: str) -> None:
-        """(Re)create the image subscription with ``reliability``; KEEP_LAST 1 either way."""
-        if self.subscription is not None:
-            self.destroy_subscription(self.subscription)
-        self.input_reliability = reliability
-        events = SubscriptionEventCallbacks(incompatible_qos=lambda info: self._on_incompatible(
-            info, self.config.input_topic, we_publish=False))
-        self.subscription = self.create_subscription(self._message_type, self.config.input_topic, self._on_image,
-                                                     image_qos(reliability), event_callbacks=events)
+    def _subscribe(self, camera: str, reliability: str) -> None:
+        """(Re)create ``camera``'s image subscription with ``reliability``; KEEP_LAST 1 either way."""
+        if camera in self._inputs:
+            self.destroy_subscription(self._inputs.pop(camera).subscription)
+        events = SubscriptionEventCallbacks(incompatible_qos=lambda info: self._on_incompatible(info, camera, None))
+        subscription = self.create_subscription(self._message_type, self.config.camera_input(camera),
+                                                lambda msg: self._on_image(camera, msg), image_qos(reliability),
+                                                event_callbacks=events)
+        self._inputs[camera] = _Input(subscription, reliability)
 
     def _publish_label_info(self) -> Optional[Any]:
         if LabelInfo is None:
@@ -245,20 +349,11 @@ class SegmentNode(Node):
         return Header(stamp=self.get_clock().now().to_msg(), frame_id="")
 
     # ------------------------------------------------------------------ callbacks
-    def _on_image(self, msg: Any) -> None:
-        """Executor thread: store the newest frame and count the one it replaces, if any."""
-        self.stats.on_received(dropped_previous=self._slot.put(msg, time.monotonic()))
-
-    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
-        for parameter in parameters:
-            reason = node_logic.parameter_update_error(parameter.name, parameter.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        for parameter in parameters:
-            if parameter.name == "overlay_alpha":
-                self.processor.overlay_alpha = parameter.value
-                self.get_logger().info(f"overlay_alpha set to {self.processor.overlay_alpha}")
-        return SetParametersResult(successful=True)
+    def _on_image(self, camera: str, msg: Any) -> None:
+        """Executor thread: store the camera's newest frame and count the one it replaces."""
+        scheduler, stats = self._scheduler, self.stats
+        if scheduler is not None:
+            stats.camera(camera).on_received(dropped_previous=scheduler.put(camera, msg, time.monotonic()))
 
     def _on_timer(self) -> None:
         """Once a second: follow the publishers' QoS (reliability auto), then diagnostics."""
@@ -268,46 +363,79 @@ class SegmentNode(Node):
     def _follow_publishers(self) -> None:
         if self.config.reliability != "auto":
             return  # a fixed reliability never changes: no graph query
-        topic = self.subscription.topic_name
-        offered = [_POLICY_NAMES.get(info.qos_profile.reliability, node_logic.BEST_EFFORT)
-                   for info in self.get_publishers_info_by_topic(topic)]
-        wanted = node_logic.follow_publishers(self.config.reliability, self.input_reliability, offered)
-        if wanted != self.input_reliability:
-            self.get_logger().info(f"input QoS: {topic} now {wanted} (publishers offer {', '.join(offered)})")
-            self._subscribe(wanted)
+        for camera, entry in list(self._inputs.items()):
+            topic = entry.subscription.topic_name
+            offered = [_POLICY_NAMES.get(info.qos_profile.reliability, node_logic.BEST_EFFORT)
+                       for info in self.get_publishers_info_by_topic(topic)]
+            wanted = node_logic.follow_publishers(self.config.reliability, entry.reliability, offered)
+            if wanted != entry.reliability:
+                self.get_logger().info(f"input QoS: {topic} now {wanted} (publishers offer {', '.join(offered)})")
+                self._subscribe(camera, wanted)
 
-    def _on_incompatible(self, info: Any, topic: str, we_publish: bool) -> None:
-        """One warning per topic and policy, naming both sides' QoS and the fix."""
+    def _on_incompatible(self, info: Any, camera: str, output: Optional[str]) -> None:
+        """One warning per topic and policy, naming both sides' QoS and the fix; ``output``:
+        the output's name, None for the camera's input."""
+        we_publish = output is not None
         policy = _policy_name(info.last_policy_kind)
-        if (topic, policy) in self._warned_incompatible:
-            return
         if not we_publish and self.config.reliability == "auto" and policy == "reliability":
             return  # auto switches to the publishers' reliability within a second
-        self._warned_incompatible.add((topic, policy))
-        endpoint = self.output_publishers[topic] if we_publish else self.subscription
+        endpoint = (self.output_publishers.get(camera, {}).get(output) if we_publish
+                    else getattr(self._inputs.get(camera), "subscription", None))
+        if endpoint is None:
+            return  # destroyed meanwhile (deactivate, cleanup)
         resolved = endpoint.topic_name  # namespaced and remapped
+        if (resolved, policy) in self._warned_incompatible:
+            return
+        self._warned_incompatible.add((resolved, policy))
         ours = describe_qos(endpoint.qos_profile)
         others = (self.get_subscriptions_info_by_topic if we_publish else self.get_publishers_info_by_topic)(resolved)
         theirs = [f"{_endpoint_owner(info)}: {describe_qos(info.qos_profile, remote=True)}" for info in others]
         self.get_logger().warning(node_logic.incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
 
     def _publish_diagnostics(self) -> None:
-        # Rebuilt each time: with backend auto at the camera's size, the backend is chosen on the first frame.
-        report = self.stats.report(node_logic.static_diagnostics(self.segmenter, self.config))
-        status = DiagnosticStatus(level=_LEVELS[report.level],
-                                  name=f"{self.get_fully_qualified_name()}: segmentation",
-                                  message=report.message, hardware_id=str(self.segmenter.device),
-                                  values=[KeyValue(key=k, value=v) for k, v in report.values])
-        self.diagnostics_publisher.publish(DiagnosticArray(header=self._header_now(), status=[status]))
+        """The total, then (several cameras) one status per camera: '<node>: segmentation'
+        and '<node>: segmentation <camera>'. Rebuilt each time: with backend auto at the
+        camera's size, the backend is chosen on the first frame."""
+        reports = self.stats.report(node_logic.static_diagnostics(self.segmenter, self.config))
+        name = f"{self.get_fully_qualified_name()}: segmentation"
+        statuses = [DiagnosticStatus(level=_LEVELS[report.level], name=f"{name} {camera}".rstrip(),
+                                     message=report.message, hardware_id=str(self.segmenter.device),
+                                     values=[KeyValue(key=k, value=v) for k, v in report.values])
+                    for camera, report in reports]
+        self.diagnostics_publisher.publish(DiagnosticArray(header=self._header_now(), status=statuses))
 
     # ------------------------------------------------------------------ shutdown
-    def destroy_node(self) -> None:
-        """Stop the worker before the publishers it uses are destroyed."""
+    def _release(self) -> None:
+        """Stop the worker (before the publishers it uses are destroyed) and detach the
+        eacnet_core log bridge; for destroy_node."""
         if self._worker is not None:
             self._worker.stop()
         core_logger = logging.getLogger("eacnet_core")
         core_logger.removeHandler(self._log_bridge)
         core_logger.setLevel(self._core_level)
+
+
+class SegmentNode(SegmentationMixin, Node):
+    """Subscribes to camera images and publishes mask, colour mask, overlay, labels and
+    diagnostics. Construction loads and warms the model; it raises on any start-up error."""
+
+    def __init__(self, command_line: Sequence[str] = (), **kwargs: Any):
+        """``command_line``: the process's arguments, to refuse ``-p`` values that are
+        invalid or that rcl dropped; ``kwargs`` go to rclpy's Node (context, overrides)."""
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_segmentation()
+        try:
+            self._declare_parameters(command_line)
+            self._configure()
+            self._activate()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start-up error is the one to report
+                self.destroy_node()
+            raise
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the publishers it uses are destroyed."""
+        self._release()
         super().destroy_node()
 
 
@@ -318,7 +446,7 @@ def _init_context(argv: list[str]) -> Context:
     return context
 
 
-def _spin(node: SegmentNode, executor: SingleThreadedExecutor, stop: SignalStop) -> None:
+def _spin(node: Node, executor: SingleThreadedExecutor, stop: SignalStop) -> None:
     """Spin until a signal; an exception escaping a callback is logged, never fatal."""
     while not stop.requested and node.context.ok():
         try:
@@ -331,7 +459,7 @@ def _spin(node: SegmentNode, executor: SingleThreadedExecutor, stop: SignalStop)
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def _teardown(node: Optional[SegmentNode], executor: Optional[SingleThreadedExecutor],
+def _teardown(node: Optional[Node], executor: Optional[SingleThreadedExecutor],
               context: Optional[Context]) -> None:
     """Worker and node first, then the executor, then the context: nothing is used after
     the middleware it needs is gone (Fast DDS also removes its shared-memory files)."""
@@ -351,14 +479,15 @@ def _error(exc: BaseException) -> int:
     return 1
 
 
-def run(argv: list[str], stop: SignalStop) -> int:
+def run(argv: list[str], stop: SignalStop, node_class: Optional[Callable[..., Node]] = None) -> int:
     """The process after the imports (see ``segment_main``): a start-up error is one
-    ``[eacnet] error: ...`` line and exit code 1; a signal at any moment ends with 0."""
+    ``[eacnet] error: ...`` line and exit code 1; a signal at any moment ends with 0.
+    ``node_class``: SegmentNode, or the managed node of ``segment_lifecycle_node``."""
     context = node = executor = None
     status = 0
     try:
         context = _init_context(argv)
-        node = SegmentNode(command_line=argv, context=context)
+        node = (node_class or SegmentNode)(command_line=argv, context=context)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         stop.raise_now = False

@@ -4,6 +4,9 @@
     ros2 launch eacnet_ros segment.launch.py weights:=/path/best.pt rviz:=true
     ros2 launch eacnet_ros segment.launch.py bag:=/data/drive_bag image_topic:=/cam/image_raw
     ros2 launch eacnet_ros segment.launch.py namespace:=cam1 transport:=compressed threads:=2
+    ros2 launch eacnet_ros segment.launch.py cameras:="[front, left]" \
+        camera_topics:="[/front/camera/image_raw, /left/camera/image_raw]"
+    ros2 launch eacnet_ros segment.launch.py managed:=true autostart:=true
 
 Parameters come from ``params_file`` (default: the installed config/segment.yaml). Every
 node parameter (config/segment.yaml lists them) and ``use_sim_time`` is also a launch
@@ -16,6 +19,15 @@ The node's relative input ``image`` is remapped to ``image_topic`` and
 ``image/compressed`` to ``image_topic``/compressed, so either transport works; outputs
 appear under ``namespace`` (/eacnet/mask, /eacnet/overlay, ...).
 
+Several cameras, one model: ``cameras:="[front, left]"`` makes the node read
+``<namespace>/front/image`` and write ``<namespace>/front/mask``, ...; ``camera_topics``
+(same length, same order) remaps each camera's input to its driver's topic (and
+``.../compressed`` for ``transport:=compressed``). ``image_topic`` is not used then.
+
+``managed:=true`` runs ``segment_lifecycle_node`` (same parameters and node name), which
+waits unconfigured for its lifecycle transitions; ``autostart:=true`` has this launch
+configure it and, once it is inactive, activate it (the nav2 convention).
+
 With ``bag:=`` the replay starts only once the node reports it is listening (model loaded
 and warmed), so the bag's first frames are not published into a node that isn't there yet.
 """
@@ -25,13 +37,18 @@ import os
 import tempfile
 from typing import NamedTuple, Optional
 
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessIO
+import yaml
+from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessIO, OnProcessStart
+from launch.events import matches_action
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 PACKAGE = "eacnet_ros"
 
@@ -65,6 +82,10 @@ PARAMETER_ARGUMENTS = (
     Argument("max_input_pixels", "8294400", "larger input frames are skipped unread", int),
     Argument("transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: CompressedImage on "
              "image_topic/compressed"),
+    Argument("cameras", "[]", "camera names, one model for all: C/image -> C/mask, C/color_mask, C/overlay under "
+             "namespace (see camera_topics); [] leaves the params_file's value (default: one camera on image_topic)",
+             list),
+    Argument("batch_cameras", "auto", "several cameras' frames in one forward pass: auto (on CUDA) | always | never"),
 )
 #: Arguments of the launch itself (use_sim_time is a parameter too, but rclpy's, not the node's).
 LAUNCH_ARGUMENTS = (
@@ -78,6 +99,11 @@ LAUNCH_ARGUMENTS = (
     Argument("large_frames", "false", "run the node with config/fastdds_large_frames.xml (64 MiB Fast DDS "
              "shared-memory segment): best-effort subscribers of large outputs lose none; set the same profile "
              "for a best-effort camera driver too (README, QoS)"),
+    Argument("camera_topics", "[]", "with cameras: the cameras' input topics, in their order (C/image is remapped "
+             "to the i-th, C/image/compressed to it + /compressed); []: C/image under namespace"),
+    Argument("managed", "false", "run segment_lifecycle_node: a managed node, configured and activated through "
+             "its lifecycle services (ros2 lifecycle set ...)"),
+    Argument("autostart", "false", "with managed: configure and then activate the node from this launch"),
 )
 #: Fast DDS profile of large_frames:=true; both variables, for Fast DDS 2 (Humble) and 3 (Jazzy+).
 FASTDDS_PROFILE = "fastdds_large_frames.xml"
@@ -111,12 +137,27 @@ def _is_true(text: str) -> bool:
     return value in ("true", "1", "yes", "on")
 
 
-def _typed(name: str, text: str, kind: type) -> ParameterValue:
+def _names(name: str, text: str) -> list[str]:
+    """A list argument such as ``[front, left]`` as a list of strings (YAML, as rcl reads it)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else []
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ValueError(f"{name}:={text!r}: expected a list such as [front, left]")
+    return [str(v) for v in value]
+
+
+def _typed(name: str, text: str, kind: type) -> Optional[ParameterValue]:
     """The argument as the parameter's own type. rclpy refuses a value whose type differs
     from the declared default's, and launch_ros would read an untyped '2024' as an integer
-    and '1' as an integer where the node wants a float."""
+    and '1' as an integer where the node wants a float. None for an empty list, which
+    neither launch_ros nor rcl can pass as a parameter."""
     if kind is str:
         return ParameterValue(text, value_type=str)
+    if kind is list:
+        names = _names(name, text)
+        return ParameterValue(names, value_type=list[str]) if names else None
     try:
         value = kind(text.strip())
     except ValueError:
@@ -137,8 +178,9 @@ def _record_given(given: set):
 
 def _overrides(context: LaunchContext, given: set, bag: str) -> dict:
     """Parameter values for the node that come from launch arguments, typed explicitly."""
-    values = {name: _typed(name, LaunchConfiguration(name).perform(context), kind)
-              for name, kind in OVERRIDES.items() if name in given}
+    typed = {name: _typed(name, LaunchConfiguration(name).perform(context), kind)
+             for name, kind in OVERRIDES.items() if name in given}
+    values = {name: value for name, value in typed.items() if value is not None}
     if bag:
         values["use_sim_time"] = True  # the bag's /clock drives time
     elif "use_sim_time" in given:
@@ -172,6 +214,33 @@ def _rviz_config(template: str, image_topic: str, namespace: str) -> str:
     return path
 
 
+def _camera_remappings(cameras: list[str], topics: list[str]) -> list[tuple[str, str]]:
+    """Each camera's relative input (raw and compressed) to its topic in ``camera_topics``."""
+    if topics and not cameras:
+        raise ValueError(f"camera_topics:={topics} needs cameras:=[...] with a name for each topic")
+    if not topics:
+        return []  # C/image under the namespace
+    if len(topics) != len(cameras):
+        raise ValueError(f"camera_topics has {len(topics)} topic(s) for {len(cameras)} camera(s) {cameras}: "
+                         "give one topic per camera, in the same order")
+    return [rule for camera, topic in zip(cameras, topics, strict=True) for rule in
+            ((f"{camera}/image", topic), (f"{camera}/image/compressed", topic + "/compressed"))]
+
+
+def _autostart(node: LifecycleNode) -> list:
+    """Configure the managed node once its process runs, then activate it once configure
+    has brought it to inactive (only after that configure: a later deactivate by an
+    operator is not undone)."""
+    def change(transition: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
+
+    configure = change(Transition.TRANSITION_CONFIGURE)
+    return [RegisterEventHandler(OnProcessStart(target_action=node, on_start=[configure])),
+            RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                                   goal_state="inactive", handle_once=True,
+                                                   entities=[change(Transition.TRANSITION_ACTIVATE)]))]
+
+
 def _start_when_ready(node: Node, action: ExecuteProcess) -> RegisterEventHandler:
     """Start ``action`` once, on the node's first output line that holds READY_LOG (ROS
     logs go to stderr by default, to stdout with RCUTILS_LOGGING_USE_STDOUT=1)."""
@@ -196,15 +265,25 @@ def _launch_setup(given: set):
         parameters = [arg("params_file")] + ([overrides] if overrides else [])
         profile = os.path.join(_share_dir(), "config", FASTDDS_PROFILE)
         environment = {name: profile for name in FASTDDS_PROFILE_VARIABLES} if _is_true(arg("large_frames")) else {}
-        node = Node(package=PACKAGE, executable="segment_node", name="segment_node", namespace=namespace,
-                    parameters=parameters, output="screen", emulate_tty=True, additional_env=environment or None,
-                    remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")])
-        actions = [node]
+        cameras = _names("cameras", arg("cameras")) if "cameras" in given else []
+        remappings = _camera_remappings(cameras, _names("camera_topics", arg("camera_topics")))
+        if not cameras:
+            remappings += [("image", image_topic), ("image/compressed", image_topic + "/compressed")]
+        managed = _is_true(arg("managed"))
+        node = (LifecycleNode if managed else Node)(
+            package=PACKAGE, executable="segment_lifecycle_node" if managed else "segment_node", name="segment_node",
+            namespace=namespace, parameters=parameters, output="screen", emulate_tty=True,
+            additional_env=environment or None, remappings=remappings)
+        actions = [node] + (_autostart(node) if managed and _is_true(arg("autostart")) else [])
         if bag:
             play = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen")
             actions.append(_start_when_ready(node, play))
         if _is_true(arg("rviz")):
             sim_time = bool(overrides.get("use_sim_time", False))
+            if cameras:  # rviz shows the first camera
+                namespace = f"{namespace.strip('/')}/{cameras[0]}"
+                image_topic = next((topic for name, topic in remappings if name == f"{cameras[0]}/image"),
+                                   f"/{namespace.strip('/')}/image")
             rviz = _rviz_config(os.path.join(_share_dir(), "config", "segment.rviz"), image_topic, namespace)
             actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz],
                                 parameters=[{"use_sim_time": sim_time}], output="screen"))

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "eacnet_ros"
 #: Where scripts/setup.sh installs launch and launch_ros from (they have no wheels).
 ROS_LAUNCH_SOURCES = (REPO / os.environ.get("EACNET_ROS_LAUNCH_SRC", "../shared/ros-launch")).resolve()
+#: The console scripts the launch file runs (managed:=true: the lifecycle node).
+NODE_SCRIPTS = ("segment_node", "segment_lifecycle_node")
 #: Shutdown at the latest after this, even if a probe hangs, so a test run always ends.
 DEFAULT_TIMEOUT_S = 300.0
 #: Variables that could widen discovery beyond this machine or pick another middleware; unset
@@ -72,8 +74,8 @@ def entry_point(script: str = "segment_node") -> tuple[str, str]:
 
 def install_prefix(root: Path) -> Path:
     """A minimal ament install prefix of this checkout: package marker, share files and
-    ``lib/eacnet_ros/segment_node``; put it on AMENT_PREFIX_PATH. The executable runs this
-    checkout's code with this interpreter, whatever else is installed."""
+    ``lib/eacnet_ros/<each of NODE_SCRIPTS>``; put it on AMENT_PREFIX_PATH. The executables
+    run this checkout's code with this interpreter, whatever else is installed."""
     share = root / "share" / PACKAGE
     marker = root / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE
     for folder in (share / "launch", share / "config", marker.parent, root / "lib" / PACKAGE):
@@ -83,11 +85,12 @@ def install_prefix(root: Path) -> Path:
     shutil.copy2(REPO / "launch" / "segment.launch.py", share / "launch" / "segment.launch.py")
     for config in (REPO / "config").iterdir():
         shutil.copy2(config, share / "config" / config.name)
-    module, function = entry_point()
-    executable = root / "lib" / PACKAGE / "segment_node"
-    executable.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                          f"from {module} import {function}\nsys.exit({function}())\n")
-    executable.chmod(0o755)
+    for script in NODE_SCRIPTS:
+        module, function = entry_point(script)
+        executable = root / "lib" / PACKAGE / script
+        executable.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                              f"from {module} import {function}\nsys.exit({function}())\n")
+        executable.chmod(0o755)
     return root
 
 
@@ -225,6 +228,21 @@ class Probe:
     def node_names(self) -> set[str]:
         """Fully qualified names of the nodes on the graph."""
         return {f"{ns.rstrip('/')}/{name}" for name, ns in self.node.get_node_names_and_namespaces()}
+
+    def lifecycle_state(self, node: str, timeout: float = 30.0) -> str:
+        """A managed node's state label through its real lifecycle_msgs/srv/GetState service."""
+        from lifecycle_msgs.srv import GetState
+
+        client = self.node.create_client(GetState, f"{node}/get_state")
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"no lifecycle service {node}/get_state")
+            future = client.call_async(GetState.Request())
+            if not self.spin_until(future.done, timeout):
+                raise TimeoutError(f"{node}/get_state did not answer")
+            return future.result().current_state.label
+        finally:
+            self.node.destroy_client(client)
 
     def get_parameters(self, node: str, names: list[str], timeout: float = 30.0) -> dict[str, Any]:
         """Values through the node's real parameter service (rcl_interfaces/srv/GetParameters),

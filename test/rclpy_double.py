@@ -12,7 +12,8 @@ publishes. Where rclpy behaviour matters to the node, the double copies it and s
 * ``declare_parameter``: a ``-p name:=value`` given to ``rclpy.init`` (or a
   ``parameter_overrides`` entry) wins over the default; its type must match the default's
   (rclpy: InvalidParameterTypeException); integer/floating-point ranges are enforced
-  (rclpy: InvalidParameterValueException).
+  (rclpy: InvalidParameterValueException). Declared with ``Parameter.Type.STRING_ARRAY``
+  instead of a default, the value is None unless overridden by a list of strings.
 * ``set_parameters``: read-only parameters are rejected with rclpy's own reason *before*
   the node's callbacks run; ranges next; then the on-set callbacks, newest first.
 * Topic names are resolved against the namespace like rcl (relative names only).
@@ -93,6 +94,11 @@ class ExternalShutdownException(Exception):
 class Parameter:
     name: str
     value: Any = None
+
+    class Type(enum.Enum):
+        """The one parameter type the node declares by type rather than by a default."""
+
+        STRING_ARRAY = 9
 
 
 class HistoryPolicy(enum.Enum):
@@ -256,6 +262,12 @@ class Node:
     # parameters
     def declare_parameter(self, name: str, value: Any = None, descriptor: Optional[ParameterDescriptor] = None):
         descriptor = descriptor or ParameterDescriptor()
+        if isinstance(value, Parameter.Type):  # declared by type: no value unless overridden
+            chosen = self._overrides.get(name)
+            if chosen is not None and not (isinstance(chosen, list) and all(isinstance(v, str) for v in chosen)):
+                raise InvalidParameterTypeException(f"Trying to set parameter '{name}' to '{chosen}', expecting "
+                                                    "type 'STRING_ARRAY'")
+            value = chosen
         chosen = self._overrides.get(name, value)
         if value is not None and type(chosen) is not type(value):
             raise InvalidParameterTypeException(f"Trying to set parameter '{name}' to '{chosen}' of type "
@@ -274,6 +286,11 @@ class Node:
 
     def get_parameter(self, name: str) -> Parameter:
         return self._parameters[name]
+
+    def get_parameter_or(self, name: str, alternative: Parameter) -> Parameter:
+        """rclpy: ``alternative`` for an undeclared parameter or one declared by type and not set."""
+        parameter = self._parameters.get(name)
+        return alternative if parameter is None or parameter.value is None else parameter
 
     def describe_parameter(self, name: str) -> ParameterDescriptor:
         return self._descriptors[name]

@@ -18,7 +18,8 @@ Building blocks:
 * ``RosContext``: an ``rclpy.Context`` initialised without signal handlers (pytest keeps its
   Ctrl-C) and shut down after its nodes are gone.
 * ``Probe``: a plain node with real publishers/subscriptions, inboxes, discovery waits,
-  "resend until the output arrives", /diagnostics and parameter-service helpers.
+  "resend until the output arrives", /diagnostics, parameter-service and lifecycle-service
+  (``change_state``, ``get_state``) helpers.
 * ``NodeProcess``: the node as a subprocess with the same environment: stdout/stderr lines,
   waiting for a log line (ROS logs go to stderr), signals at a chosen moment, exit code.
 * ``shm_snapshot``/``shm_leftovers``: Fast DDS shared-memory files created and not removed.
@@ -34,6 +35,7 @@ import array
 import atexit
 import contextlib
 import glob
+import importlib
 import os
 import random
 import re
@@ -101,6 +103,19 @@ SMALL_MODEL = {"backbone": "dabnet", "attention": "none", "threads": 1, "backend
 #: Generous: two CPU cores shared with training runs.
 DISCOVERY_TIMEOUT_S = 30.0
 OUTPUT_TIMEOUT_S = 30.0
+#: A configure loads and warms a model: seconds on a busy 2-core CPU.
+LIFECYCLE_TIMEOUT_S = 120.0
+
+
+def segment_node_module() -> Any:
+    """The real eacnet_ros.segment_node (test_segment_node.py imports it against a double and
+    forgets it again; make sure the one used here is bound to the real rclpy)."""
+    module = sys.modules.get("eacnet_ros.segment_node")
+    if module is None or getattr(module, "rclpy", None) is not rclpy:
+        sys.modules.pop("eacnet_ros.segment_node", None)
+        module = importlib.import_module("eacnet_ros.segment_node")
+    assert module.rclpy is rclpy
+    return module
 
 
 def ros_env(**extra: str) -> dict[str, str]:
@@ -230,6 +245,22 @@ class SpunNode:
         self.node.destroy_node()
 
 
+@dataclass
+class RunningNode:
+    """A node under test in ``namespace``, spun by ``spun``."""
+
+    namespace: str
+    node: Any
+    spun: SpunNode
+
+    @property
+    def fqn(self) -> str:
+        return self.node.get_fully_qualified_name()
+
+    def topic(self, name: str) -> str:
+        return f"{self.namespace}/{name}"
+
+
 # ---------------------------------------------------------------------------- messages
 
 _PIXELS: dict[tuple[int, int], array.array] = {}
@@ -329,6 +360,7 @@ class Probe:
             depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.spun = self.ros.spin(self.node)
         self._param_clients: dict[str, AsyncParameterClient] = {}
+        self._service_clients: dict[str, Any] = {}
 
     def close(self) -> None:
         if self._own_context:
@@ -429,6 +461,39 @@ class Probe:
 
     def describe_parameters(self, node_fqn: str, *names: str) -> list[Any]:
         return list(_result(self.param_client(node_fqn).describe_parameters(list(names))).descriptors)
+
+    # ---------------------------------------------------------------- lifecycle
+    def _service(self, srv_type: type, name: str) -> Any:
+        client = self._service_clients.get(name)
+        if client is None:
+            client = self._service_clients[name] = self.node.create_client(srv_type, name)
+            assert client.wait_for_service(timeout_sec=DISCOVERY_TIMEOUT_S), f"no service {name}"
+        return client
+
+    def change_state(self, node_fqn: str, transition: str, timeout: float = LIFECYCLE_TIMEOUT_S) -> bool:
+        """A lifecycle transition by label ('configure', 'activate', ...) through the node's
+        real ``change_state`` service; its ``success``."""
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.label = transition
+        return _result(self._service(ChangeState, f"{node_fqn}/change_state").call_async(request), timeout).success
+
+    def lifecycle_state(self, node_fqn: str) -> str:
+        """The node's state label through its real ``get_state`` service."""
+        from lifecycle_msgs.srv import GetState
+
+        return _result(self._service(GetState, f"{node_fqn}/get_state").call_async(GetState.Request())
+                       ).current_state.label
+
+
+@contextlib.contextmanager
+def endpoints(probe: Probe, *entities: Any) -> Iterator[None]:
+    """The probe's publishers/subscriptions ``entities``, destroyed when the block ends."""
+    try:
+        yield
+    finally:
+        probe.destroy(*entities)
 
 
 def _result(future: Any, timeout: float = DISCOVERY_TIMEOUT_S) -> Any:

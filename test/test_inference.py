@@ -407,3 +407,45 @@ def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
     assert len(calls) == 2  # one run per torch layout, not 1 + 3 each
     assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:nhwc"], seg.autotune_ms["torch:nchw"]) > 200
     assert "torch:nchw" in caplog.text and caplog.text.count("(first run only)") == 2
+
+
+# ---------------------------------------------------------------------------- several images in one pass
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_segment_batch_equals_segment_with_one_pass_per_network_size(channels_last, monkeypatch):
+    seg = _dabnet(backend="torch", channels_last=channels_last)
+    images = [_image(24, 32), _image(40, 56), _image(24, 32) // 2, _image(40, 56)[::-1].copy()]
+    one_by_one = [seg.segment(image) for image in images]
+    forward, passes = seg._model.forward, []
+
+    def counting_forward(x):
+        passes.append(tuple(x.shape))
+        return forward(x)
+
+    monkeypatch.setattr(seg._model, "forward", counting_forward)
+    masks = seg.segment_batch(images)
+    assert sorted(passes) == [(2, 3, 24, 32), (2, 3, 40, 56)]  # two sizes: two passes of two
+    for mask, single, image in zip(masks, one_by_one, images, strict=True):
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        assert (mask == single).mean() > 0.999
+
+
+def test_segment_batch_at_an_inference_size_is_one_pass(monkeypatch):
+    seg = _dabnet(backend="torch", inference_height=24, inference_width=32)
+    images = [_image(48, 64), _image(36, 40), _image(24, 32)]
+    passes = []
+    forward = seg._model.forward
+    monkeypatch.setattr(seg._model, "forward", lambda x: passes.append(tuple(x.shape)) or forward(x))
+    masks = seg.segment_batch(images)
+    assert passes == [(3, 3, 24, 32)]
+    assert [m.shape for m in masks] == [(48, 64), (36, 40), (24, 32)]
+    assert seg.segment_batch([]) == []
+
+
+def test_segment_batch_on_onnxruntime_runs_one_image_at_a_time():
+    pytest.importorskip("onnxruntime")
+    seg, reference = _dabnet(backend="onnxruntime"), _dabnet(backend="torch", channels_last=False)
+    images = [_image(24, 32), _image(24, 32) // 3]
+    masks = seg.segment_batch(images)
+    for mask, image in zip(masks, images, strict=True):
+        assert (mask == reference.segment(image)).mean() > 0.99

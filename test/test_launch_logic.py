@@ -30,7 +30,8 @@ from eacnet_ros import node_logic
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 #: Launch arguments that are not parameters of the node (use_sim_time is rclpy's).
-LAUNCH_ONLY = {"image_topic", "namespace", "params_file", "rviz", "use_sim_time", "bag", "large_frames"}
+LAUNCH_ONLY = {"image_topic", "namespace", "params_file", "rviz", "use_sim_time", "bag", "large_frames",
+               "camera_topics", "managed", "autostart"}
 
 
 class Recorded:
@@ -75,6 +76,37 @@ class Node(Recorded):
     pass
 
 
+class LifecycleNode(Node):
+    pass
+
+
+class EmitEvent(Recorded):
+    def __init__(self, event):
+        super().__init__(event=event)
+        self.event = event
+
+
+class ChangeState(Recorded):
+    pass
+
+
+class OnProcessStart(Recorded):
+    pass
+
+
+class OnStateTransition(Recorded):
+    pass
+
+
+def matches_action(action):
+    return lambda candidate: candidate is action
+
+
+#: lifecycle_msgs/msg/Transition's ids (the values of the real message).
+Transition = types.SimpleNamespace(TRANSITION_CONFIGURE=1, TRANSITION_CLEANUP=2, TRANSITION_ACTIVATE=3,
+                                   TRANSITION_DEACTIVATE=4)
+
+
 class ExecuteProcess(Recorded):
     pass
 
@@ -104,14 +136,21 @@ def _modules() -> dict[str, types.ModuleType]:
     return {
         "launch": module("launch"),
         "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
-                                 ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction,
+                                 EmitEvent=EmitEvent, ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction,
                                  RegisterEventHandler=RegisterEventHandler),
-        "launch.event_handlers": module("launch.event_handlers", OnProcessIO=OnProcessIO),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessIO=OnProcessIO,
+                                        OnProcessStart=OnProcessStart),
+        "launch.events": module("launch.events", matches_action=matches_action),
         "launch.launch_context": module("launch.launch_context", LaunchContext=object),
         "launch.launch_description": module("launch.launch_description", LaunchDescription=LaunchDescription),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
         "launch_ros": module("launch_ros"),
-        "launch_ros.actions": module("launch_ros.actions", Node=Node),
+        "launch_ros.actions": module("launch_ros.actions", Node=Node, LifecycleNode=LifecycleNode),
+        "launch_ros.event_handlers": module("launch_ros.event_handlers", OnStateTransition=OnStateTransition),
+        "launch_ros.events": module("launch_ros.events"),
+        "launch_ros.events.lifecycle": module("launch_ros.events.lifecycle", ChangeState=ChangeState),
+        "lifecycle_msgs": module("lifecycle_msgs"),
+        "lifecycle_msgs.msg": module("lifecycle_msgs.msg", Transition=Transition),
         "launch_ros.parameter_descriptions": module("launch_ros.parameter_descriptions",
                                                     ParameterValue=ParameterValue),
         "ament_index_python": None,  # not installed: the launch file falls back to the source tree
@@ -146,7 +185,7 @@ def run_launch(launch_module, **given: str) -> list:
 
 
 def segment_node(actions: list) -> Node:
-    (node,) = [a for a in actions if isinstance(a, Node) and a.kwargs["executable"] == "segment_node"]
+    (node,) = [a for a in actions if isinstance(a, Node) and a.kwargs.get("name") == "segment_node"]
     return node
 
 
@@ -169,13 +208,18 @@ def test_parameter_arguments_show_the_packaged_yaml_values(launch_module):
     assert {name: defaults[name] for name in packaged} == {name: str(value) for name, value in packaged.items()}
     assert {name: defaults[name] for name in LAUNCH_ONLY} == {
         "image_topic": "/camera/image_raw", "namespace": "eacnet", "params_file": str(REPO / "config" / "segment.yaml"),
-        "rviz": "false", "use_sim_time": "false", "bag": "", "large_frames": "false"}
+        "rviz": "false", "use_sim_time": "false", "bag": "", "large_frames": "false", "camera_topics": "[]",
+        "managed": "false", "autostart": "false"}
 
 
 def test_without_arguments_the_node_gets_the_packaged_yaml_alone(launch_module):
     actions = run_launch(launch_module)
     assert len(actions) == 1
-    assert segment_node(actions).kwargs["parameters"] == [str(REPO / "config" / "segment.yaml")]
+    node = segment_node(actions)
+    assert type(node) is Node and node.kwargs["executable"] == "segment_node"
+    assert node.kwargs["parameters"] == [str(REPO / "config" / "segment.yaml")]
+    assert node.kwargs["remappings"] == [("image", "/camera/image_raw"), ("image/compressed",
+                                                                         "/camera/image_raw/compressed")]
 
 
 @pytest.mark.parametrize("name, text, value", [("overlay_alpha", "1", 1.0), ("threads", " 2 ", 2),
@@ -262,3 +306,79 @@ def test_large_frames_gives_the_node_the_packaged_fastdds_profile(launch_module)
                                                            "FASTDDS_DEFAULT_PROFILES_FILE")}
     assert profile.is_file() and "<segment_size>67108864</segment_size>" in profile.read_text()
     assert segment_node(run_launch(launch_module)).kwargs["additional_env"] is None
+
+
+# ---------------------------------------------------------------------------- several cameras
+
+FRONT_LEFT = {"cameras": "[front, left]", "camera_topics": "[/front/camera/image_raw, /left/camera/image_raw]"}
+
+
+def test_cameras_are_a_string_list_and_each_input_is_remapped_to_its_topic(launch_module):
+    node = segment_node(run_launch(launch_module, **FRONT_LEFT))
+    assert node.kwargs["parameters"][1] == {"cameras": ParameterValue(["front", "left"], list[str])}
+    assert node.kwargs["remappings"] == [
+        ("front/image", "/front/camera/image_raw"), ("front/image/compressed", "/front/camera/image_raw/compressed"),
+        ("left/image", "/left/camera/image_raw"), ("left/image/compressed", "/left/camera/image_raw/compressed")]
+
+
+def test_cameras_without_topics_read_under_the_namespace(launch_module):
+    node = segment_node(run_launch(launch_module, cameras="[front]"))
+    assert node.kwargs["remappings"] == [] and node.kwargs["namespace"] == "eacnet"
+
+
+def test_an_empty_camera_list_leaves_the_params_file_alone(launch_module):
+    """launch_ros cannot pass an empty list, and rcl reads one as 'not set'."""
+    assert segment_node(run_launch(launch_module, cameras="[]")).kwargs["parameters"] == [
+        str(REPO / "config" / "segment.yaml")]
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"cameras": "[front, left]", "camera_topics": "[/front/image_raw]"},
+     r"camera_topics has 1 topic\(s\) for 2 camera\(s\)"),
+    ({"camera_topics": "[/front/image_raw]"}, r"needs cameras:=\[...\]"),
+    ({"cameras": "front: left"}, r"cameras:='front: left': expected a list such as \[front, left\]"),
+])
+def test_camera_arguments_that_do_not_fit_are_clear_errors(launch_module, given, message):
+    with pytest.raises(ValueError, match=message):
+        run_launch(launch_module, **given)
+
+
+def test_rviz_shows_the_first_camera(launch_module):
+    actions = run_launch(launch_module, rviz="true", namespace="seg", **FRONT_LEFT)
+    (rviz,) = [a for a in actions if isinstance(a, Node) and a.kwargs["executable"] == "rviz2"]
+    path = Path(rviz.kwargs["arguments"][1])
+    try:
+        topics = [d["Topic"]["Value"] for d in yaml.safe_load(path.read_text())["Visualization Manager"]["Displays"]]
+    finally:
+        path.unlink()
+    assert topics == ["/front/camera/image_raw", "/seg/front/overlay", "/seg/front/color_mask"]
+
+
+# ---------------------------------------------------------------------------- the managed node
+
+def test_managed_runs_the_lifecycle_node_under_the_same_name_and_waits(launch_module):
+    actions = run_launch(launch_module, managed="true")
+    node = segment_node(actions)
+    assert isinstance(node, LifecycleNode) and node.kwargs["executable"] == "segment_lifecycle_node"
+    assert (node.kwargs["name"], node.kwargs["namespace"]) == ("segment_node", "eacnet")
+    assert actions == [node]  # no autostart: an operator or a lifecycle manager drives it
+
+
+def test_autostart_configures_at_process_start_then_activates_once_inactive(launch_module):
+    actions = run_launch(launch_module, managed="true", autostart="true")
+    node = segment_node(actions)
+    on_start, on_inactive = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)]
+    assert isinstance(on_start, OnProcessStart) and on_start.kwargs["target_action"] is node
+    (configure,) = on_start.kwargs["on_start"]
+    assert configure.event.kwargs["transition_id"] == Transition.TRANSITION_CONFIGURE
+    assert configure.event.kwargs["lifecycle_node_matcher"](node)
+    assert isinstance(on_inactive, OnStateTransition) and on_inactive.kwargs["target_lifecycle_node"] is node
+    assert (on_inactive.kwargs["start_state"], on_inactive.kwargs["goal_state"]) == ("configuring", "inactive")
+    assert on_inactive.kwargs["handle_once"] is True  # a later deactivate by an operator is not undone
+    (activate,) = on_inactive.kwargs["entities"]
+    assert activate.event.kwargs["transition_id"] == Transition.TRANSITION_ACTIVATE
+
+
+def test_autostart_without_managed_changes_nothing(launch_module):
+    actions = run_launch(launch_module, autostart="true")
+    assert len(actions) == 1 and type(segment_node(actions)) is Node

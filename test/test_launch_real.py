@@ -1,6 +1,6 @@
 """launch/segment.launch.py run for real: LaunchService, launch_ros, rclpy and Fast DDS.
 
-One launch serves the whole module (each node costs a model load), with two nodes:
+One launch serves the whole module (each node costs a model load), with four nodes:
 
 * ``default``: no namespace, image_topic or transport argument; a params_file that sets
   the model, overlay_alpha, threads and max_input_pixels, and one argument (threads) that
@@ -10,8 +10,13 @@ One launch serves the whole module (each node costs a model load), with two node
   argument for most parameters, each in the type the node declares (``weights:=2024`` names
   a checkpoint file called 2024 and must stay a string).
 
-A probe node in its own rclpy context (see launch_harness) sends frames, reads masks and
-parameters, then the launch is shut down and both nodes must exit with 0. Skipped only
+* ``cams``: ``managed:=true autostart:=true`` with ``cameras:=[front, left]`` and their
+  ``camera_topics``: the lifecycle node, configured and activated by the launch, one model
+  for both cameras, each input remapped to its camera's topic.
+* ``idle``: ``managed:=true`` alone: the lifecycle node waits, unconfigured (no model).
+
+A probe node in its own rclpy context (see launch_harness) sends frames, reads masks,
+parameters and lifecycle states, then the launch is shut down and every node must exit with 0. Skipped only
 where launch/launch_ros are not installed (scripts/setup.sh installs them).
 """
 
@@ -42,6 +47,12 @@ H, W = 96, 128
 DEFAULT_NODE = "/eacnet/segment_node"
 CUSTOM_NODE = "/cam1/segment_node"
 NODES = (DEFAULT_NODE, CUSTOM_NODE)
+MANAGED_NODE = "/cams/segment_node"
+IDLE_NODE = "/idle/segment_node"
+CAMERA_TOPICS = {"front": "/front/camera/image_raw", "left": "/left/camera/image_raw"}
+#: The managed node with two cameras, configured and activated by the launch (autostart).
+MANAGED_ARGUMENTS = {"namespace": "cams", "managed": "true", "autostart": "true", "threads": "1",
+                     "cameras": "[front, left]", "camera_topics": f"[{', '.join(CAMERA_TOPICS.values())}]"}
 CUSTOM_IMAGE_TOPIC = "/front_camera/image"
 STARTUP_TIMEOUT_S = 150.0  # torch import, model load and warm-up of two nodes on a busy 2-core machine
 ROUND_TRIP_TIMEOUT_S = 30.0  # once the nodes are up
@@ -71,7 +82,9 @@ def launched(tmp_path_factory) -> Any:
     workdir.mkdir()
     shutil.copy2(REPO / "eacnet_core" / "weights" / "dabnet_camvid.pt", workdir / "2024")
     includes = [{"params_file": str(params_file), "threads": "1"},
-                {"params_file": str(params_file), **CUSTOM_ARGUMENTS}]
+                {"params_file": str(params_file), **CUSTOM_ARGUMENTS},
+                {"params_file": str(params_file), **MANAGED_ARGUMENTS},
+                {"params_file": str(params_file), "namespace": "idle", "managed": "true"}]
     with pytest.MonkeyPatch.context() as patch:
         for name in UNSET_VARIABLES:
             patch.delenv(name, raising=False)
@@ -93,6 +106,13 @@ def _probe(results: dict) -> None:
         attempt(results, "jpeg", lambda: _round_trip(probe, compressed, "/cam1/mask", "jpeg", sec=3))
         attempt(results, "default_parameters", lambda: probe.get_parameters(DEFAULT_NODE, READ_BACK))
         attempt(results, "custom_parameters", lambda: probe.get_parameters(CUSTOM_NODE, READ_BACK))
+        attempt(results, "managed_ready", lambda: _wait_for_publishers(probe, "/cams/front/mask", "/cams/left/mask"))
+        for sec, (camera, topic) in enumerate(CAMERA_TOPICS.items(), start=4):
+            attempt(results, f"managed_{camera}",
+                    lambda c=camera, t=topic, n=sec: _round_trip(probe, t, f"/cams/{c}/mask", "raw", sec=n))
+        attempt(results, "managed_state", lambda: probe.lifecycle_state(MANAGED_NODE))
+        attempt(results, "idle_state", lambda: probe.lifecycle_state(IDLE_NODE))
+        attempt(results, "idle_publishers", lambda: probe.node.count_publishers("/idle/mask"))
 
 
 def _wait_for_nodes(probe: Probe) -> set[str]:
@@ -107,6 +127,13 @@ def _wait_for_nodes(probe: Probe) -> set[str]:
         raise TimeoutError(f"no mask publisher of {NODES} within {STARTUP_TIMEOUT_S} s")
     probe.spin_until(lambda: set(NODES) <= probe.node_names(), ROUND_TRIP_TIMEOUT_S)
     return probe.node_names()
+
+
+def _wait_for_publishers(probe: Probe, *topics: str) -> bool:
+    """Until every topic has a publisher: the managed node creates them on configure."""
+    if not probe.spin_until(lambda: all(probe.node.count_publishers(t) for t in topics), STARTUP_TIMEOUT_S):
+        raise TimeoutError(f"no publisher on each of {topics} within {STARTUP_TIMEOUT_S} s")
+    return True
 
 
 def _round_trip(probe: Probe, image_topic: str, mask_topic: str, kind: str, sec: int) -> Any:
@@ -199,9 +226,24 @@ def test_each_node_prints_the_ready_line_a_bag_replay_waits_for(launched):
         assert any(ready in line and f"[{logger}]" in line for line in output.splitlines()), logger
 
 
-def test_shutdown_ends_both_nodes_cleanly(launched):
-    launched.get("custom_parameters")  # the probe got to the end: both nodes were running
-    nodes = [(cmd, code) for cmd, code in launched.exits if "segment_node" in cmd]
-    assert len(nodes) == 2 and all(code == 0 for _, code in nodes), nodes
+def test_shutdown_ends_every_node_cleanly(launched):
+    launched.get("custom_parameters")  # the probe got to the end: the nodes were running
+    launched.get("idle_state")
+    nodes = [(cmd, code) for cmd, code in launched.exits if "__node:=segment_node" in cmd]
+    assert len(nodes) == 4 and all(code == 0 for _, code in nodes), nodes
+    assert len([cmd for cmd, _ in nodes if "/segment_lifecycle_node " in cmd]) == 2
     assert launched.return_code == 0
+
+
+@pytest.mark.parametrize("camera, sec", [("front", 4), ("left", 5)])
+def test_autostart_activates_the_managed_node_and_each_camera_topic_reaches_its_mask(launched, camera, sec):
+    assert launched.get("managed_state") == "active"
+    mask = launched.get(f"managed_{camera}")
+    assert (mask.encoding, mask.height, mask.width) == ("mono8", H, W)
+    assert (mask.header.stamp.sec, mask.header.frame_id) == (sec, "probe_raw")
+
+
+def test_managed_without_autostart_waits_unconfigured(launched):
+    assert launched.get("idle_state") == "unconfigured"
+    assert launched.get("idle_publishers") == 0
 

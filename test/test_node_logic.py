@@ -1,5 +1,6 @@
 """The segmentation node's logic without rclpy: parameters, the per-frame pipeline, drop
-counting, bad frames, diagnostics and labels.
+counting, bad frames, diagnostics and labels; several cameras' scheduling, statistics and
+worker (multi_camera).
 
 Messages are rosbags' sensor_msgs classes (the codec is duck-typed on the fields), the
 model a tiny untrained eacnet_erf at a small inference size, so every test is fast.
@@ -20,6 +21,7 @@ from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros import codec, node_logic
+from eacnet_ros.multi_camera import CameraStats, FrameScheduler, MultiCameraWorker
 from eacnet_ros.node_logic import (
     PARAMETERS,
     SPECS,
@@ -93,7 +95,7 @@ def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
         "backbone", "attention", "weights", "device", "precision", "int8_calibration", "backend",
         "inference_height", "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels",
-        "transport"]
+        "transport", "cameras", "batch_cameras"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")
@@ -103,6 +105,7 @@ def test_parameter_set_matches_the_issue():
     assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
     assert SPECS["inference_height"].int_range[0] == 0
     assert SPECS["threads"].default == 0 and SPECS["threads"].int_range == (0, 256)
+    assert SPECS["cameras"].default == [] and SPECS["batch_cameras"].choices == ("auto", "always", "never")
 
 
 def test_only_overlay_alpha_changes_at_run_time_and_descriptions_say_so():
@@ -656,3 +659,231 @@ def test_the_worker_thread_survives_any_exception(segmenter, monkeypatch):
     finally:
         worker.stop()
     assert worker.publishers["mask"].sent and worker.stats.totals()["failed"] == 1
+
+
+# ---------------------------------------------------------------------------- several cameras: parameters
+
+def test_cameras_default_to_the_single_camera_on_the_nodes_own_topics():
+    config = NodeConfig.from_values({})
+    assert config.cameras == () and config.camera_names == ("",) and config.batch_cameras == "auto"
+    assert config.camera_input("") == "image" and node_logic.camera_topic("", "mask") == "mask"
+
+
+def test_each_camera_gets_its_topics_under_its_name():
+    config = NodeConfig.from_values({"cameras": ["front", "rear/left"], "transport": "compressed"})
+    assert config.cameras == ("front", "rear/left") and config.camera_names == config.cameras
+    assert config.camera_input("front") == "front/image/compressed"
+    assert node_logic.camera_topic("rear/left", "overlay") == "rear/left/overlay"
+
+
+@pytest.mark.parametrize("cameras, words", [
+    (["front", "/left"], "'/left' not valid"),
+    (["2nd"], "'2nd' not valid"),
+    (["front", "fr ont", "a//b"], "'fr ont', 'a//b' not valid"),
+    (["front", "left", "front"], "cameras: front given more than once"),
+    ("front", "cameras='front' must be a list of strings"),
+    ([1, 2], "must be a list of strings"),
+])
+def test_bad_camera_names_are_refused_with_the_reason(cameras, words):
+    with pytest.raises(ParameterError, match=words):
+        NodeConfig.from_values({"cameras": cameras})
+
+
+def test_cameras_on_the_command_line_are_a_yaml_list():
+    argv = ["segment_node", "--ros-args", "-p", "cameras:=[front, left]", "-p", "batch_cameras:=never"]
+    assert node_logic.command_line_overrides(argv)["cameras"] == ("cameras:=[front, left]", ["front", "left"])
+    with pytest.raises(ParameterError, match="batch_cameras='sometimes' must be one of: auto, always, never"):
+        node_logic.check_command_line(["--ros-args", "-p", "batch_cameras:=sometimes"])
+
+
+@pytest.mark.parametrize("mode, device, batched", [
+    ("auto", "cuda", True), ("auto", "cpu", False), ("always", "cpu", True), ("never", "cuda", False)])
+def test_batching_is_on_for_cuda_or_when_forced(mode, device, batched):
+    assert node_logic.batch_frames(mode, device) is batched
+
+
+@pytest.mark.parametrize("state, words", [
+    ("unconfigured", None),
+    ("inactive", "only while the node is unconfigured (it is inactive: deactivate and cleanup first)"),
+    ("active", "(it is active"),
+])
+def test_the_managed_node_takes_start_up_parameters_only_while_unconfigured(state, words):
+    reason = node_logic.parameter_update_error("weights", "/tmp/best.pt", lifecycle_state=state)
+    assert reason is None if words is None else words in reason
+    assert node_logic.parameter_update_error("overlay_alpha", 0.3, lifecycle_state=state) is None
+    assert "must be one of" in node_logic.parameter_update_error("backbone", "resnet", lifecycle_state="unconfigured")
+
+
+def test_managed_descriptions_say_when_a_change_applies():
+    assert SPECS["weights"].full_description(managed=True).endswith("set it while the node is unconfigured.")
+    assert SPECS["overlay_alpha"].full_description(managed=True).endswith("Changes apply at run time.")
+
+
+# ---------------------------------------------------------------------------- several cameras: scheduling
+
+def test_the_scheduler_serves_waiting_cameras_round_robin():
+    scheduler = FrameScheduler(["a", "b", "c"])
+    assert scheduler.put("a", "a1", 1.0) is False and scheduler.put("c", "c1", 1.0) is False
+    assert scheduler.put("a", "a2", 2.0) is True  # a1 never taken: a drop for camera a only
+    assert scheduler.take() == [("a", "a2", 2.0)]
+    scheduler.put("a", "a3", 3.0)
+    assert scheduler.take() == [("c", "c1", 1.0)]  # c comes before a's next frame
+    assert scheduler.take() == [("a", "a3", 3.0)]
+    assert scheduler.take(timeout=0.01) == []
+
+
+def test_a_busy_camera_cannot_starve_a_slow_one():
+    """Camera 'fast' always has a new frame when the worker comes back; 'slow' gets one now
+    and then. Each slow frame is served at the next take, never replaced while waiting."""
+    scheduler = FrameScheduler(["fast", "slow"])
+    served = []
+    for i in range(40):
+        scheduler.put("fast", f"fast{i}", float(i))
+        if i % 10 == 3:
+            assert scheduler.put("slow", f"slow{i}", float(i)) is False
+        served.append(scheduler.take(timeout=0)[0][1])
+    slow = [name for name in served if name.startswith("slow")]
+    assert slow == ["slow3", "slow13", "slow23", "slow33"]
+    assert all(served[served.index(name) - 1].startswith("fast") for name in slow)
+
+
+def test_a_batch_take_returns_the_waiting_frame_of_every_camera_once():
+    scheduler = FrameScheduler(["a", "b", "c"])
+    scheduler.put("a", "a1", 1.0)
+    scheduler.put("b", "b1", 1.0)
+    scheduler.put("c", "c1", 1.0)
+    assert scheduler.take(max_frames=2) == [("a", "a1", 1.0), ("b", "b1", 1.0)]
+    scheduler.put("a", "a2", 2.0)
+    assert scheduler.take(max_frames=3) == [("c", "c1", 1.0), ("a", "a2", 2.0)]  # from after b
+
+
+def test_closing_the_scheduler_wakes_the_worker():
+    scheduler = FrameScheduler(["a", "b"])
+    result = []
+    taker = threading.Thread(target=lambda: result.append(scheduler.take(timeout=5)))
+    taker.start()
+    time.sleep(0.05)
+    scheduler.close()
+    taker.join(2)
+    assert not taker.is_alive() and result == [[]] and scheduler.slot("a").closed
+
+
+# ---------------------------------------------------------------------------- several cameras: statistics
+
+def test_camera_stats_count_per_camera_and_in_total():
+    clock = FakeClock()
+    stats = CameraStats(["front", "left"], clock=clock)
+    front, left = stats.camera("front"), stats.camera("left")
+    for _ in range(4):
+        front.on_received(False)
+        front.on_published(clock.now - 0.05)
+    front.on_received(True)
+    left.on_received(False)
+    left.on_bad_frame()
+    clock.now += 1.0
+    reports = dict(stats.report(static=(("model", "dabnet"),)))
+    assert list(reports) == ["", "front", "left"]
+    total = reports[""]
+    assert (total.value("frames_received"), total.value("frames_processed"), total.value("frames_bad")) == (
+        "6", "4", "1")
+    assert total.value("model") == "dabnet" and total.value("cameras") == "front, left"
+    assert reports["front"].value("fps") == "4.00" and reports["front"].value("frames_dropped") == "1"
+    assert reports["front"].value("camera") == "front" and reports["front"].level == node_logic.OK
+    assert reports["left"].level == node_logic.WARN and reports["left"].value("frames_processed") == "0"
+    assert total.level == node_logic.WARN and total.message.startswith("left: 1 undecodable")
+    assert "2 cameras: " in total.message
+
+
+def test_the_single_camera_has_only_the_total():
+    stats = CameraStats([""])
+    assert stats.camera("") is stats.total
+    stats.camera("").on_received(False)
+    (name, report), = stats.report()
+    assert name == "" and report.value("frames_received") == "1" and "cameras" not in dict(report.values)
+
+
+# ---------------------------------------------------------------------------- several cameras: the worker
+
+def make_multi_worker(segmenter, cameras=("front", "left"), batch=True, warnings=None) -> MultiCameraWorker:
+    warnings = warnings if warnings is not None else []
+    scheduler = FrameScheduler(list(cameras))
+    stats = CameraStats(list(cameras))
+    processor = FrameProcessor(segmenter, 0.5)
+    pipelines = {camera: FrameWorker(scheduler.slot(camera), processor, stats.camera(camera),
+                                     {"mask": FakePublisher(), "color_mask": FakePublisher(1),
+                                      "overlay": FakePublisher()}, Image,
+                                     warn=lambda text, c=camera: warnings.append(f"{c}: {text}"))
+                 for camera in cameras}
+    worker = MultiCameraWorker(scheduler, pipelines, processor, batch, warn=warnings.append)
+    worker.stats = stats  # for the tests
+    return worker
+
+
+def camera_msg(camera: str, sec: int, height: int = H, width: int = W):
+    pixels = np.random.default_rng(sec).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return codec.array_to_image(Image, header(sec, frame_id=f"{camera}_optical"), pixels, "bgr8")
+
+
+def test_batched_frames_go_through_one_forward_pass_and_out_on_their_cameras_topics(segmenter, monkeypatch):
+    worker = make_multi_worker(segmenter)
+    batches = []
+    real = worker.processor.process_batch
+    monkeypatch.setattr(worker.processor, "process_batch",
+                        lambda images, wanted: batches.append(len(images)) or real(images, wanted))
+    front, left = camera_msg("front", 1), camera_msg("left", 2, height=30, width=40)
+    assert worker.process([("front", front, time.monotonic()), ("left", left, time.monotonic())]) == 2
+    assert batches == [2]
+    for camera, msg in (("front", front), ("left", left)):
+        publishers = worker.pipelines[camera].publishers
+        (mask,) = publishers["mask"].sent
+        (colour,) = publishers["color_mask"].sent
+        assert mask.header is msg.header and colour.header is msg.header
+        assert (mask.height, mask.width) == (msg.height, msg.width) and publishers["overlay"].sent == []
+        assert worker.stats.per_camera[camera].totals()["processed"] == 1
+    assert worker.stats.total.totals()["processed"] == 2
+
+
+def test_a_bad_frame_in_a_batch_costs_only_its_camera(segmenter):
+    warnings: list[str] = []
+    worker = make_multi_worker(segmenter, warnings=warnings)
+    bad = camera_msg("front", 3)
+    bad.encoding = "32FC1"
+    assert worker.process([("front", bad, time.monotonic()), ("left", camera_msg("left", 4), time.monotonic())]) == 1
+    assert worker.stats.per_camera["front"].totals()["bad"] == 1
+    assert worker.stats.per_camera["left"].totals()["processed"] == 1
+    assert warnings and warnings[0].startswith("front: skipping an image")
+
+
+def test_a_failing_batch_counts_a_failed_frame_per_camera_and_the_worker_goes_on(segmenter, monkeypatch):
+    warnings: list[str] = []
+    worker = make_multi_worker(segmenter, warnings=warnings)
+    monkeypatch.setattr(segmenter, "segment_batch", lambda images: (_ for _ in ()).throw(RuntimeError("CUDA OOM")))
+    frames = [("front", camera_msg("front", 5), time.monotonic()), ("left", camera_msg("left", 6), time.monotonic())]
+    assert worker.process(frames) == 0
+    assert [worker.stats.per_camera[c].totals()["failed"] for c in ("front", "left")] == [1, 1]
+    assert all("RuntimeError: CUDA OOM" in w for w in warnings) and len(warnings) == 2
+    monkeypatch.undo()
+    assert worker.process(frames) == 2
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_the_worker_thread_serves_every_camera(segmenter, batch):
+    cameras = ("a", "b", "c", "d")
+    worker = make_multi_worker(segmenter, cameras=cameras, batch=batch)
+    worker.start()
+    try:
+        for round_ in range(3):
+            for i, camera in enumerate(cameras):
+                msg = camera_msg(camera, 10 * round_ + i)
+                worker.pipelines[camera].stats.on_received(worker.scheduler.put(camera, msg, time.monotonic()))
+            deadline = time.monotonic() + 10
+            while (worker.stats.total.totals()["processed"] + worker.stats.total.totals()["dropped"]
+                   < 4 * (round_ + 1)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert not worker.running
+    for i, camera in enumerate(cameras):
+        sent = worker.pipelines[camera].publishers["mask"].sent
+        assert sent and all(m.header.frame_id == f"{camera}_optical" for m in sent)
+        assert sent[-1].header.stamp.sec == 20 + i  # the newest frame of each camera is never lost

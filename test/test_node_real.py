@@ -12,18 +12,16 @@ The model is the cheapest one (dabnet without attention, torch, one thread, CPU)
 from __future__ import annotations
 
 import array
-import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import ros_harness as h  # skips this module without rclpy
+from ros_harness import RunningNode, endpoints
 
 from eacnet_ros import node_logic
 
@@ -36,36 +34,11 @@ INPUT_SIZES = ((360, 480), (480, 640), (720, 1280), (1080, 1920))  # (height, wi
 
 # ---------------------------------------------------------------------------- fixtures
 
-def _segment_node_module():
-    """The real eacnet_ros.segment_node (test_segment_node.py imports it against a double and
-    forgets it again; make sure the one used here is bound to the real rclpy)."""
-    module = sys.modules.get("eacnet_ros.segment_node")
-    if module is None or getattr(module, "rclpy", None) is not h.rclpy:
-        sys.modules.pop("eacnet_ros.segment_node", None)
-        module = importlib.import_module("eacnet_ros.segment_node")
-    assert module.rclpy is h.rclpy
-    return module
-
-
-@dataclass
-class RunningNode:
-    namespace: str
-    node: Any
-    spun: h.SpunNode
-
-    @property
-    def fqn(self) -> str:
-        return self.node.get_fully_qualified_name()
-
-    def topic(self, name: str) -> str:
-        return f"{self.namespace}/{name}"
-
-
 class Session:
     """The module's two contexts: one for the nodes under test, one for the probe."""
 
     def __init__(self):
-        self.module = _segment_node_module()
+        self.module = h.segment_node_module()
         self.nodes = h.RosContext()
         self.probe = h.Probe("real_probe")
 
@@ -110,14 +83,6 @@ def main(session):
 @pytest.fixture
 def probe(session):
     return session.probe
-
-
-@contextmanager
-def endpoints(probe: h.Probe, *entities: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        probe.destroy(*entities)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -54,8 +54,8 @@ def test_package_xml_is_format_3_with_the_leading_elements_in_order(manifest):
 def test_package_xml_declares_what_the_node_and_launch_import(manifest):
     exec_depends = {e.text for e in manifest.findall("exec_depend")} | {e.text for e in manifest.findall("depend")}
     required = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs", "launch",
-                "launch_ros", "ament_index_python", "python3-numpy", "python3-opencv", "python3-yaml", "ros2bag",
-                "rviz2"}
+                "launch_ros", "lifecycle_msgs", "ament_index_python", "python3-numpy", "python3-opencv",
+                "python3-yaml", "ros2bag", "rviz2"}
     assert required <= exec_depends, f"missing: {sorted(required - exec_depends)}"
     test_depends = {e.text for e in manifest.findall("test_depend")}
     assert {"launch_testing", "launch_testing_ros", "python3-pytest"} <= test_depends
@@ -83,11 +83,12 @@ def test_console_script_points_at_the_light_entry_point(setup_kwargs):
     imports anything heavy (rclpy, torch): a SIGTERM during those seconds must exit 0."""
     scripts = dict(s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"])
     assert scripts["segment_node"] == "eacnet_ros.segment_main:main"
+    assert scripts["segment_lifecycle_node"] == "eacnet_ros.segment_main:lifecycle_main"
     tree = ast.parse((REPO / "eacnet_ros" / "segment_main.py").read_text())
     top_level_imports = {alias.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for alias in n.names}
     top_level_imports |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     assert not top_level_imports & {"rclpy", "torch", "cv2", "numpy", "eacnet_core"}
-    assert "main" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"main", "lifecycle_main"} <= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 
 def test_ros2_run_finds_the_executables():
@@ -96,8 +97,8 @@ def test_ros2_run_finds_the_executables():
     assert f"script_dir=$base/lib/{PACKAGE}" in text and f"install_scripts=$base/lib/{PACKAGE}" in text
 
 
-def test_only_the_node_and_the_dds_bench_import_rclpy():
-    """Everything else (codec, node logic, bags, eacnet_core) runs without ROS."""
+def test_only_the_nodes_and_the_dds_bench_import_rclpy():
+    """Everything else (codec, node logic, multi_camera, bags, eacnet_core) runs without ROS."""
     importers = []
     for path in sorted((REPO / "eacnet_ros").glob("*.py")) + sorted((REPO / "eacnet_core").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -105,7 +106,8 @@ def test_only_the_node_and_the_dds_bench_import_rclpy():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             if any(n == "rclpy" or n.startswith("rclpy.") for n in names):
                 importers.append(path.relative_to(REPO).as_posix())
-    assert sorted(set(importers)) == ["eacnet_ros/dds_bench.py", "eacnet_ros/segment_node.py"]
+    assert sorted(set(importers)) == ["eacnet_ros/dds_bench.py", "eacnet_ros/segment_lifecycle_node.py",
+                                      "eacnet_ros/segment_node.py"]
 
 
 # ---------------------------------------------------------------------------- config files
@@ -162,7 +164,7 @@ def test_readme_launch_arguments_are_declared():
 
     launch = (REPO / "launch" / "segment.launch.py").read_text()
     declared = set(re.findall(r'Argument\("([a-z_]+)"', launch))
-    used = set(re.findall(r"(?<!-r )(?<!-p )\b([a-z_]+):=", readme()))
+    used = set(re.findall(r"(?<!-r )(?<!-p )(?<![/\w])([a-z_]+):=", readme()))  # not -r a/b:= remaps
     assert used and used <= declared, sorted(used - declared)
 
 
