@@ -45,6 +45,8 @@ setup(
     ] + opencv_requirement(),
     extras_require={
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # OpenVINO's CPU plugin as a backend (fastest for the DABNet models on our CPU; docs/RESULTS.md).
+        "openvino": ["openvino>=2024.0", "onnx>=1.14", "onnxruntime>=1.16"],
         # ROS 2 (Kilted) from PyPI wheels, for running and testing the node without a ROS install:
         # what segment_node and the launch file import, plus the middleware that rclpy loads at
         # run time (no package depends on it). One release, pinned: the message packages and rclpy
@@ -55,7 +57,7 @@ setup(
             "ros-diagnostic-msgs==5.5.1", "ros-lifecycle-msgs==2.3.0", "ros-ament-index-python==1.11.0",
             "ros-rmw-fastrtps-cpp==9.3.3")]),
         # With the ROS wheels, so CI runs the node and the launch file on real rclpy.
-        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16"] + ros,
+        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0"] + ros,
     },
     zip_safe=True,
     maintainer="eacnet_ros developers",

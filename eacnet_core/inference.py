@@ -39,7 +39,9 @@ from .transforms import normalisation_lut
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+#: Backends that run the exported ONNX graph, one image per call.
+GRAPH_BACKENDS = ("onnxruntime", "openvino")
 
 _WARMUP_HW = (360, 480)  # start-up warm-up frames when the camera's size is not known yet
 # The dynamic-size ONNX graph is traced at an odd size, which no output stride divides, so the
@@ -90,6 +92,8 @@ class Segmenter:
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
         self.backend = _resolve_backend(options.backend, self.precision)
+        if self.backend == "openvino" and self.device.type != "cpu":
+            raise ValueError(f"backend openvino runs on the CPU; got device {self.device}")
         if options.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(options.threads)
         self._norm_lut = normalisation_lut(dataset.mean, dataset.std)  # one cv2.LUT pass, as training
@@ -99,6 +103,7 @@ class Segmenter:
         self._model = model.eval()
         int8 = self._int8_builder() if self.precision == "int8" else None
         self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions, int8)
+        self._ov = OvModels(self._ort, options.threads, options.ort_sessions, self.precision)
         # backend=auto on CPU in fp32: time the exact CPU paths and keep the fastest (_pick_fastest_cpu_path).
         self._can_autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
@@ -193,6 +198,8 @@ class Segmenter:
         if self.backend == "onnxruntime":
             batch = np.ascontiguousarray(batch)
             return self._ort.get(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
+        if self.backend == "openvino":
+            return self._ov.get(batch.shape[2], batch.shape[3])(np.ascontiguousarray(batch))
         # from_numpy keeps preprocess's strides: for channels_last that layout is already
         # right and no copy is made; otherwise the one copy happens here.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -224,7 +231,7 @@ class Segmenter:
             self._pick_fastest_cpu_path(batches[0])
         groups: dict[object, list[int]] = {}
         for i, batch in enumerate(batches):
-            key = i if self.backend == "onnxruntime" else batch.shape[2:]
+            key = i if self.backend in GRAPH_BACKENDS else batch.shape[2:]
             groups.setdefault(key, []).append(i)
         masks: list[Optional[np.ndarray]] = [None] * len(images)
         for members in groups.values():
@@ -270,9 +277,9 @@ class Segmenter:
                 self._pick_fastest_cpu_path(self._blank_batch(size))
             else:
                 self._tune_on_first_frame = True
-        if self.backend == "onnxruntime" or (self._tune_on_first_frame and _ort_available()):
+        if self.backend in GRAPH_BACKENDS or (self._tune_on_first_frame and _ort_available()):
             self._ort.prepare()  # the export does not depend on the size: pay it now
-        if size is None and (self._tune_on_first_frame or self.backend == "onnxruntime"):
+        if size is None and (self._tune_on_first_frame or self.backend in GRAPH_BACKENDS):
             return  # timing or a session at a guessed size would be for the wrong shapes
         batch = self._blank_batch(size or _WARMUP_HW)
         for _ in range(runs):
@@ -311,10 +318,14 @@ class Segmenter:
         on a loaded 2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame."""
         self._tune_on_first_frame = False
         candidates = ([("onnxruntime", False)] if _ort_available() else []) + [("torch", True), ("torch", False)]
+        if _ov_available() and _ort_available():  # OpenVINO compiles the graph onnx exports
+            candidates.append(("openvino", False))
         self.autotune_ms, dropped = {}, []
         for backend, channels_last in candidates:
             self._use(backend, channels_last)
             path = backend + (":nhwc" if channels_last else ":nchw")
+            if backend == "openvino":  # compiling (~0.2 s) is set-up, not a run: do it untimed
+                self._ov.get(batch.shape[2], batch.shape[3])
             first = _elapsed_ms(self.logits, batch)
             if first > 2 * min(self.autotune_ms.values(), default=float("inf")):
                 self.autotune_ms[path] = first
@@ -323,8 +334,12 @@ class Segmenter:
             self.autotune_ms[path] = float(np.median([_elapsed_ms(self.logits, batch) for _ in range(runs)]))
         best = min(self.autotune_ms, key=self.autotune_ms.get)
         self._use(best.split(":")[0], best.endswith(":nhwc"))
-        if self.backend != "onnxruntime":
+        if self.backend != "openvino":
+            self._ov.clear()
+        if self.backend not in GRAPH_BACKENDS:
             self._ort.clear()  # not used: free its sessions and graph
+        elif self.backend == "openvino":
+            self._ort.clear(keep_graph=True)  # OpenVINO compiles other sizes from the graph
         self.autotune_size = (batch.shape[2], batch.shape[3])
         timings = ", ".join(f"{k} {v:.0f} ms" + (" (first run only)" if k in dropped else "")
                             for k, v in self.autotune_ms.items())
@@ -375,10 +390,19 @@ class OrtSessions:
         self._sessions[key] = self._create(height, width)
         return self._sessions[key]
 
-    def clear(self) -> None:
+    def clear(self, keep_graph: bool = False) -> None:
         self._sessions.clear()
-        self._graph = None
+        if not keep_graph:
+            self._graph = None
         return_freed_memory()
+
+    def graph(self, height: int, width: int) -> bytes:
+        """The fp32 ONNX graph that runs at ``height`` x ``width`` (the dynamic one, else a
+        per-size export); what OpenVINO compiles."""
+        self.prepare()
+        if self._graph is not None and self._int8 is None:
+            return self._graph
+        return _export_bytes(_cpu_copy(self._model), height, width)
 
     def _create(self, height: int, width: int):
         from .export import ort_session  # onnx is an optional extra
@@ -402,6 +426,56 @@ class OrtSessions:
         return None
 
 
+class OvModels:
+    """OpenVINO's CPU plugin: one compiled model per input size from the ONNX graph that
+    onnxruntime runs (``OrtSessions.graph``), at most ``capacity`` kept, least recently used
+    dropped. Offered because it measured clearly faster for the DABNet models on our CPU
+    (docs/RESULTS.md); backend=auto times it beside the others. The precision is asked for
+    explicitly: on CPUs with bf16 units the plugin otherwise computes "fp32" models in bf16."""
+
+    HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str):
+        self._graphs, self._threads, self.capacity, self._precision = graphs, threads, capacity, precision
+        self._compiled: OrderedDict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = OrderedDict()
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._compiled)
+
+    def get(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
+        key = (height, width)
+        if key not in self._compiled:
+            if len(self._compiled) >= self.capacity:
+                self._compiled.popitem(last=False)
+            self._compiled[key] = self._compile(height, width)
+        self._compiled.move_to_end(key)
+        return self._compiled[key]
+
+    def clear(self) -> None:
+        if self._compiled:
+            self._compiled.clear()
+            return_freed_memory()
+
+    def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
+        import openvino as ov
+
+        core = ov.Core()
+        folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
+        try:  # OpenVINO reads ONNX from a file
+            (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
+            model = core.read_model(str(folder / "model.onnx"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        model.reshape([1, 3, height, width])
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self._threads > 0:
+            config["INFERENCE_NUM_THREADS"] = self._threads
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        # The request reuses its output buffer: copy, so logits outlive the next call.
+        return lambda batch: np.array(request.infer({0: batch})[0], copy=True)
+
+
 def return_freed_memory() -> None:
     """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
     the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
@@ -423,6 +497,10 @@ def _elapsed_ms(run: Callable[..., object], *args: object) -> float:
     start = time.perf_counter()
     run(*args)
     return 1000 * (time.perf_counter() - start)
+
+
+def _ov_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _ort_available() -> bool:
@@ -515,13 +593,19 @@ def _resolve_backend(backend: str, precision: str) -> str:
     tune() or the first frame then measures the alternatives (``_pick_fastest_cpu_path``).
     int8 is onnxruntime's (a statically quantised graph)."""
     if precision == "int8":
-        if backend == "torch":
-            raise ValueError("precision int8 runs on onnxruntime: use backend auto or onnxruntime")
+        if backend not in ("auto", "onnxruntime"):
+            raise ValueError(f"precision int8 runs on onnxruntime, not {backend}: use backend auto or onnxruntime")
         if not _ort_available():
             raise ValueError("precision int8 needs onnx and onnxruntime (pip install onnx onnxruntime)")
         return "onnxruntime"
     if backend == "onnxruntime" and precision != "fp32":
         raise ValueError(f"the onnxruntime backend runs fp32 and int8; got precision {precision}")
+    if backend == "openvino":
+        if precision not in OvModels.HINTS:
+            raise ValueError(f"the openvino backend runs fp32 and bf16 (on the CPU); got precision {precision}")
+        if not (_ov_available() and _ort_available()):
+            raise ValueError("backend openvino needs openvino, onnx and onnxruntime (pip install openvino onnx "
+                             "onnxruntime, or the package's openvino extra)")
     return "torch" if backend == "auto" else backend
 
 

@@ -126,7 +126,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: fp16 on CUDA, fp32 on CPU; int8: quantised onnxruntime model on the CPU")
     add_int8_calibration(parser)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="torch or onnxruntime (default auto)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="torch, onnxruntime or openvino (default auto: the fastest, measured)")
     add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
     add_threads(parser)
 

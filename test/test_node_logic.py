@@ -99,7 +99,7 @@ def test_parameter_set_matches_the_issue():
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")
-    assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime")
+    assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime", "openvino")
     assert SPECS["reliability"].choices == ("auto", "reliable", "best_effort")
     assert SPECS["transport"].choices == ("raw", "compressed")
     assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
