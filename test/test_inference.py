@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core import export
+from eacnet_core import export, inference
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main
+
+#: What backend=auto times on the CPU: OpenVINO too where it is installed.
+AUTO_PATHS = {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"} | (
+    {"openvino:nchw"} if inference._ov_available() else set())
 
 CPU = SegmenterOptions(device="cpu")
 
@@ -216,7 +220,7 @@ def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoin
     seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", inference_height=32,
                                                                  inference_width=48))
     seg.warmup()
-    assert set(seg.autotune_ms) == {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"}
+    assert set(seg.autotune_ms) == AUTO_PATHS
     assert seg.autotune_size == (32, 48)  # a set inference size is known at start-up: timed there
     best = min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
@@ -345,7 +349,7 @@ def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, 
     assert "backend=auto (chosen on the first frame)" in seg.describe()
     assert seg.segment(_image(40, 56)).shape == (40, 56)
     assert timed == [(40, 56)] and seg.autotune_size == (40, 56)
-    assert set(seg.autotune_ms) == {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"}
+    assert set(seg.autotune_ms) == AUTO_PATHS
     best = min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     seg.segment(_image(24, 32))
@@ -374,6 +378,7 @@ def test_tune_times_at_the_network_size_now(monkeypatch):
 
 def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
     pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(inference, "_ov_available", lambda: False)  # torch against onnxruntime alone
     real_session = export.ort_session
 
     class Slow:  # a session that always loses the timing
@@ -393,6 +398,7 @@ def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
 
 def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(inference, "_ov_available", lambda: False)  # torch against onnxruntime alone
     seg = _dabnet()
     seg.warmup(runs=0)  # exports the ONNX graph before torch is slowed down
     forward, calls = seg._model.forward, []
