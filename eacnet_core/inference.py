@@ -458,9 +458,7 @@ class OvModels:
             return_freed_memory()
 
     def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
-        import openvino as ov
-
-        core = ov.Core()
+        core = _ov_core()
         folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
         try:  # OpenVINO reads ONNX from a file
             (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
@@ -471,9 +469,29 @@ class OvModels:
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
         if self._threads > 0:
             config["INFERENCE_NUM_THREADS"] = self._threads
-        request = core.compile_model(model, "CPU", config).create_infer_request()
+        return _OvRunner(core.compile_model(model, "CPU", config))
+
+
+class _OvRunner:
+    """A compiled model and its infer request, kept together: a request that outlived its
+    compiled model crashed the process (SIGSEGV) when the garbage collector freed them out
+    of order, tests later."""
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         # The request reuses its output buffer: copy, so logits outlive the next call.
-        return lambda batch: np.array(request.infer({0: batch})[0], copy=True)
+        return np.array(self._request.infer({0: batch})[0], copy=True)
+
+
+@functools.cache
+def _ov_core():
+    """One OpenVINO Core per process, never freed before the models compiled with it."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def return_freed_memory() -> None:
