@@ -56,6 +56,11 @@ def ort_session(path: str | os.PathLike | bytes, device: torch.device | str = "c
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
+    # No busy-waiting between runs: onnxruntime's workers otherwise spin after each frame and
+    # take a core from the rest of the frame's path (and from other nodes on a robot). In
+    # `eacnet demo` on 2 cores, eacnet_erf fp32 went from 122 to 69 ms per frame; alone, a
+    # forward pass costs 3-6% more (34.7 -> 36.9 ms).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if size is not None:
         for name, value in zip(SIZE_AXES, size, strict=True):
             options.add_free_dimension_override_by_name(name, value)
