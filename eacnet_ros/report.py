@@ -20,7 +20,7 @@ import numpy as np
 from eacnet_core.outputs import OutputError, write_bytes
 
 if TYPE_CHECKING:
-    from .bags import BagEvalResult, Sample
+    from .bag_eval import BagEvalResult, Sample
 
 COLUMNS = ("input", "ground truth", "prediction", "overlay")
 

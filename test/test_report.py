@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eacnet_core.classes import CAMVID
-from eacnet_ros.bags import BagEvalResult, Sample
+from eacnet_ros.bag_eval import BagEvalResult, Sample
 from eacnet_ros.report import iou_chart, latency_histogram, sample_strip, write_report
 
 H, W = 24, 40
