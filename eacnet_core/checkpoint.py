@@ -101,6 +101,21 @@ def packaged_weights(model_name: str) -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
+def weights_for(model_name: Optional[str], weights: str | os.PathLike | None = None) -> Optional[Path]:
+    """Explicit ``weights``, else the packaged default for ``model_name``, else None: the one
+    rule by which the Segmenter (and so the node and the bag tools), ``eval`` and ``export``
+    pick a model's weights."""
+    if weights:
+        return Path(weights)
+    return packaged_weights(model_name) if model_name else None
+
+
+def missing_weights_error(model_name: str, option: str = "weights") -> CheckpointError:
+    """What to say when a model has neither explicit nor packaged weights: which file to pass, and as what."""
+    return CheckpointError(f"no packaged weights for model {model_name!r}: pass a checkpoint written by "
+                           f"`eacnet train` (its out dir holds best.pt) as {option}")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The bare module under DistributedDataParallel / torch.compile wrappers."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):

@@ -25,7 +25,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
+from .checkpoint import (
+    CheckpointError,
+    dataset_info,
+    load_checkpoint,
+    missing_weights_error,
+    model_from_checkpoint,
+    weights_for,
+)
 from .classes import DatasetInfo
 from .datasets import (
     DATASET_KINDS,
@@ -276,12 +283,9 @@ def add_parser(subparsers) -> None:
 
 
 def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
-    if args.weights:
-        return load_checkpoint(args.weights), Path(args.weights)
-    path = packaged_weights(args.model)
+    path = weights_for(args.model, args.weights)
     if path is None:
-        raise CheckpointError(f"no packaged weights for model {args.model!r}: pass --weights with a checkpoint "
-                              "written by `eacnet train` (its out dir holds best.pt)")
+        raise missing_weights_error(args.model, "--weights")
     return load_checkpoint(path, expect_model=args.model), path
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
+from .checkpoint import dataset_info, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .classes import CAMVID, DatasetInfo, generic
 from .models import build_model
 from .runtime import DTYPES, resolve_device, resolve_precision
@@ -127,12 +127,11 @@ class Segmenter:
 
         Without either, raise a CheckpointError saying which file to pass, unless
         ``allow_untrained`` (demos, benchmarks), which builds a randomly initialised model."""
-        path = Path(weights) if weights else packaged_weights(model_name)
+        path = weights_for(model_name, weights)
         if path is not None:
             return cls.from_checkpoint(path, options, expect_model=model_name)
         if not allow_untrained:
-            raise CheckpointError(f"no packaged weights for model {model_name!r}: pass a checkpoint written "
-                                  f"by `eacnet train` (its out dir holds best.pt) as weights")
+            raise missing_weights_error(model_name)
         info = CAMVID if num_classes == CAMVID.num_classes else generic(num_classes)
         log.warning("model %s has no trained weights: its output is noise", model_name)
         return cls(build_model(model_name, num_classes), model_name, info, options)
