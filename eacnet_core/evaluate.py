@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -42,6 +41,7 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
+from .inference import Segmenter, SegmenterOptions, mask_at_size
 from .metrics import ConfusionMatrix
 from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
@@ -75,21 +75,16 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.A
 
 
 def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np.ndarray:
-    """argmax at the network's output size, then nearest-neighbour to the label size
-    (what ``Segmenter.segment`` does), as a (B, H, W) numpy array."""
-    pred = logits.argmax(1)
-    pred = pred.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32).cpu().numpy()
-    if pred.shape[1:] == tuple(label_hw):
-        return pred
-    return np.stack([cv2.resize(p, (label_hw[1], label_hw[0]), interpolation=cv2.INTER_NEAREST) for p in pred])
+    """(B, C, h, w) logits -> (B, H, W) uint8 class ids at the label size, each image through
+    ``inference.mask_at_size`` (what ``Segmenter.segment`` does). Labels are uint8 PNGs, so
+    class ids fit uint8."""
+    return np.stack([mask_at_size(logits[i:i + 1], label_hw) for i in range(logits.shape[0])])
 
 
 def int8_forward(model: nn.Module, model_name: str, info: DatasetInfo, weights: Path, calibration: str,
                  threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The int8 onnxruntime graph the Segmenter (and the node) runs, as a batch -> logits
     function, so ``eacnet eval --precision int8`` scores exactly that model."""
-    from .inference import Segmenter, SegmenterOptions
-
     options = SegmenterOptions(device="cpu", precision="int8", backend="onnxruntime", threads=threads,
                                calibration_data=calibration)
     segmenter = Segmenter(model, model_name, info, options, weights=weights)

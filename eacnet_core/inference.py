@@ -240,8 +240,8 @@ class Segmenter:
         return masks
 
     def mask_from_logits(self, logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
-        """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (argmax, then nearest resize)."""
-        return _restore_size(_argmax_classes(logits), size_hw)
+        """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (``mask_at_size``)."""
+        return mask_at_size(logits, size_hw)
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """BGR colour mask; ids outside the palette (e.g. ignore) are black."""
@@ -539,6 +539,13 @@ def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
             return False
     return True
+
+
+def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """(1, C, h, w) logits -> uint8 (H, W) class ids at ``size_hw``: the argmax at the network's
+    size, then a nearest-neighbour resize. The one home of this rule: ``eacnet eval`` scores
+    masks made by it, so its mIoU is the mIoU of what the Segmenter and the node publish."""
+    return _restore_size(_argmax_classes(logits), size_hw)
 
 
 def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
