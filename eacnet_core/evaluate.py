@@ -46,7 +46,7 @@ from .metrics import ConfusionMatrix
 from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
 from .progress import progress_bar
-from .runtime import DTYPES, PRECISIONS, resolve_device, resolve_precision, sync
+from .runtime import DTYPES, PRECISIONS, collective_device, resolve_device, resolve_precision, sync
 from .transforms import EvalTransform
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
@@ -147,7 +147,7 @@ def evaluate_model(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], lo
 def _all_reduce(matrix: np.ndarray, images: int, seconds: float, model_seconds: float,
                 device: torch.device) -> tuple[np.ndarray, int, float, float]:
     """Sum matrices and image counts over processes; times are the slowest process's."""
-    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    backend_device = collective_device(device)
     counts = torch.from_numpy(np.append(matrix.ravel(), images)).to(backend_device)
     dist.all_reduce(counts)
     times = torch.tensor([seconds, model_seconds], dtype=torch.float64, device=backend_device)

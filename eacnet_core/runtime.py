@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where tensors for a torch.distributed collective must live: nccl reduces CUDA
+    tensors, gloo CPU ones (the CPU too when no process group is up)."""
+    return device if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl" \
+        else torch.device("cpu")

@@ -55,7 +55,7 @@ from .models import MODELS, build_model
 from .models.attention import SelfCalibrationAttention
 from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
 from .progress import progress_bar
-from .runtime import resolve_device, resolve_precision
+from .runtime import collective_device, resolve_device, resolve_precision
 from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
 from .transforms import EvalTransform, TrainTransform
 
@@ -104,16 +104,11 @@ def teardown_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def _collective_device(device: torch.device) -> torch.device:
-    """nccl reduces CUDA tensors, gloo CPU tensors."""
-    return device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def all_reduce_values(values: Sequence[float], device: torch.device, info: DistInfo) -> list[float]:
     """Sum a few scalars over processes (identity when alone)."""
     if not info.enabled:
         return [float(v) for v in values]
-    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device(device))
+    t = torch.tensor(list(values), dtype=torch.float64, device=collective_device(device))
     dist.all_reduce(t)
     return t.cpu().tolist()
 
