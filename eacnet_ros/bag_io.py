@@ -155,26 +155,21 @@ def read_label(path: Path, frame_shape: Optional[tuple[int, ...]] = None) -> np.
     return label
 
 
-def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Optional[Path]]]:
-    """(image, annotation or None) per entry of a CamVid split (SegNet layout, read by the
-    training loader's own list reader); annotations are None where withheld."""
-    return [(image, label if label.is_file() else None) for image, label in datasets.camvid_pairs(root, split)]
-
-
 def camvid_frames(root: Path, split: str, labels_dir: Optional[Path] = None) -> Iterator[Frame]:
     """Frames (BGR) and labels of a CamVid split; ``labels_dir`` overrides ``<split>annot``.
-    The split is checked now, not on first iteration, so a bad path fails before any output."""
-    pairs = camvid_pairs(root, split)
+    The split is checked now, not on first iteration, so a bad path fails before any output.
+    Withheld annotations (CamVid's test split) give frames without a label."""
+    pairs = datasets.camvid_pairs(root, split)
     if labels_dir is not None and not labels_dir.is_dir():
         raise FileNotFoundError(f"labels folder {labels_dir} does not exist")
     return _camvid_iter(pairs, labels_dir)
 
 
-def _camvid_iter(pairs: list[tuple[Path, Optional[Path]]], labels_dir: Optional[Path]) -> Iterator[Frame]:
+def _camvid_iter(pairs: list[tuple[Path, Path]], labels_dir: Optional[Path]) -> Iterator[Frame]:
     for image_path, label_path in pairs:
         if labels_dir is not None:
             label_path = labels_dir / image_path.name
-            label_path = label_path if label_path.is_file() else None
+        label_path = label_path if label_path.is_file() else None
         bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         label = read_label(label_path, bgr.shape) if bgr is not None and label_path is not None else None
         yield Frame(image_path.stem, bgr, label)
