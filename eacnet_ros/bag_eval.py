@@ -58,7 +58,7 @@ class EvalOptions:
 
 
 @dataclass
-class Sample:
+class ReportSample:
     """Small copies of one frame's images for the report (BGR; ``truth`` None without a label)."""
 
     stamp: int
@@ -185,7 +185,7 @@ class _Evaluator:
         self.pending_labels: dict[int, np.ndarray] = {}  # stamp -> label awaiting its frame
         self.failed: set = set()  # stamps of undecodable frames: their labels are dropped
         self.position = 0  # frames with a readable header so far: the index into scan.frame_stamps
-        self.samples: dict[int, Optional[Sample]] = dict.fromkeys(_sample_positions(scan, opts.samples))
+        self.samples: dict[int, Optional[ReportSample]] = dict.fromkeys(_sample_positions(scan, opts.samples))
         self.sample_of_stamp = {scan.frame_stamps[i]: i for i in self.samples if scan.frame_stamps[i] in scan.label_set}
         self.out_conns: dict[str, Any] = {}
         self.warm = False
@@ -225,7 +225,8 @@ class _Evaluator:
         if self.writer is not None:
             self._write(conn, receive_ns, raw, outputs)
         if position in self.samples:
-            self.samples[position] = Sample(stamp, _shrink(bgr), _shrink(frame.color_mask), _shrink(frame.overlay))
+            self.samples[position] = ReportSample(stamp, _shrink(bgr), _shrink(frame.color_mask),
+                                                  _shrink(frame.overlay))
         if stamp in self.pending_labels:
             self._score(stamp, frame.mask, self.pending_labels.pop(stamp))
         elif stamp in self.scan.label_set:
