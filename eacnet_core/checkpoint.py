@@ -78,7 +78,9 @@ def load_checkpoint(path: str | os.PathLike, expect_model: Optional[str] = None,
     return ckpt
 
 
-def dataset_info(ckpt: dict) -> DatasetInfo:
+def checkpoint_dataset(ckpt: dict) -> DatasetInfo:
+    """The classes, palette and mean/std a checkpoint carries (``datasets.dataset_info``
+    gives a dataset kind's own)."""
     return DatasetInfo.from_dict(ckpt["dataset"])
 
 

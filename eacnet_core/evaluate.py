@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import (
     CheckpointError,
-    dataset_info,
+    checkpoint_dataset,
     load_checkpoint,
     missing_weights_error,
     model_from_checkpoint,
@@ -286,7 +286,7 @@ def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
 
 def run(args: argparse.Namespace) -> int:
     ckpt, weights = _load_weights(args)
-    info = dataset_info(ckpt)
+    info = checkpoint_dataset(ckpt)
     root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
     size = args.resize if args.resize and args.resize != (0, 0) else None
     transform = EvalTransform(info.mean, info.std, size)

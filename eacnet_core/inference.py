@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import dataset_info, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
+from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .classes import CAMVID, DatasetInfo, generic
 from .models import build_model
 from .runtime import DTYPES, resolve_device, resolve_precision
@@ -117,7 +117,7 @@ class Segmenter:
                         expect_model: Optional[str] = None) -> Segmenter:
         ckpt = load_checkpoint(path, expect_model=expect_model)
         model = model_from_checkpoint(ckpt, path)
-        return cls(model, ckpt["model"], dataset_info(ckpt), options, weights=Path(path))
+        return cls(model, ckpt["model"], checkpoint_dataset(ckpt), options, weights=Path(path))
 
     @classmethod
     def from_name(cls, model_name: str, weights: str | os.PathLike | None = None,
