@@ -28,9 +28,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
-from eacnet_core.inference import Segmenter
 from eacnet_core.outputs import OutputError, check_outputs, real_path, write_json
-from eacnet_core.segment import add_runtime_arguments, options_from_args
+from eacnet_core.segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
 from .bag_eval import BagEvalResult, EvalOptions, evaluate_bag, format_result
 from .bag_io import (
@@ -84,11 +83,7 @@ def _add_bag_eval(subparsers) -> None:
     p = subparsers.add_parser("bag-eval", help="replay a bag through the segmentation node's path and score it",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bag", type=Path, required=True, help="input rosbag2 folder (or .db3/.mcap file)")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--weights", help="checkpoint written by `eacnet train`")
-    model.add_argument("--model", help="registry model name; uses its packaged weights")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="with --model and no packaged weights: run a randomly initialised model (noise)")
+    add_model_arguments(p)
     p.add_argument("--image-topic", default="auto", help="auto (the only image topic) or a topic name")
     p.add_argument("--label-topic", default=None, help=f"label images (default {DEFAULT_LABEL_TOPIC} when present)")
     p.add_argument("--out", type=Path, help="write /eacnet/mask, color_mask, overlay and the input frames here")
@@ -132,13 +127,6 @@ def run_make_bag(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_segmenter(args: argparse.Namespace) -> Segmenter:
-    options = options_from_args(args)
-    if args.weights:
-        return Segmenter.from_checkpoint(args.weights, options)
-    return Segmenter.from_name(args.model, options=options, allow_untrained=args.allow_untrained)
-
-
 def run_bag_eval(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
     if not bag.exists():  # before loading a model: the cheapest mistakes to report
@@ -146,7 +134,7 @@ def run_bag_eval(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_path(args.out, args.overwrite, inputs=(bag,))
     check_result_outputs(args.json, args.report, [bag] + ([args.out] if args.out else []), args.overwrite)
-    segmenter = load_segmenter(args)
+    segmenter = segmenter_from_args(args)
     print(segmenter.describe())
     opts = EvalOptions(image_topic=args.image_topic, label_topic=args.label_topic, out=args.out,
                        overwrite=args.overwrite, limit=args.limit, alpha=args.alpha)

@@ -24,6 +24,7 @@ import torch
 
 from eacnet_core.inference import Segmenter
 from eacnet_core.outputs import write_bytes
+from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
 from . import bag_eval, bag_io, bags
 
@@ -178,8 +179,6 @@ def headline(result: bag_eval.BagEvalResult) -> str:
 
 
 def add_parser(subparsers) -> None:
-    from eacnet_core.segment import add_runtime_arguments
-
     p = subparsers.add_parser("demo", help="one command: CamVid val -> rosbag2 -> segmentation -> mIoU, FPS, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, help=f"CamVid folder (default ${ENV_DATA}, ../shared/data/CamVid, "
@@ -194,8 +193,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eacnet_core.segment import options_from_args
-
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args),
