@@ -148,7 +148,9 @@ class Segmenter:
                                  spec=spec, mean=self.dataset.mean, std=self.dataset.std)
 
     @property
-    def trained(self) -> bool:
+    def loaded_from_file(self) -> bool:
+        """The weights came from a checkpoint file rather than a random initialisation; it says
+        nothing about how well they were trained (was ``trained``, which suggested it did)."""
         return self.weights is not None
 
     @property

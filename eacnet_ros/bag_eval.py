@@ -74,7 +74,7 @@ class BagEvalResult:
     image_topic: str
     label_topic: Optional[str]
     model: str
-    trained: bool
+    trained: bool  # Segmenter.loaded_from_file: weights from a checkpoint, not random (a documented JSON key)
     segmenter: str
     frames: int = 0
     evaluated: int = 0
@@ -344,7 +344,7 @@ def evaluate_bag(bag: Path, segmenter: Segmenter, opts: EvalOptions = EvalOption
                         "frames): they cannot be paired by stamp and are not scored; the camera driver must give "
                         "each frame its own stamp", scan.ambiguous, *scan.shared_stamp)
         result = BagEvalResult(bag=str(bag), image_topic=topic, label_topic=label_topic,
-                               model=segmenter.model_name, trained=segmenter.trained,
+                               model=segmenter.model_name, trained=segmenter.loaded_from_file,
                                segmenter=segmenter.describe(), unpaired=scan.unpaired,
                                ambiguous_labels=scan.ambiguous)
         if opts.out is None:
