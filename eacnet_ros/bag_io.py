@@ -1,14 +1,7 @@
 """rosbag2 in and out without a ROS install: writing frames and labels into a bag
 (``make_bag``), opening and reading one, and staging outputs so a bag appears only whole.
 
-Choices worth knowing:
-- Bags are written as rosbag2 metadata version 8. Version 9 (Jazzy's) stores QoS
-  profiles as a YAML list that Humble's string parser rejects; Jazzy reads version 8.
-- Message definitions come from the ROS2_HUMBLE typestore; sensor_msgs/Image and
-  CompressedImage are identical (same RIHS01 hash) in Jazzy.
-- Outputs are staged in a hidden sibling folder and renamed into place only when
-  complete, so an interrupted run never leaves a half-written bag under the real name,
-  and ``--overwrite`` replaces an old bag only after the new one is whole.
+The format choices are ``FORMAT_NOTES`` below (also shown by ``eacnet bag-eval --help``).
 """
 
 from __future__ import annotations
@@ -34,6 +27,17 @@ from eacnet_core import datasets
 from eacnet_core.progress import progress_bar
 
 from . import codec
+
+#: What a user of the bags should know about them; part of ``eacnet bag-eval --help``.
+FORMAT_NOTES = """Choices worth knowing:
+- Bags are written as rosbag2 metadata version 8. Version 9 (Jazzy's) stores QoS
+  profiles as a YAML list that Humble's string parser rejects; Jazzy reads version 8.
+- Message definitions come from the ROS2_HUMBLE typestore; sensor_msgs/Image and
+  CompressedImage are identical (same RIHS01 hash) in Jazzy.
+- Outputs are staged in a hidden sibling folder and renamed into place only when
+  complete, so an interrupted run never leaves a half-written bag under the real name,
+  and ``--overwrite`` replaces an old bag only after the new one is whole.
+"""
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
 """``eacnet make-bag`` and ``eacnet bag-eval``: rosbag2 in and out without a ROS install.
-(The command line only: bag I/O lives in ``bag_io``, the scoring in ``bag_eval``.)
 
 make-bag turns CamVid splits, image folders or videos into a bag that ``ros2 bag play``
 accepts: frames as ``sensor_msgs/Image`` bgr8 (or ``CompressedImage``), labels as mono8
@@ -11,18 +10,11 @@ overlay) -> ``node_logic.encode_frame`` (codec.array_to_image, input header)), p
 label images with frames by header stamp and reports mIoU, per-class IoU, latency and
 FPS; optionally it writes the node's outputs into a new bag beside the input frames.
 
-Choices worth knowing:
-- Bags are written as rosbag2 metadata version 8. Version 9 (Jazzy's) stores QoS
-  profiles as a YAML list that Humble's string parser rejects; Jazzy reads version 8.
-- Message definitions come from the ROS2_HUMBLE typestore; sensor_msgs/Image and
-  CompressedImage are identical (same RIHS01 hash) in Jazzy.
-- Outputs are staged in a hidden sibling folder and renamed into place only when
-  complete, so an interrupted run never leaves a half-written bag under the real name,
-  and ``--overwrite`` replaces an old bag only after the new one is whole.
 """
 
 from __future__ import annotations
 
+# The command line only: bag I/O lives in bag_io, the scoring in bag_eval.
 import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +28,7 @@ from .bag_io import (
     DEFAULT_IMAGE_TOPIC,
     DEFAULT_LABEL_TOPIC,
     DEFAULT_START_NS,
+    FORMAT_NOTES,
     STORAGES,
     BagNotFoundError,
     Frame,
@@ -81,7 +74,7 @@ def _add_make_bag(subparsers) -> None:
 
 def _add_bag_eval(subparsers) -> None:
     p = subparsers.add_parser("bag-eval", help="replay a bag through the segmentation node's path and score it",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__ + FORMAT_NOTES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bag", type=Path, required=True, help="input rosbag2 folder (or .db3/.mcap file)")
     add_model_arguments(p)
     p.add_argument("--image-topic", default="auto", help="auto (the only image topic) or a topic name")
