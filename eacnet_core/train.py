@@ -515,6 +515,37 @@ def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtyp
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[resolve_precision(wanted, device)]
 
 
+class EpochLog:
+    """Where the main process writes each epoch's record: a line of ``metrics.jsonl`` and,
+    with --tensorboard (when installed; it is optional), its scalars."""
+
+    SCALARS = ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
+               "attention_entropy")
+
+    def __init__(self, out: Path, tensorboard: bool):
+        self.path = out / LOG
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                return
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in self.SCALARS:
+                if key in record:
+                    self.writer.add_scalar(key, record[key], record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 # ============================================================================ the run
 @dataclass
 class TrainResult:
@@ -567,7 +598,7 @@ class Trainer:
         self.epoch_loss, self.epoch_images, self.best_miou = 0.0, 0, -1.0
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
-        self.writer = self._tensorboard()
+        self.epoch_log = EpochLog(self.out, tensorboard=self.cfg.tensorboard and self.dist.is_main)
 
     # ------------------------------------------------------------------ setup
     def _log(self, message: str) -> None:
@@ -606,15 +637,6 @@ class Trainer:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False, worker_init_fn=_worker_init,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.dist.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, metrics: dict, training_state: bool) -> dict:
@@ -690,8 +712,7 @@ class Trainer:
         return self._result(history, 0)
 
     def _result(self, history: list[dict], signum: int) -> TrainResult:
-        if self.writer is not None:
-            self.writer.close()
+        self.epoch_log.close()
         return TrainResult(self.out, self.epoch, self.iteration, self.best_miou, signum, history)
 
     def _mean_loss(self) -> float:
@@ -802,7 +823,7 @@ class Trainer:
         if self.dist.is_main:
             if improved:
                 save_atomic(self._checkpoint(metrics, training_state=False), self.out / BEST)
-            self._write_log(record)
+            self.epoch_log.write(record)
         self._log(_epoch_line(record, cfg.epochs))
         return record
 
@@ -819,16 +840,6 @@ class Trainer:
             return evaluate_model(self.model, loader, self.data.val_set.info, self.device, self.amp_dtype)
         except DatasetError as exc:
             raise DatasetError.clean(exc) from None
-
-    def _write_log(self, record: dict) -> None:
-        with open(self.out / LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
-                        "attention_entropy"):
-                if key in record:
-                    self.writer.add_scalar(key, record[key], record["epoch"])
-            self.writer.flush()
 
     def close(self) -> None:
         teardown_distributed(self.dist)
