@@ -257,6 +257,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng_states(dist_info: DistInfo) -> list[dict]:
+    """Every process's RNG state, by rank (collective: all processes must call it)."""
+    state = rng_state()
+    if not dist_info.enabled:
+        return [state]
+    states: list = [None] * dist_info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -546,6 +556,17 @@ class EpochLog:
             self.writer.close()
 
 
+def resumable_checkpoint(out: Path) -> dict:
+    """``out``'s last.pt, checked to hold what --resume needs (optimiser state and config)."""
+    path = out / LAST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {out})")
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
+    return ckpt
+
+
 # ============================================================================ the run
 @dataclass
 class TrainResult:
@@ -571,7 +592,7 @@ class Trainer:
 
     def _build(self, cfg: TrainConfig, resume: bool) -> None:
         self.out = Path(cfg.out)
-        self.resume_ckpt = self._resume_checkpoint() if resume else None
+        self.resume_ckpt = resumable_checkpoint(self.out) if resume else None
         if self.resume_ckpt is not None:
             cfg = _resumed_config(self.resume_ckpt, cfg, self._log)
         else:
@@ -605,15 +626,6 @@ class Trainer:
         if self.dist.is_main:
             self._print(message)
 
-    def _resume_checkpoint(self) -> dict:
-        path = self.out / LAST
-        if not path.is_file():
-            raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {self.out})")
-        ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "config" not in ckpt:
-            raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
-        return ckpt
-
     def _setup_runtime(self) -> None:
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
@@ -646,17 +658,8 @@ class Trainer:
             extra.update(epoch_iteration=self.epoch_iteration, optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                          best_miou=self.best_miou, epoch_loss=self.epoch_loss, epoch_images=self.epoch_images,
-                         world_size=self.dist.world_size, rng=self._gather_rng())
+                         world_size=self.dist.world_size, rng=gather_rng_states(self.dist))
         return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
-
-    def _gather_rng(self) -> list[dict]:
-        """Every process's RNG state (collective: all processes must call it)."""
-        state = rng_state()
-        if not self.dist.enabled:
-            return [state]
-        states: list = [None] * self.dist.world_size
-        dist.all_gather_object(states, state)
-        return states
 
     def save_last(self, metrics: dict) -> None:
         ckpt = self._checkpoint(metrics, training_state=True)  # collective when distributed
