@@ -9,11 +9,13 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` can re
 
 Everything a consumer needs to run the model (classes, palette, mean/std) is in it,
 so the Segmenter, the node and the bag tools carry no dataset knowledge.
+
+This module only reads, writes and finds checkpoints (it imports nothing above the model
+registry); making the packaged weights (``slim``, ``record_check``) lives in ``packaging``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +25,7 @@ from torch import nn
 
 from .classes import DatasetInfo
 from .models import MODELS, build_model
-from .outputs import atomic_write, check_outputs
+from .outputs import atomic_write
 
 FORMAT = "eacnet-checkpoint"
 VERSION = 1
@@ -76,7 +78,9 @@ def load_checkpoint(path: str | os.PathLike, expect_model: Optional[str] = None,
     return ckpt
 
 
-def dataset_info(ckpt: dict) -> DatasetInfo:
+def checkpoint_dataset(ckpt: dict) -> DatasetInfo:
+    """The classes, palette and mean/std a checkpoint carries (``datasets.dataset_info``
+    gives a dataset kind's own)."""
     return DatasetInfo.from_dict(ckpt["dataset"])
 
 
@@ -93,93 +97,25 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
     return model
 
 
-#: Fields a deployed checkpoint keeps; optimiser, scheduler and RNG state only matter to --resume.
-DEPLOY_FIELDS = ("format", "version", "model", "num_classes", "dataset", "state_dict", "model_kwargs", "config",
-                 "epoch", "metrics")
-
-
-def slim(src: str | os.PathLike, dst: str | os.PathLike, fp16: bool = True, overwrite: bool = False) -> dict:
-    """Copy a training checkpoint without its training state, floats stored as fp16
-    (half the size; loading converts back to fp32). Returns the slim checkpoint.
-
-    ``dst`` is never ``src`` (slimming in place would drop the optimiser state that
-    ``--resume`` needs) and replaces an existing file only with ``overwrite``."""
-    check_outputs([dst], inputs=[src], overwrite=overwrite)
-    ckpt = load_checkpoint(src)
-    out = {k: ckpt[k] for k in DEPLOY_FIELDS if k in ckpt}
-    if fp16:
-        out["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    save_atomic(out, dst)
-    return out
-
-
-def record_check(path: str | os.PathLike, data_root: str | os.PathLike, images: int, split: str = "val") -> dict:
-    """Score a checkpoint on the first ``images`` images of a CamVid split through the
-    Segmenter (the deployed path) and store the result in its ``metrics["check"]``, so a
-    test can later confirm the file still produces it."""
-    from .classes import CAMVID
-    from .datasets import camvid
-    from .inference import Segmenter, SegmenterOptions
-    from .metrics import ConfusionMatrix
-
-    segmenter = Segmenter.from_checkpoint(path, SegmenterOptions(device="cpu", backend="torch"))
-    data = camvid(data_root, split, limit=images)
-    matrix = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index)
-    for i in range(len(data)):
-        matrix.update(segmenter.segment(data.read_image(i)), data.read_label(i))
-    ckpt = load_checkpoint(path)
-    check = {"split": split, "images": len(data), "miou": float(matrix.miou)}
-    ckpt.setdefault("metrics", {})["check"] = check
-    save_atomic(ckpt, path)
-    return check
-
-
-def add_parser(subparsers) -> None:
-    from .options import add_out, add_overwrite
-
-    p = subparsers.add_parser("slim", help="strip a training checkpoint down to a deployable one (fp16)",
-                              description="Copy a checkpoint without optimiser/scheduler/RNG state, with fp16 "
-                                          "weights (loading converts them back to fp32). This is how the packaged "
-                                          "weights were made.")
-    p.add_argument("src", help="checkpoint written by `eacnet train` (e.g. best.pt); never modified")
-    p.add_argument("dst", nargs="?", help=argparse.SUPPRESS)  # the old positional output, deprecated
-    add_out(p, "output checkpoint (never SRC)", metavar="DST")
-    add_overwrite(p)
-    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
-    p.add_argument("--check-data", metavar="CAMVID_ROOT",
-                   help="record the mIoU on the first --check-images CamVid val images in metrics['check']")
-    p.add_argument("--check-images", type=int, default=10, help="images for --check-data (default 10)")
-    p.set_defaults(func=_run_slim)
-
-
-def _slim_destination(args) -> str:
-    """--out, or the deprecated positional DST."""
-    from .options import warn_deprecated
-
-    if args.dst is not None and args.out is not None:
-        raise ValueError("give the output once: --out DST (the positional DST is its old spelling)")
-    if args.dst is not None:
-        warn_deprecated("the positional DST of `eacnet slim`", "--out DST")
-        return args.dst
-    if args.out is None:
-        raise ValueError("--out DST is required (the output checkpoint)")
-    return args.out
-
-
-def _run_slim(args) -> int:
-    dst = _slim_destination(args)
-    out = slim(args.src, dst, fp16=not args.fp32, overwrite=args.overwrite)
-    if args.check_data:
-        out["metrics"]["check"] = record_check(dst, args.check_data, args.check_images)
-    print(f"wrote {dst} ({Path(dst).stat().st_size / 1e6:.1f} MB, model {out['model']}, "
-          f"epoch {out.get('epoch')}, metrics {out.get('metrics')})")
-    return 0
-
-
 def packaged_weights(model_name: str) -> Optional[Path]:
     """The default weights shipped inside the package for ``model_name``, if any."""
     candidate = WEIGHTS_DIR / f"{model_name}_camvid.pt"
     return candidate if candidate.is_file() else None
+
+
+def weights_for(model_name: Optional[str], weights: str | os.PathLike | None = None) -> Optional[Path]:
+    """Explicit ``weights``, else the packaged default for ``model_name``, else None: the one
+    rule by which the Segmenter (and so the node and the bag tools), ``eval`` and ``export``
+    pick a model's weights."""
+    if weights:
+        return Path(weights)
+    return packaged_weights(model_name) if model_name else None
+
+
+def missing_weights_error(model_name: str, option: str = "weights") -> CheckpointError:
+    """What to say when a model has neither explicit nor packaged weights: which file to pass, and as what."""
+    return CheckpointError(f"no packaged weights for model {model_name!r}: pass a checkpoint written by "
+                           f"`eacnet train` (its out dir holds best.pt) as {option}")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -18,14 +18,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_dataset,
+    load_checkpoint,
+    missing_weights_error,
+    model_from_checkpoint,
+    weights_for,
+)
 from .classes import DatasetInfo
 from .datasets import (
     DATASET_KINDS,
@@ -35,11 +41,12 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
+from .inference import Segmenter, SegmenterOptions, mask_at_size
 from .metrics import ConfusionMatrix
 from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
 from .progress import progress_bar
-from .runtime import DTYPES, PRECISIONS, resolve_device, resolve_precision, sync
+from .runtime import DTYPES, PRECISIONS, collective_device, resolve_device, resolve_precision, sync
 from .transforms import EvalTransform
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
@@ -68,21 +75,16 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.A
 
 
 def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np.ndarray:
-    """argmax at the network's output size, then nearest-neighbour to the label size
-    (what ``Segmenter.segment`` does), as a (B, H, W) numpy array."""
-    pred = logits.argmax(1)
-    pred = pred.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32).cpu().numpy()
-    if pred.shape[1:] == tuple(label_hw):
-        return pred
-    return np.stack([cv2.resize(p, (label_hw[1], label_hw[0]), interpolation=cv2.INTER_NEAREST) for p in pred])
+    """(B, C, h, w) logits -> (B, H, W) uint8 class ids at the label size, each image through
+    ``inference.mask_at_size`` (what ``Segmenter.segment`` does). Labels are uint8 PNGs, so
+    class ids fit uint8."""
+    return np.stack([mask_at_size(logits[i:i + 1], label_hw) for i in range(logits.shape[0])])
 
 
 def int8_forward(model: nn.Module, model_name: str, info: DatasetInfo, weights: Path, calibration: str,
                  threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The int8 onnxruntime graph the Segmenter (and the node) runs, as a batch -> logits
     function, so ``eacnet eval --precision int8`` scores exactly that model."""
-    from .inference import Segmenter, SegmenterOptions
-
     options = SegmenterOptions(device="cpu", precision="int8", backend="onnxruntime", threads=threads,
                                calibration_data=calibration)
     segmenter = Segmenter(model, model_name, info, options, weights=weights)
@@ -145,7 +147,7 @@ def evaluate_model(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], lo
 def _all_reduce(matrix: np.ndarray, images: int, seconds: float, model_seconds: float,
                 device: torch.device) -> tuple[np.ndarray, int, float, float]:
     """Sum matrices and image counts over processes; times are the slowest process's."""
-    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    backend_device = collective_device(device)
     counts = torch.from_numpy(np.append(matrix.ravel(), images)).to(backend_device)
     dist.all_reduce(counts)
     times = torch.tensor([seconds, model_seconds], dtype=torch.float64, device=backend_device)
@@ -276,18 +278,15 @@ def add_parser(subparsers) -> None:
 
 
 def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
-    if args.weights:
-        return load_checkpoint(args.weights), Path(args.weights)
-    path = packaged_weights(args.model)
+    path = weights_for(args.model, args.weights)
     if path is None:
-        raise CheckpointError(f"no packaged weights for model {args.model!r}: pass --weights with a checkpoint "
-                              "written by `eacnet train` (its out dir holds best.pt)")
+        raise missing_weights_error(args.model, "--weights")
     return load_checkpoint(path, expect_model=args.model), path
 
 
 def run(args: argparse.Namespace) -> int:
     ckpt, weights = _load_weights(args)
-    info = dataset_info(ckpt)
+    info = checkpoint_dataset(ckpt)
     root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
     size = args.resize if args.resize and args.resize != (0, 0) else None
     transform = EvalTransform(info.mean, info.std, size)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint, model_from_checkpoint, weights_for
+from .models import build_model
 from .options import add_height_width_aliases, add_out, add_overwrite, add_threads, size_from_height_width, wxh
 from .outputs import check_outputs, write_bytes
 
@@ -99,16 +101,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, model_from_checkpoint, packaged_weights
-    from .models import build_model
-
     if not args.model and not args.weights:
         raise SystemExit("eacnet export: give --model NAME or --weights CKPT")
     size = size_from_height_width(args, default=None)
     if size is None or 0 in size:
         raise ValueError("--size WxH is required (the input size of the graph, e.g. 480x360)")
     height, width = size
-    weights = args.weights or (packaged_weights(args.model) if args.classes is None else None)
+    # --classes without --weights asks for a fresh model of that size: no packaged weights then
+    weights = weights_for(args.model, args.weights) if args.weights or args.classes is None else None
     check_outputs([args.out], inputs=[weights] if weights else [], overwrite=args.overwrite)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, dataset_info, load_checkpoint, model_from_checkpoint, packaged_weights
+from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .classes import CAMVID, DatasetInfo, generic
 from .models import build_model
 from .runtime import DTYPES, resolve_device, resolve_precision
@@ -117,7 +117,7 @@ class Segmenter:
                         expect_model: Optional[str] = None) -> Segmenter:
         ckpt = load_checkpoint(path, expect_model=expect_model)
         model = model_from_checkpoint(ckpt, path)
-        return cls(model, ckpt["model"], dataset_info(ckpt), options, weights=Path(path))
+        return cls(model, ckpt["model"], checkpoint_dataset(ckpt), options, weights=Path(path))
 
     @classmethod
     def from_name(cls, model_name: str, weights: str | os.PathLike | None = None,
@@ -127,12 +127,11 @@ class Segmenter:
 
         Without either, raise a CheckpointError saying which file to pass, unless
         ``allow_untrained`` (demos, benchmarks), which builds a randomly initialised model."""
-        path = Path(weights) if weights else packaged_weights(model_name)
+        path = weights_for(model_name, weights)
         if path is not None:
             return cls.from_checkpoint(path, options, expect_model=model_name)
         if not allow_untrained:
-            raise CheckpointError(f"no packaged weights for model {model_name!r}: pass a checkpoint written "
-                                  f"by `eacnet train` (its out dir holds best.pt) as weights")
+            raise missing_weights_error(model_name)
         info = CAMVID if num_classes == CAMVID.num_classes else generic(num_classes)
         log.warning("model %s has no trained weights: its output is noise", model_name)
         return cls(build_model(model_name, num_classes), model_name, info, options)
@@ -149,7 +148,9 @@ class Segmenter:
                                  spec=spec, mean=self.dataset.mean, std=self.dataset.std)
 
     @property
-    def trained(self) -> bool:
+    def loaded_from_file(self) -> bool:
+        """The weights came from a checkpoint file rather than a random initialisation; it says
+        nothing about how well they were trained (was ``trained``, which suggested it did)."""
         return self.weights is not None
 
     @property
@@ -241,8 +242,8 @@ class Segmenter:
         return masks
 
     def mask_from_logits(self, logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
-        """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (argmax, then nearest resize)."""
-        return _restore_size(_argmax_classes(logits), size_hw)
+        """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (``mask_at_size``)."""
+        return mask_at_size(logits, size_hw)
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """BGR colour mask; ids outside the palette (e.g. ignore) are black."""
@@ -558,6 +559,13 @@ def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
             return False
     return True
+
+
+def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """(1, C, h, w) logits -> uint8 (H, W) class ids at ``size_hw``: the argmax at the network's
+    size, then a nearest-neighbour resize. The one home of this rule: ``eacnet eval`` scores
+    masks made by it, so its mIoU is the mIoU of what the Segmenter and the node publish."""
+    return _restore_size(_argmax_classes(logits), size_hw)
 
 
 def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -19,25 +21,39 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def device_or_reason(spec: str = "auto", cuda_available: Optional[bool] = None,
+                     cuda_count: Optional[int] = None) -> tuple[torch.device, Optional[str]]:
+    """The device ``spec`` names when it is there, else the CPU and why CUDA is not (also
+    for ``auto`` on a machine without CUDA). The one home of the fallback rule:
+    ``resolve_device`` logs or raises the reason, the ROS node hands it to ROS's logger.
+    ``cuda_available`` / ``cuda_count`` default to torch's answer (tests pass them)."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu"), None
+    match = re.fullmatch(r"auto|cuda(?::(\d+))?", spec)
+    if not match:
+        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N; got {spec!r}")
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if cuda_available else 0
+    index = int(match.group(1) or 0)
+    if cuda_available and index < cuda_count:
+        return (torch.device("cuda") if spec == "auto" else torch.device("cuda", index)), None
+    return torch.device("cpu"), ("CUDA is not available" if not cuda_available else
+                                 f"only {cuda_count} CUDA device(s)")
+
+
 def resolve_device(spec: str = "auto", fallback: bool = True) -> torch.device:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a usable torch.device."""
     spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if not match:
-        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N; got {spec!r}")
-    index = int(match.group(1) or 0)
-    if torch.cuda.is_available() and index < torch.cuda.device_count():
-        return torch.device("cuda", index)
-    reason = "CUDA is not available" if not torch.cuda.is_available() else \
-        f"only {torch.cuda.device_count()} CUDA device(s)"
+    device, reason = device_or_reason(spec)
+    if reason is None or spec == "auto":  # auto on a CPU-only machine is no fallback
+        return device
     if not fallback:
         raise ValueError(f"device {spec!r} requested but {reason}")
     log.warning("device %r requested but %s: falling back to CPU", spec, reason)
-    return torch.device("cpu")
+    return device
 
 
 def cpu_supports_bf16() -> bool:
@@ -72,3 +88,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where tensors for a torch.distributed collective must live: nccl reduces CUDA
+    tensors, gloo CPU ones (the CPU too when no process group is up)."""
+    return device if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl" \
+        else torch.device("cpu")

@@ -11,11 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .inference import BACKENDS, Segmenter, SegmenterOptions
-from .options import INFERENCE_SIZE_HXW, Alias, add_out, add_overwrite, add_resize, add_threads
+from .inference import Segmenter
+from .options import Alias, add_out, add_overwrite
 from .outputs import OutputError, check_output_folder, check_outputs, write_image
 from .progress import progress_bar
-from .runtime import PRECISIONS
+from .segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -120,40 +120,10 @@ def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: f
     return {"frames": written, "skipped": skipped, "output": str(out_dir)}
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """--device/--precision/--backend/--resize/--threads, shared by every command that runs a Segmenter."""
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: fp16 on CUDA, fp32 on CPU; int8: quantised onnxruntime model on the CPU")
-    add_int8_calibration(parser)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="torch, onnxruntime or openvino (default auto: the fastest, measured)")
-    add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
-    add_threads(parser)
-
-
-def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
-    height, width = args.resize or (0, 0)
-    return SegmenterOptions(device=args.device, precision=args.precision, backend=args.backend,
-                            inference_height=height, inference_width=width, threads=args.threads,
-                            calibration_data=args.int8_calibration or "")
-
-
-def add_int8_calibration(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--int8-calibration", metavar="DIR",
-                        help="--precision int8: CamVid folder (its train split) or folder of camera frames that "
-                             "calibrates the quantisation (default $EACNET_DATA or ../shared/data/CamVid); read "
-                             "only when the int8 model is not cached yet")
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("segment", help="segment an image, a folder of images or a video",
                               description=__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="checkpoint written by `eacnet train`")
-    src.add_argument("--model", help="registry model name; uses its packaged weights")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="with --model and no packaged weights: run a randomly initialised model (noise)")
+    add_model_arguments(p)
     p.add_argument("--input", required=True, help="an image, a folder of images or a video file")
     add_out(p, "folder for <frame>_mask/_color/_overlay.png (not the input's folder)", required=True,
             aliases=[Alias("--output")], metavar="DIR")
@@ -167,9 +137,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
     check_segment_outputs(source, out, args.overwrite)  # before loading a model: the cheapest mistakes first
-    options = options_from_args(args)
-    segmenter = (Segmenter.from_checkpoint(args.weights, options) if args.weights
-                 else Segmenter.from_name(args.model, options=options, allow_untrained=args.allow_untrained))
+    segmenter = segmenter_from_args(args)
     print(segmenter.describe())
     summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite)
     print(f"wrote {summary['frames']} frame(s) to {summary['output']}"

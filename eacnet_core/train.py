@@ -55,7 +55,7 @@ from .models import MODELS, build_model
 from .models.attention import SelfCalibrationAttention
 from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
 from .progress import progress_bar
-from .runtime import resolve_device, resolve_precision
+from .runtime import collective_device, resolve_device, resolve_precision
 from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
 from .transforms import EvalTransform, TrainTransform
 
@@ -104,16 +104,11 @@ def teardown_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def _collective_device(device: torch.device) -> torch.device:
-    """nccl reduces CUDA tensors, gloo CPU tensors."""
-    return device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def all_reduce_values(values: Sequence[float], device: torch.device, info: DistInfo) -> list[float]:
     """Sum a few scalars over processes (identity when alone)."""
     if not info.enabled:
         return [float(v) for v in values]
-    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device(device))
+    t = torch.tensor(list(values), dtype=torch.float64, device=collective_device(device))
     dist.all_reduce(t)
     return t.cpu().tolist()
 
@@ -262,6 +257,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng_states(dist_info: DistInfo) -> list[dict]:
+    """Every process's RNG state, by rank (collective: all processes must call it)."""
+    state = rng_state()
+    if not dist_info.enabled:
+        return [state]
+    states: list = [None] * dist_info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -402,6 +407,166 @@ class StopSignal:
                 signal.signal(s, handler)
 
 
+# ============================================================================ a run's parts
+@dataclass
+class RunData:
+    """What a run trains and validates on, and how the training set is dealt out."""
+
+    info: DatasetInfo
+    train_set: SegmentationDataset
+    val_set: Optional[SegmentationDataset]
+    device_data: Optional[DeviceTrainData]  # --data-on-device: the set held and augmented there
+    sampler: ShardSampler
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+
+def build_run_data(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, log: Callable[[str], None]) -> RunData:
+    """The datasets of ``cfg`` (its ``data_root`` resolved), cached or moved to ``device`` as asked."""
+    root = Path(cfg.data_root)
+    dataset = dataset_info(cfg.dataset, root)
+    train_tf = TrainTransform(cfg.crop, dataset.mean, dataset.std, dataset.ignore_index, tuple(cfg.scales), cfg.flip)
+    val_tf = EvalTransform(dataset.mean, dataset.std, cfg.val_size if cfg.val_size != (0, 0) else None)
+    train_set = build_dataset(cfg.dataset, root, cfg.train_split, cfg.limit, train_tf, cfg.seed)
+    if cfg.cache or cfg.data_on_device:
+        megabytes = train_set.cache_in_memory() / 2**20
+        log(f"data: {len(train_set)} training pairs decoded into memory ({megabytes:.0f} MB)")
+    device_data: Optional[DeviceTrainData] = None
+    if cfg.data_on_device:
+        device_data = DeviceTrainData(train_set, train_tf, device)
+        log(f"data: training set on {device} ({device_data.nbytes / 2**20:.0f} MB), augmented there")
+    val_set: Optional[SegmentationDataset] = None
+    if cfg.val_every > 0:
+        val_set = build_dataset(cfg.dataset, root, cfg.val_split, cfg.limit, val_tf, cfg.seed)
+        train_images = {s.image for s in train_set.samples}
+        if all(s.image in train_images for s in val_set.samples):
+            log(f"note: every {cfg.val_split} image is also a training image: val mIoU measures fit, "
+                "not generalisation (choose schedules on runs that hold val out)")
+    sampler = ShardSampler(len(train_set), cfg.batch_size, dist_info.world_size, dist_info.rank, cfg.seed)
+    if sampler.batches_per_epoch == 0:
+        raise ValueError(f"{train_set.name}: {len(train_set)} training images are fewer than "
+                         f"--batch-size {cfg.batch_size} x {dist_info.world_size} process(es)")
+    log(f"data: {train_set} (train), {val_set or 'no validation'} (val), root {root}")
+    return RunData(dataset, train_set, val_set, device_data, sampler)
+
+
+@dataclass
+class RunModel:
+    """The network of a run: ``model`` is saved and validated, ``forward`` (the model, or its
+    DistributedDataParallel wrapper) is what training steps run."""
+
+    model: nn.Module
+    forward: nn.Module
+    kwargs: dict  # build_model's extra arguments, recorded in checkpoints
+
+
+def build_run_model(cfg: TrainConfig, num_classes: int, dist_info: DistInfo, device: torch.device,
+                    log: Callable[[str], None], initialise: bool) -> RunModel:
+    """The registry model on ``device`` (``--init-from`` weights when ``initialise``), its unused
+    parameters frozen, in channels-last memory when asked, wrapped for DDP when distributed."""
+    kwargs = {"pool": cfg.pool} if cfg.pool else {}
+    try:
+        model = build_model(cfg.model, num_classes, **kwargs)
+    except TypeError:
+        raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
+    if cfg.init_from and initialise:
+        log(init_from(model, cfg.init_from).format())
+    model.to(device)
+    frozen = freeze_unused(model)
+    if frozen:
+        log(f"unused by {cfg.model}'s forward, frozen: {_summarise(frozen)}")
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward: nn.Module = model
+    if dist_info.enabled:
+        if cfg.sync_bn and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif cfg.sync_bn:
+            log("note: --sync-bn needs CUDA; using per-process BatchNorm")
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return RunModel(model, forward, kwargs)
+
+
+@dataclass
+class Optimisation:
+    """Loss, optimiser and the poly learning-rate schedule of a run."""
+
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    poly: PolyWarmup
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+def build_optimisation(cfg: TrainConfig, model: nn.Module, data: RunData, total_iters: int,
+                       device: torch.device, log: Callable[[str], None]) -> Optimisation:
+    """The criterion (class weights counted on the training set for weighted-ce), optimiser and schedule."""
+    weight = None
+    if cfg.loss == "weighted-ce":
+        counts, image_pixels = class_pixel_counts(data.train_set)
+        weights = class_weights(counts, image_pixels, cfg.class_weights, cfg.class_weight_c)
+        log(f"class weights ({cfg.class_weights}): "
+            + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.info.class_names, weights, strict=True)))
+        weight = torch.tensor(weights, dtype=torch.float32)
+    criterion = build_criterion(cfg.loss, data.info.ignore_index, weight, cfg.ohem_thresh,
+                                cfg.ohem_min_kept).to(device)
+    optimizer = build_optimizer(cfg, model)
+    poly = PolyWarmup(total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
+    return Optimisation(criterion, optimizer, poly, torch.optim.lr_scheduler.LambdaLR(optimizer, poly))
+
+
+def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """--amp's autocast dtype (auto: fp16 on CUDA, bf16 on CPU), None without --amp."""
+    if not cfg.amp:
+        return None
+    wanted = cfg.amp_dtype if cfg.amp_dtype != "auto" else ("fp16" if device.type == "cuda" else "bf16")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[resolve_precision(wanted, device)]
+
+
+class EpochLog:
+    """Where the main process writes each epoch's record: a line of ``metrics.jsonl`` and,
+    with --tensorboard (when installed; it is optional), its scalars."""
+
+    SCALARS = ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
+               "attention_entropy")
+
+    def __init__(self, out: Path, tensorboard: bool):
+        self.path = out / LOG
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                return
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in self.SCALARS:
+                if key in record:
+                    self.writer.add_scalar(key, record[key], record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def resumable_checkpoint(out: Path) -> dict:
+    """``out``'s last.pt, checked to hold what --resume needs (optimiser state and config)."""
+    path = out / LAST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {out})")
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
+    return ckpt
+
+
 # ============================================================================ the run
 @dataclass
 class TrainResult:
@@ -427,7 +592,7 @@ class Trainer:
 
     def _build(self, cfg: TrainConfig, resume: bool) -> None:
         self.out = Path(cfg.out)
-        self.resume_ckpt = self._resume_checkpoint() if resume else None
+        self.resume_ckpt = resumable_checkpoint(self.out) if resume else None
         if self.resume_ckpt is not None:
             cfg = _resumed_config(self.resume_ckpt, cfg, self._log)
         else:
@@ -439,75 +604,42 @@ class Trainer:
         self.stop = StopSignal()
         self.on_step: Optional[Callable[[Trainer], None]] = None  # called after every optimiser step
         self._setup_runtime()
-        self._setup_data()
-        self._setup_model()
-        self._setup_optimisation()
+        root = Path(self.cfg.data_root) if self.cfg.data_root else default_data_root(self.cfg.dataset)
+        self.cfg = replace(self.cfg, data_root=str(root))  # the checkpoint records where the data was
+        self.data = build_run_data(self.cfg, self.dist, self.device, self._log)
+        self.total_iters = self.data.iters_per_epoch * self.cfg.epochs
+        run_model = build_run_model(self.cfg, self.data.info.num_classes, self.dist, self.device, self._log,
+                                    initialise=self.resume_ckpt is None)
+        self.model, self.ddp_model, self.model_kwargs = run_model.model, run_model.forward, run_model.kwargs
+        self._log_model()
+        opt = build_optimisation(self.cfg, self.model, self.data, self.total_iters, self.device, self._log)
+        self.criterion, self.optimizer = opt.criterion, opt.optimizer
+        self.poly, self.scheduler = opt.poly, opt.scheduler
         self.epoch, self.iteration, self.epoch_iteration = 0, 0, 0
         self.epoch_loss, self.epoch_images, self.best_miou = 0.0, 0, -1.0
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
-        self.writer = self._tensorboard()
+        self.epoch_log = EpochLog(self.out, tensorboard=self.cfg.tensorboard and self.dist.is_main)
 
     # ------------------------------------------------------------------ setup
     def _log(self, message: str) -> None:
         if self.dist.is_main:
             self._print(message)
 
-    def _resume_checkpoint(self) -> dict:
-        path = self.out / LAST
-        if not path.is_file():
-            raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {self.out})")
-        ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "config" not in ckpt:
-            raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
-        return ckpt
-
     def _setup_runtime(self) -> None:
-        cfg = self.cfg
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        seed_everything(cfg.seed + self.dist.rank)
-        self.amp_dtype: Optional[torch.dtype] = None
-        if cfg.amp:
-            wanted = cfg.amp_dtype if cfg.amp_dtype != "auto" else ("fp16" if self.device.type == "cuda" else "bf16")
-            precision = resolve_precision(wanted, self.device)
-            self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        seed_everything(self.cfg.seed + self.dist.rank)
+        self.amp_dtype = amp_dtype_for(self.cfg, self.device)
         self.scaler = _grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)
 
-    def _setup_data(self) -> None:
-        cfg = self.cfg
-        root = Path(cfg.data_root) if cfg.data_root else default_data_root(cfg.dataset)
-        self.cfg = cfg = replace(cfg, data_root=str(root))  # the checkpoint records where the data was
-        self.info: DatasetInfo = dataset_info(cfg.dataset, root)
-        train_tf = TrainTransform(cfg.crop, self.info.mean, self.info.std, self.info.ignore_index,
-                                  tuple(cfg.scales), cfg.flip)
-        val_tf = EvalTransform(self.info.mean, self.info.std, cfg.val_size if cfg.val_size != (0, 0) else None)
-        self.train_set = build_dataset(cfg.dataset, root, cfg.train_split, cfg.limit, train_tf, cfg.seed)
-        if cfg.cache or cfg.data_on_device:
-            megabytes = self.train_set.cache_in_memory() / 2**20
-            self._log(f"data: {len(self.train_set)} training pairs decoded into memory ({megabytes:.0f} MB)")
-        self.device_data: Optional[DeviceTrainData] = None
-        if cfg.data_on_device:
-            self.device_data = DeviceTrainData(self.train_set, train_tf, self.device)
-            self._log(f"data: training set on {self.device} ({self.device_data.nbytes / 2**20:.0f} MB), "
-                      "augmented there")
-        self.val_set: Optional[SegmentationDataset] = None
-        if cfg.val_every > 0:
-            self.val_set = build_dataset(cfg.dataset, root, cfg.val_split, cfg.limit, val_tf, cfg.seed)
-            train_images = {s.image for s in self.train_set.samples}
-            if all(s.image in train_images for s in self.val_set.samples):
-                self._log(f"note: every {cfg.val_split} image is also a training image: val mIoU measures fit, "
-                          "not generalisation (choose schedules on runs that hold val out)")
-        self.sampler = ShardSampler(len(self.train_set), cfg.batch_size, self.dist.world_size, self.dist.rank,
-                                    cfg.seed)
-        if self.sampler.batches_per_epoch == 0:
-            raise ValueError(f"{self.train_set.name}: {len(self.train_set)} training images are fewer than "
-                             f"--batch-size {cfg.batch_size} x {self.dist.world_size} process(es)")
-        self.iters_per_epoch = self.sampler.batches_per_epoch
-        self.total_iters = self.iters_per_epoch * cfg.epochs
-        self._log(f"data: {self.train_set} (train), {self.val_set or 'no validation'} (val), root {root}")
+    def _log_model(self) -> None:
+        params = sum(p.numel() for p in self.model.parameters())
+        self._log(f"model: {self.cfg.model}, {self.data.info.num_classes} classes, {params:,} parameters, "
+                  f"device {self.device}{f', {self.dist.world_size} processes' if self.dist.enabled else ''}"
+                  f"{f', amp {self.amp_dtype}' if self.amp_dtype else ''}")
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
         # An explicit generator: creating an iterator must not advance the global torch RNG
@@ -518,59 +650,6 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", drop_last=False, worker_init_fn=_worker_init,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
-    def _setup_model(self) -> None:
-        cfg = self.cfg
-        self.model_kwargs = {"pool": cfg.pool} if cfg.pool else {}
-        try:
-            model = build_model(cfg.model, self.info.num_classes, **self.model_kwargs)
-        except TypeError:
-            raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
-        if cfg.init_from and self.resume_ckpt is None:
-            self._log(init_from(model, cfg.init_from).format())
-        model.to(self.device)
-        frozen = freeze_unused(model)
-        if frozen:
-            self._log(f"unused by {cfg.model}'s forward, frozen: {_summarise(frozen)}")
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.ddp_model: nn.Module = model
-        if self.dist.enabled:
-            if cfg.sync_bn and self.device.type == "cuda":
-                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            elif cfg.sync_bn:
-                self._log("note: --sync-bn needs CUDA; using per-process BatchNorm")
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        params = sum(p.numel() for p in model.parameters())
-        self._log(f"model: {cfg.model}, {self.info.num_classes} classes, {params:,} parameters, device {self.device}"
-                  f"{f', {self.dist.world_size} processes' if self.dist.enabled else ''}"
-                  f"{f', amp {self.amp_dtype}' if self.amp_dtype else ''}")
-
-    def _setup_optimisation(self) -> None:
-        cfg = self.cfg
-        weight = None
-        if cfg.loss == "weighted-ce":
-            counts, image_pixels = class_pixel_counts(self.train_set)
-            weights = class_weights(counts, image_pixels, cfg.class_weights, cfg.class_weight_c)
-            self._log(f"class weights ({cfg.class_weights}): "
-                      + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.info.class_names, weights, strict=True)))
-            weight = torch.tensor(weights, dtype=torch.float32)
-        self.criterion = build_criterion(cfg.loss, self.info.ignore_index, weight, cfg.ohem_thresh,
-                                         cfg.ohem_min_kept).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.poly = PolyWarmup(self.total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.poly)
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.dist.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
-
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, metrics: dict, training_state: bool) -> dict:
         extra = {"config": self.cfg.to_dict(), "epoch": self.epoch, "iteration": self.iteration,
@@ -579,17 +658,8 @@ class Trainer:
             extra.update(epoch_iteration=self.epoch_iteration, optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                          best_miou=self.best_miou, epoch_loss=self.epoch_loss, epoch_images=self.epoch_images,
-                         world_size=self.dist.world_size, rng=self._gather_rng())
-        return make_checkpoint(self.cfg.model, self.model, self.info, **extra)
-
-    def _gather_rng(self) -> list[dict]:
-        """Every process's RNG state (collective: all processes must call it)."""
-        state = rng_state()
-        if not self.dist.enabled:
-            return [state]
-        states: list = [None] * self.dist.world_size
-        dist.all_gather_object(states, state)
-        return states
+                         world_size=self.dist.world_size, rng=gather_rng_states(self.dist))
+        return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
 
     def save_last(self, metrics: dict) -> None:
         ckpt = self._checkpoint(metrics, training_state=True)  # collective when distributed
@@ -624,7 +694,7 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         history: list[dict] = []
-        self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.iters_per_epoch} iterations, batch "
+        self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.data.iters_per_epoch} iterations, batch "
                   f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
         with self.stop.installed():
@@ -645,8 +715,7 @@ class Trainer:
         return self._result(history, 0)
 
     def _result(self, history: list[dict], signum: int) -> TrainResult:
-        if self.writer is not None:
-            self.writer.close()
+        self.epoch_log.close()
         return TrainResult(self.out, self.epoch, self.iteration, self.best_miou, signum, history)
 
     def _mean_loss(self) -> float:
@@ -659,8 +728,8 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """One (possibly resumed) epoch; False when stopped by a signal mid-epoch."""
         self.ddp_model.train()
-        self.sampler.set_epoch(self.epoch, self.epoch_iteration)
-        self.train_set.set_epoch(self.epoch)
+        self.data.sampler.set_epoch(self.epoch, self.epoch_iteration)
+        self.data.train_set.set_epoch(self.epoch)
         loader = self._batches()
         bar = self._progress(len(loader))
         tick = time.perf_counter()
@@ -693,9 +762,9 @@ class Trainer:
 
     def _batches(self) -> _Pairs | _DeviceBatches:
         """This epoch's (image, label) batches: from the DataLoader, or cut on the device."""
-        if self.device_data is None:
-            return _Pairs(self._loader(self.train_set, self.sampler, self.cfg.batch_size))
-        return _DeviceBatches(self.device_data, list(self.sampler), self.cfg.batch_size, self.epoch)
+        if self.data.device_data is None:
+            return _Pairs(self._loader(self.data.train_set, self.data.sampler, self.cfg.batch_size))
+        return _DeviceBatches(self.data.device_data, list(self.data.sampler), self.cfg.batch_size, self.epoch)
 
     def _progress(self, total: int):
         if not (self.cfg.progress and self.dist.is_main):
@@ -741,11 +810,11 @@ class Trainer:
         self.epoch += 1
         self.epoch_iteration, self.epoch_loss, self.epoch_images = 0, 0.0, 0
         val: Optional[EvalResult] = None
-        if self.val_set is not None and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
+        if self.data.val_set is not None and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
             val = self.validate()
             record.update(val_miou=val.confusion.miou, val_pixel_acc=val.confusion.pixel_accuracy,
                           val_per_class=val.confusion.summary()["per_class"], val_images=val.images)
-            entropy = attention_entropy(self.model, self.val_set, self.device)
+            entropy = attention_entropy(self.model, self.data.val_set, self.device)
             if entropy is not None:
                 record["attention_entropy"], record["attention_entropy_uniform"] = entropy
         improved = val is not None and val.confusion.miou > self.best_miou
@@ -757,7 +826,7 @@ class Trainer:
         if self.dist.is_main:
             if improved:
                 save_atomic(self._checkpoint(metrics, training_state=False), self.out / BEST)
-            self._write_log(record)
+            self.epoch_log.write(record)
         self._log(_epoch_line(record, cfg.epochs))
         return record
 
@@ -767,23 +836,13 @@ class Trainer:
         if self.dist.enabled:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer.data, src=0)
-        indices = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
-        loader = eval_loader(self.val_set, self.cfg.val_batch_size, self.cfg.workers, sampler=indices,
+        indices = list(range(self.dist.rank, len(self.data.val_set), self.dist.world_size))
+        loader = eval_loader(self.data.val_set, self.cfg.val_batch_size, self.cfg.workers, sampler=indices,
                              pin_memory=self.device.type == "cuda")
         try:
-            return evaluate_model(self.model, loader, self.val_set.info, self.device, self.amp_dtype)
+            return evaluate_model(self.model, loader, self.data.val_set.info, self.device, self.amp_dtype)
         except DatasetError as exc:
             raise DatasetError.clean(exc) from None
-
-    def _write_log(self, record: dict) -> None:
-        with open(self.out / LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
-                        "attention_entropy"):
-                if key in record:
-                    self.writer.add_scalar(key, record[key], record["epoch"])
-            self.writer.flush()
 
     def close(self) -> None:
         teardown_distributed(self.dist)

@@ -60,7 +60,8 @@ from eacnet_core.options import add_overwrite
 from eacnet_core.outputs import check_outputs, write_json
 
 from . import codec
-from .bags import camvid_frames, latency_percentiles
+from .bag_eval import latency_percentiles
+from .bag_io import camvid_frames
 from .node_logic import SPECS, Scalar
 from .pipeline_bench import (
     DEFAULT_SIZES,

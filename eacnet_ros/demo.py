@@ -24,8 +24,9 @@ import torch
 
 from eacnet_core.inference import Segmenter
 from eacnet_core.outputs import write_bytes
+from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
-from . import bags
+from . import bag_eval, bag_io, bags
 
 ENV_DATA = "EACNET_DATA"
 ENV_URL = "EACNET_CAMVID_URL"
@@ -117,14 +118,14 @@ def check_demo_outputs(out: Path, root: Optional[Path], overwrite: bool) -> None
     """Before anything runs: no output inside the data, and earlier outputs replaced only
     with ``overwrite`` (each only if it is what the demo writes there: a bag, a file, a report)."""
     input_bag, output_bag, json_path, report = demo_outputs(out)
-    bags.check_output_path(input_bag, overwrite, inputs=(root,) if root else ())
-    bags.check_output_path(output_bag, overwrite, inputs=(root,) if root else ())
+    bag_io.check_output_path(input_bag, overwrite, inputs=(root,) if root else ())
+    bag_io.check_output_path(output_bag, overwrite, inputs=(root,) if root else ())
     bags.check_result_outputs(json_path, report, [root] if root else [], overwrite)
 
 
 def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str = DEFAULT_MODEL,
              storage: str = "mcap", options=None, progress: bool = True,
-             overwrite: bool = False) -> bags.BagEvalResult:
+             overwrite: bool = False) -> bag_eval.BagEvalResult:
     """CamVid val -> bag -> node path -> figures, output bag, JSON and report under ``out``;
     outputs of an earlier run are replaced only with ``overwrite``."""
     from eacnet_core.inference import SegmenterOptions
@@ -138,16 +139,16 @@ def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str =
     print(f"CamVid: {root}")
     out.mkdir(parents=True, exist_ok=True)
     input_bag, output_bag, json_path, report = demo_outputs(out)
-    made = bags.make_bag(bags.camvid_frames(root, SPLIT), input_bag,
-                         bags.MakeBagOptions(storage=storage, limit=limit, overwrite=overwrite, progress=progress),
+    made = bag_io.make_bag(bag_io.camvid_frames(root, SPLIT), input_bag,
+                         bag_io.MakeBagOptions(storage=storage, limit=limit, overwrite=overwrite, progress=progress),
                          inputs=(root,))
     print(f"bag: {made['frames']} {SPLIT} frame(s) and {made['labels']} label(s) -> {input_bag} ({storage})")
     torch.manual_seed(0)  # an untrained model is then the same random net on every run
     segmenter = Segmenter.from_name(model, options=options or SegmenterOptions(), allow_untrained=True)
     print(segmenter.describe())
-    result = bags.evaluate_bag(input_bag, segmenter,
-                               bags.EvalOptions(out=output_bag, overwrite=overwrite, progress=progress))
-    print(bags.format_result(result))
+    result = bag_eval.evaluate_bag(input_bag, segmenter,
+                               bag_eval.EvalOptions(out=output_bag, overwrite=overwrite, progress=progress))
+    print(bag_eval.format_result(result))
     bags.save_outputs(result, json_path, report)
     if segmenter.weights and trained_on_demo_split(segmenter.weights):
         print(f"demo: note: {segmenter.weights.name} was trained on CamVid train + {SPLIT} (the paper's protocol "
@@ -165,7 +166,7 @@ def trained_on_demo_split(weights: Path) -> bool:
     return SPLIT in COMBINED_SPLITS.get(split, (split,))
 
 
-def headline(result: bags.BagEvalResult) -> str:
+def headline(result: bag_eval.BagEvalResult) -> str:
     """The two numbers the demo is for, and what they mean."""
     miou = "n/a" if result.miou is None else f"{100 * result.miou:.2f}%"
     fps = "n/a" if result.fps is None else f"{result.fps:.2f}"
@@ -178,8 +179,6 @@ def headline(result: bags.BagEvalResult) -> str:
 
 
 def add_parser(subparsers) -> None:
-    from eacnet_core.segment import add_runtime_arguments
-
     p = subparsers.add_parser("demo", help="one command: CamVid val -> rosbag2 -> segmentation -> mIoU, FPS, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, help=f"CamVid folder (default ${ENV_DATA}, ../shared/data/CamVid, "
@@ -188,14 +187,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
     p.add_argument("--limit", type=int, default=20, help="val frames to use (default 20; 0 = all 101)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL})")
-    p.add_argument("--storage", choices=tuple(bags.STORAGES), default="mcap", help="bag storage (default mcap)")
+    p.add_argument("--storage", choices=tuple(bag_io.STORAGES), default="mcap", help="bag storage (default mcap)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from eacnet_core.segment import options_from_args
-
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args),

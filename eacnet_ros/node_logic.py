@@ -49,7 +49,7 @@ import numpy as np
 
 from eacnet_core.inference import BACKENDS, Segmenter, SegmenterOptions, return_freed_memory
 from eacnet_core.models.registry import model_for
-from eacnet_core.runtime import PRECISIONS
+from eacnet_core.runtime import PRECISIONS, device_or_reason
 
 from . import codec
 
@@ -366,20 +366,14 @@ def choose_device(device: str, precision: str, cuda_available: Optional[bool] = 
     auto and an unavailable CUDA device fall back to CPU with one warning (returned, not
     logged, so the caller logs it once through ROS). A GPU-only precision requested for
     the fallback CPU becomes fp32 in the same warning."""
-    if cuda_available is None or cuda_count is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
-        cuda_count = torch.cuda.device_count() if cuda_available else 0
     device = device.lower()
     if device == "cpu":
         return "cpu", precision, None
     if precision == "int8":  # a CPU path by design, also where a GPU is present
         return "cpu", precision, (None if device == "auto" else f"device {device}: precision int8 runs on the CPU")
-    index = 0 if device in ("auto", "cuda") else int(device.split(":")[1])
-    if cuda_available and index < cuda_count:
-        return ("cuda" if device == "auto" else f"cuda:{index}"), precision, None
-    reason = "CUDA is not available" if not cuda_available else f"only {cuda_count} CUDA device(s)"
+    chosen, reason = device_or_reason(device, cuda_available, cuda_count)
+    if reason is None:
+        return str(chosen), precision, None
     warning = f"device {device}: {reason}; running on CPU"
     if precision not in ("auto", "fp32"):
         warning += f" with fp32 instead of {precision}"

@@ -20,7 +20,7 @@ import numpy as np
 from eacnet_core.outputs import OutputError, write_bytes
 
 if TYPE_CHECKING:
-    from .bags import BagEvalResult, Sample
+    from .bag_eval import BagEvalResult, ReportSample
 
 COLUMNS = ("input", "ground truth", "prediction", "overlay")
 
@@ -75,7 +75,7 @@ def latency_histogram(latencies_ms: Sequence[float], percentiles: dict) -> bytes
     return _figure_png(draw, (6.0, 3.2))
 
 
-def sample_strip(sample: Sample) -> bytes:
+def sample_strip(sample: ReportSample) -> bytes:
     """input | ground truth | prediction | overlay side by side; a grey tile where no label."""
     h, w = sample.image.shape[:2]
     truth = sample.truth if sample.truth is not None else _placeholder(h, w, "no label")

@@ -133,7 +133,7 @@ def plan_epochs(rates: dict[str, float], pairs: list[tuple[str, ...]], images: i
 
 def collect(run: Path, model: str, dest: Path) -> str:
     """fp16 weights of the run's last.pt as dest/<model>.pt; its logs go into logs.tar.gz."""
-    from eacnet_core.checkpoint import slim
+    from eacnet_core.packaging import slim
 
     last = run / "last.pt"
     if not last.is_file():

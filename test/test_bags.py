@@ -20,17 +20,16 @@ from torch import nn
 
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_ros import bags, codec
-from eacnet_ros.bags import (
+from eacnet_ros import bag_eval, bag_io, codec
+from eacnet_ros.bag_eval import EvalOptions, evaluate_bag
+from eacnet_ros.bag_io import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     STORE,
     BagError,
     BagNotFoundError,
-    EvalOptions,
     Frame,
     MakeBagOptions,
-    evaluate_bag,
     make_bag,
 )
 from eacnet_ros.cli import main
@@ -157,7 +156,7 @@ def test_compressed_frames_round_trip(fmt, oracle, tmp_path):
 def write_raw_bag(path: Path, entries: list[tuple[str, str, int, object]], version: int = 8,
                   storage: str = "mcap", qos: tuple = ()) -> Path:
     """entries: (topic, msgtype, receive time, message); connections in first-seen order."""
-    with Writer(path, version=version, storage_plugin=bags.STORAGES[storage]) as writer:
+    with Writer(path, version=version, storage_plugin=bag_io.STORAGES[storage]) as writer:
         conns = {}
         for topic, msgtype, t, msg in entries:
             if topic not in conns:
@@ -168,7 +167,7 @@ def write_raw_bag(path: Path, entries: list[tuple[str, str, int, object]], versi
 
 
 def image_msg(bgr: np.ndarray, t: int, encoding: str = "bgr8"):
-    return codec.array_to_image(bags.Image, bags._header(t, "camera"), bgr, encoding)
+    return codec.array_to_image(bag_io.Image, bag_io._header(t, "camera"), bgr, encoding)
 
 
 def test_pairing_by_stamp_out_of_order_with_missing_and_extra_labels(oracle, tmp_path):
@@ -189,20 +188,20 @@ def test_pairing_by_stamp_out_of_order_with_missing_and_extra_labels(oracle, tmp
 @pytest.mark.parametrize("msgtype", [IMAGE_TYPE, COMPRESSED_TYPE])
 @pytest.mark.parametrize("little_endian", [True, False])
 def test_header_stamp_reads_the_stamp_without_deserialising(msgtype, little_endian):
-    header = bags._header(1_700_000_123_456_789_012, "a_long_frame_id")
+    header = bag_io._header(1_700_000_123_456_789_012, "a_long_frame_id")
     bgr = synthetic_frames(1)[0].bgr
-    msg = (codec.array_to_image(bags.Image, header, bgr, "bgr8") if msgtype == IMAGE_TYPE
-           else codec.bgr_to_compressed(bags.CompressedImage, header, bgr, "png"))
+    msg = (codec.array_to_image(bag_io.Image, header, bgr, "bgr8") if msgtype == IMAGE_TYPE
+           else codec.bgr_to_compressed(bag_io.CompressedImage, header, bgr, "png"))
     raw = STORE.serialize_cdr(msg, msgtype, little_endian=little_endian)
-    assert bags.header_stamp(raw) == stamp(msg) == 1_700_000_123_456_789_012
-    assert bags.header_stamp(raw[:11]) is None and bags.header_stamp(b"\x01\x01" + raw[2:]) is None
+    assert bag_io.header_stamp(raw) == stamp(msg) == 1_700_000_123_456_789_012
+    assert bag_io.header_stamp(raw[:11]) is None and bag_io.header_stamp(b"\x01\x01" + raw[2:]) is None
 
 
 def test_prescan_reads_only_headers_and_stops_at_the_limit(oracle, tmp_path, monkeypatch):
     bag = tmp_path / "bag"
     make_bag(synthetic_frames(6, oracle), bag, MakeBagOptions(**QUIET))
     read = []
-    real_messages = bags.read_messages
+    real_messages = bag_io.read_messages
 
     def counting(reader, connections, path):
         for item in real_messages(reader, connections, path):
@@ -212,12 +211,12 @@ def test_prescan_reads_only_headers_and_stops_at_the_limit(oracle, tmp_path, mon
     def no_deserialising(*args):
         raise AssertionError("the pre-scan deserialised a message")
 
-    monkeypatch.setattr(bags, "read_messages", counting)
-    monkeypatch.setattr(bags, "_deserialize", no_deserialising)
-    with bags.open_bag(bag) as reader:
+    monkeypatch.setattr(bag_eval, "read_messages", counting)
+    monkeypatch.setattr(bag_eval, "deserialize", no_deserialising)
+    with bag_io.open_bag(bag) as reader:
         frames = [c for c in reader.connections if c.topic == "/camera/image_raw"]
         labels = [c for c in reader.connections if c.topic == "/camera/labels"]
-        scan = bags._prescan(reader, frames, labels, bag, limit=2)
+        scan = bag_eval._prescan(reader, frames, labels, bag, limit=2)
     assert read.count("/camera/image_raw") == 2 and len(scan.frame_stamps) == 2
     assert scan.label_set == set(scan.frame_stamps) and (scan.unpaired, scan.ambiguous) == (0, 0)
 
@@ -240,7 +239,7 @@ def test_shared_stamps_are_never_paired(oracle, tmp_path, caplog):
     assert perfect(result)
     assert "3 label(s) share their header stamp" in caplog.text and "stamp 0 ns is on 3 frames" in caplog.text
     assert result.to_json()["ambiguous_labels"] == 3
-    assert "labels with shared stamps (not scored) 3" in bags.format_result(result)
+    assert "labels with shared stamps (not scored) 3" in bag_eval.format_result(result)
 
 
 def test_limit_counts_only_the_first_frames(oracle, tmp_path):
@@ -450,7 +449,7 @@ def test_make_bag_refuses_labels_whose_size_differs(tmp_path):
     cv2.imwrite(str(images / "a.png"), np.zeros((H, W, 3), np.uint8))
     cv2.imwrite(str(labels / "a.png"), np.zeros((H + 1, W), np.uint8))
     with pytest.raises(ValueError, match=r"labels/a.png is 48x33 but its frame is 48x32"):
-        make_bag(bags.folder_frames(images, labels), tmp_path / "bag", MakeBagOptions(**QUIET))
+        make_bag(bag_io.folder_frames(images, labels), tmp_path / "bag", MakeBagOptions(**QUIET))
     assert not (tmp_path / "bag").exists()
 
 
@@ -471,8 +470,8 @@ def test_undecodable_frames_are_skipped_and_counted(oracle, tmp_path):
 
 def test_undecodable_compressed_frames_are_counted(oracle, tmp_path):
     f = synthetic_frames(2)
-    good = codec.bgr_to_compressed(bags.CompressedImage, bags._header(1, "c"), f[0].bgr, "png")
-    bad = bags.CompressedImage(header=bags._header(2, "c"), format="jpeg", data=np.frombuffer(b"nope", np.uint8))
+    good = codec.bgr_to_compressed(bag_io.CompressedImage, bag_io._header(1, "c"), f[0].bgr, "png")
+    bad = bag_io.CompressedImage(header=bag_io._header(2, "c"), format="jpeg", data=np.frombuffer(b"nope", np.uint8))
     entries = [("/cam/compressed", COMPRESSED_TYPE, 1, good), ("/cam/compressed", COMPRESSED_TYPE, 2, bad)]
     result = evaluate_bag(write_raw_bag(tmp_path / "bag", entries), oracle, EvalOptions(**QUIET))
     assert (result.frames, result.undecodable) == (2, 1)
@@ -573,7 +572,7 @@ def test_the_recorded_runtime_is_the_one_the_frames_ran_on(tmp_path):
     result = evaluate_bag(bag, seg, EvalOptions(**QUIET))
     ran = seg.backend + (" channels_last" if seg.channels_last else "")
     assert f"backend={ran} (chosen by auto)" in result.segmenter and result.to_json()["segmenter"] == result.segmenter
-    assert f"ran: {result.segmenter}" in bags.format_result(result)
+    assert f"ran: {result.segmenter}" in bag_eval.format_result(result)
 
 
 def test_cli_json_and_report_need_overwrite_and_stay_out_of_the_bags(tmp_path, capsys, no_packaged_weights):

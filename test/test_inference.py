@@ -161,7 +161,7 @@ def test_untrained_model_needs_explicit_permission(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="no packaged weights for model 'dabnet'"):
         Segmenter.from_name("dabnet", options=CPU)
     seg = Segmenter.from_name("dabnet", options=CPU, allow_untrained=True)
-    assert not seg.trained and "UNTRAINED" in seg.describe()
+    assert not seg.loaded_from_file and "UNTRAINED" in seg.describe()
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -220,7 +220,7 @@ def test_load_segmenter_loads_and_warms_the_checkpoint(checkpoint, monkeypatch):
     monkeypatch.setattr(Segmenter, "warmup", lambda self, *a, **k: warmed.append(self))
     warnings: list[str] = []
     seg = node_logic.load_segmenter(_config(weights=str(checkpoint)), warnings.append)
-    assert seg.trained and seg.weights == checkpoint and str(seg.device) == "cpu"
+    assert seg.loaded_from_file and seg.weights == checkpoint and str(seg.device) == "cpu"
     assert warmed == [seg] and warnings == []
     assert seg.segment(frame()).shape == (H, W)
 
@@ -524,7 +524,7 @@ def test_empty_weights_parameter_uses_the_packaged_default():
     if packaged_weights("eacnet_erf") is None:
         pytest.fail("eacnet_erf weights are expected to ship with the package")
     segmenter = node_logic.load_segmenter(_config(device="cpu", backend="torch"), print)
-    assert segmenter.trained and segmenter.weights == packaged_weights("eacnet_erf")
+    assert segmenter.loaded_from_file and segmenter.weights == packaged_weights("eacnet_erf")
 
 
 def test_threads_parameter_reaches_the_segmenter_options():

@@ -44,7 +44,7 @@ def test_packaged_file_metadata(path: Path):
 def test_packaged_weights_are_the_default(path: Path):
     name = path.name.removesuffix("_camvid.pt")
     seg = Segmenter.from_name(name, options=SegmenterOptions(device="cpu", backend="torch"))
-    assert seg.trained and seg.weights == path
+    assert seg.loaded_from_file and seg.weights == path
 
 
 @needs_real_camvid

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from eacnet_core.classes import CAMVID
-from eacnet_ros.bags import BagEvalResult, Sample
+from eacnet_ros.bag_eval import BagEvalResult, ReportSample
 from eacnet_ros.report import iou_chart, latency_histogram, sample_strip, write_report
 
 H, W = 24, 40
 
 
-def make_sample(stamp: int, with_truth: bool) -> Sample:
+def make_sample(stamp: int, with_truth: bool) -> ReportSample:
     rng = np.random.default_rng(stamp)
     tile = lambda: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)  # noqa: E731
-    return Sample(stamp, tile(), tile(), tile(), tile() if with_truth else None)
+    return ReportSample(stamp, tile(), tile(), tile(), tile() if with_truth else None)
 
 
 def make_result(trained: bool = False, labelled: bool = True) -> BagEvalResult:

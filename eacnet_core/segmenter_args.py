@@ -1,0 +1,56 @@
+"""The command line's face of a Segmenter, shared by ``segment``, ``bag-eval`` and ``demo``:
+which model (``--weights`` / ``--model`` / ``--allow-untrained``), how it runs (``--device``,
+``--precision``, ``--backend``, ``--resize``, ``--threads``, ``--int8-calibration``), and the
+Segmenter those arguments name. One home, so the commands cannot drift apart and the bag
+tools need not borrow it from another command's module."""
+
+from __future__ import annotations
+
+import argparse
+
+from .inference import BACKENDS, Segmenter, SegmenterOptions
+from .options import INFERENCE_SIZE_HXW, add_resize, add_threads
+from .runtime import PRECISIONS
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--weights CKPT | --model NAME (its packaged weights), and --allow-untrained."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--weights", help="checkpoint written by `eacnet train`")
+    which.add_argument("--model", help="registry model name; uses its packaged weights")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="with --model and no packaged weights: run a randomly initialised model (noise)")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device/--precision/--backend/--resize/--threads, shared by every command that runs a Segmenter."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: fp16 on CUDA, fp32 on CPU; int8: quantised onnxruntime model on the CPU")
+    add_int8_calibration(parser)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="torch, onnxruntime or openvino (default auto: the fastest, measured)")
+    add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
+    add_threads(parser)
+
+
+def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
+    height, width = args.resize or (0, 0)
+    return SegmenterOptions(device=args.device, precision=args.precision, backend=args.backend,
+                            inference_height=height, inference_width=width, threads=args.threads,
+                            calibration_data=args.int8_calibration or "")
+
+
+def add_int8_calibration(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8-calibration", metavar="DIR",
+                        help="--precision int8: CamVid folder (its train split) or folder of camera frames that "
+                             "calibrates the quantisation (default $EACNET_DATA or ../shared/data/CamVid); read "
+                             "only when the int8 model is not cached yet")
+
+
+def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
+    """The Segmenter of ``add_model_arguments`` and ``add_runtime_arguments``."""
+    options = options_from_args(args)
+    if args.weights:
+        return Segmenter.from_checkpoint(args.weights, options)
+    return Segmenter.from_name(args.model, options=options, allow_untrained=args.allow_untrained)
