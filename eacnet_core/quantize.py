@@ -219,6 +219,20 @@ class Int8Cache:
             return None
         return graph
 
+    def load_any_calibration(self, model_name: str, fields: dict) -> Optional[tuple[Path, bytes]]:
+        """The newest valid artefact for ``fields`` whatever its calibration: where no
+        calibration frames are at hand (a robot without the dataset) one built earlier still
+        serves, as long as the weights, onnxruntime and the recipe are the same."""
+        wanted = {k: v for k, v in fields.items() if k != "calibration"}
+        candidates = sorted(self.folder.glob(f"{model_name}-*.int8.onnx"), key=lambda p: p.stat().st_mtime,
+                            reverse=True) if self.folder.is_dir() else []
+        for path in candidates:
+            graph = path.read_bytes()
+            meta = read_metadata(graph)
+            if meta is not None and {k: v for k, v in meta.items() if k != "calibration"} == wanted:
+                return path, graph
+        return None
+
     def store(self, model_name: str, fields: dict, graph: bytes) -> Path:
         """Atomically (outputs.write_bytes): concurrent builders or a crash never leave half a file."""
         path = self.path(model_name, fields)
@@ -233,6 +247,11 @@ def int8_graph(model_name: str, fp32_graph: bytes, weights: Optional[Path], weig
     log line saying so and how long it took) and cached."""
     cache = cache or Int8Cache.beside(weights)
     if spec is None:
+        found = cache.load_any_calibration(model_name, artefact_fields(weights_digest, {}, not cpu_has_vnni()))
+        if found is not None:
+            log.info("int8: no calibration frames given; using %s (calibrated on %s)", found[0],
+                     read_metadata(found[1])["calibration"])
+            return found[1]
         raise ValueError(f"precision int8 needs calibration frames to build {model_name}'s int8 model: pass "
                          "calibration data (a CamVid folder or a folder of camera frames; EACNET_DATA is used "
                          "when set)")

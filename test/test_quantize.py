@@ -121,6 +121,23 @@ def test_no_calibration_frames_is_a_clear_error(tmp_path):
         _segmenter(weights, tmp_path / "empty")
 
 
+def test_a_cached_artefact_serves_where_no_calibration_frames_are(tmp_path, frames, monkeypatch, caplog):
+    """A robot without the dataset: the int8 model built earlier for these weights is used."""
+    from eacnet_core import inference
+
+    weights = _weights(tmp_path, 0)
+    built = _segmenter(weights, frames)
+    monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
+    with caplog.at_level(logging.INFO, logger="eacnet_core"):
+        reused = _segmenter(weights, "")
+    assert any("no calibration frames given; using" in m for m in caplog.messages)
+    assert not any("building" in m for m in caplog.messages)
+    batch = built.preprocess(np.zeros((*SIZE, 3), np.uint8))
+    assert np.array_equal(np.asarray(built.logits(batch)), np.asarray(reused.logits(batch)))
+    with pytest.raises(ValueError, match="needs calibration frames"):  # other weights: nothing to reuse
+        _segmenter(_weights(tmp_path, 1, "other.pt"), "")
+
+
 def test_int8_needs_onnxruntime_backend_and_the_cpu():
     with pytest.raises(ValueError, match="int8 runs on onnxruntime"):
         Segmenter(build_model("erfnet_enc", 3), "erfnet_enc", generic(3),
