@@ -50,7 +50,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 import pytest
@@ -762,3 +762,18 @@ def no_shm_leftovers() -> Iterator[None]:
     yield
     left = shm_leftovers(before)
     assert not left, f"Fast DDS shared-memory files left behind (now removed): {left}"
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def closed_without_leftovers(factory: Callable[[], T]) -> Iterator[T]:
+    """A module fixture's session object (``factory()``, something with ``close()``), closed
+    at the end and checked for Fast DDS shared-memory leftovers (``no_shm_leftovers``)."""
+    with no_shm_leftovers():
+        created = factory()
+        try:
+            yield created
+        finally:
+            created.close()

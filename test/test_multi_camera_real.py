@@ -51,12 +51,8 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session():
-    with h.no_shm_leftovers():
-        created = Session()
-        try:
-            yield created
-        finally:
-            created.close()
+    with h.closed_without_leftovers(Session) as created:
+        yield created
 
 
 def _camera_endpoints(probe: h.Probe, node: RunningNode, camera: str, outputs=("mask",)) -> tuple[Any, dict]:

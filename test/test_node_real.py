@@ -66,12 +66,8 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session():
-    with h.no_shm_leftovers():
-        created = Session()
-        try:
-            yield created
-        finally:
-            created.close()
+    with h.closed_without_leftovers(Session) as created:
+        yield created
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,8 @@ READY_TIMEOUT_S = 120.0  # imports, model load and warm-up on a loaded 2-core ma
 
 @pytest.fixture(scope="module")
 def probe():
-    with h.no_shm_leftovers():
-        created = h.Probe("process_probe")
-        try:
-            yield created
-        finally:
-            created.close()
+    with h.closed_without_leftovers(lambda: h.Probe("process_probe")) as created:
+        yield created
 
 
 def assert_clean_exit(result: h.ProcessResult) -> None:
