@@ -47,6 +47,7 @@ from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, 
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
 from .progress import progress_bar
 from .runtime import DTYPES, PRECISIONS, collective_device, resolve_device, resolve_precision, sync
+from .segmenter_args import add_int8_calibration
 from .transforms import EvalTransform
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
@@ -264,9 +265,7 @@ def add_parser(subparsers) -> None:
                    help="the model and images cast to this type, as the Segmenter and the node run them "
                         "(auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA; int8: the quantised onnxruntime "
                         "model the node runs with precision int8, on the CPU)")
-    p.add_argument("--int8-calibration", metavar="DIR",
-                   help="--precision int8: frames that calibrate the quantisation (default: the dataset root's "
-                        "train split); read only when the int8 model is not cached yet")
+    add_int8_calibration(p, default="the dataset root's train split")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
     p.add_argument("--plot", type=Path, help="write a per-class IoU bar chart (PNG) here")

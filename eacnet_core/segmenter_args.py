@@ -41,11 +41,13 @@ def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
                             calibration_data=args.int8_calibration or "")
 
 
-def add_int8_calibration(parser: argparse.ArgumentParser) -> None:
+def add_int8_calibration(parser: argparse.ArgumentParser,
+                         default: str = "$EACNET_DATA or ../shared/data/CamVid") -> None:
+    """``--int8-calibration``; ``default`` says where the command looks without it."""
     parser.add_argument("--int8-calibration", metavar="DIR",
                         help="--precision int8: CamVid folder (its train split) or folder of camera frames that "
-                             "calibrates the quantisation (default $EACNET_DATA or ../shared/data/CamVid); read "
-                             "only when the int8 model is not cached yet")
+                             f"calibrates the quantisation (default {default}); read only when the int8 model is "
+                             "not cached yet")
 
 
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
