@@ -128,6 +128,7 @@ def test_a_cached_artefact_serves_where_no_calibration_frames_are(tmp_path, fram
     weights = _weights(tmp_path, 0)
     built = _segmenter(weights, frames)
     monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
+    caplog.clear()  # the build above may have been captured too
     with caplog.at_level(logging.INFO, logger="eacnet_core"):
         reused = _segmenter(weights, "")
     assert any("no calibration frames given; using" in m for m in caplog.messages)
