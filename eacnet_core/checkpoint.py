@@ -55,13 +55,25 @@ def load_checkpoint(path: str | os.PathLike, expect_model: Optional[str] = None,
     """Read and validate a checkpoint with ``weights_only=True`` (no code execution).
 
     Raises CheckpointError naming the file and what was expected and found."""
+    return checked_checkpoint(read_torch_file(path), path, expect_model, expect_classes)
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a CheckpointError naming the
+    file when it is missing or unreadable (truncated zip, not a torch file, unsafe pickle)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: {what} file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, unsafe pickle...
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def checked_checkpoint(ckpt: Any, path: str | os.PathLike, expect_model: Optional[str] = None,
+                       expect_classes: Optional[int] = None) -> dict:
+    """``ckpt`` (already read from ``path``) when it is one of our checkpoints, else a
+    CheckpointError naming the file and what was expected and found."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: expected an {FORMAT} dict, found {found!r} "

@@ -8,20 +8,23 @@ mid-epoch included: model, optimiser, scheduler, AMP scaler, position in the epo
 the RNG states of every process are restored, and the data order and augmentation are
 functions of (seed, epoch, index), not of how far global RNGs have run.
 
-Hierarchical training (the paper): train a backbone (``erfnet_enc`` or ``dabnet``), then
-``--init-from`` its checkpoint into the larger model (``eacnet_erf``, ``eacnet_erf_nl``,
-``erfnet``, ``eacnet_dab``); parameter names are matched directly or through the
-``backbone.`` prefix, whichever matches more.
+Several models can train in one process on the same batches (``train_together``, the
+CLI's ``--models``): one augmented batch per step feeds each model in turn (on its own
+CUDA stream on a GPU), so an equal-budget pair sees identical data and costs one data
+pipeline. Each model keeps its own run folder, checkpoints and random state, and ends
+exactly where it would have trained alone.
+
+The processes (``train_distributed``), ``--init-from`` (``train_init``), the step's
+device-side pieces (``train_step``) and the command line (``train_cli``) live beside
+this loop.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -30,16 +33,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from .classes import DatasetInfo
 from .datasets import (
-    DATASET_KINDS,
     DatasetError,
     SegmentationDataset,
     build_dataset,
@@ -49,106 +50,41 @@ from .datasets import (
     prepare_worker_fork,
 )
 from .device_augment import DeviceTrainData
-from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
-from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
-from .models import MODELS, build_model
+from .evaluate import EvalResult, eval_loader, evaluate_model
+from .losses import build_criterion, class_weights
+from .models import build_model
 from .models.attention import SelfCalibrationAttention
-from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
 from .progress import progress_bar
-from .runtime import collective_device, resolve_device, resolve_precision
-from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
+from .runtime import resolve_precision
+from .train_config import RESUME_OVERRIDABLE, TrainConfig
+from .train_distributed import (
+    DistInfo,
+    ShardSampler,
+    all_reduce_values,
+    gather_rng_states,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    teardown_distributed,
+)
+from .train_init import freeze_unused, init_from, summarise_keys
+from .train_step import LossMeter, WeightEma, adam_implementation, compile_mode_for, compiled_loss
 from .transforms import EvalTransform, TrainTransform
 
+__all__ = ["PolyWarmup", "ShardSampler", "Trainer", "TrainResult", "build_optimizer", "freeze_unused", "init_from",
+           "train", "train_together"]
+
 LAST, BEST, LOG = "last.pt", "best.pt", "metrics.jsonl"
+#: The progress bar's loss (a device read) is refreshed every this many steps.
+PROGRESS_LOSS_EVERY = 20
+#: Options that must agree for models to train on the same batches (``train_together``).
+SHARED_DATA_FIELDS = ("dataset", "data_root", "train_split", "val_split", "epochs", "batch_size", "crop", "scales",
+                      "flip", "val_every", "val_size", "limit", "seed", "device", "cache", "data_on_device",
+                      "channels_last", "workers")
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf: the run stops and the last good checkpoint stays."""
-
-
-# ============================================================================ distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*), or
-    run alone. nccl on CUDA, gloo on CPU; each process drives cuda:LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # No silent CPU fallback when CUDA was asked for: days of training on the wrong device is worse than an error.
-    if world <= 1:
-        return DistInfo(), resolve_device(device_spec, fallback=False)
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_spec, fallback=False)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def teardown_distributed(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def all_reduce_values(values: Sequence[float], device: torch.device, info: DistInfo) -> list[float]:
-    """Sum a few scalars over processes (identity when alone)."""
-    if not info.enabled:
-        return [float(v) for v in values]
-    t = torch.tensor(list(values), dtype=torch.float64, device=collective_device(device))
-    dist.all_reduce(t)
-    return t.cpu().tolist()
-
-
-# ============================================================================ sampling
-class ShardSampler(Sampler[int]):
-    """Per-epoch shuffle seeded by (seed, epoch), sharded over processes like
-    DistributedSampler (padded by repetition so every process gets the same number of
-    batches), trimmed to whole batches, and able to skip the batches a resumed run has
-    already done. Works without a process group (one process)."""
-
-    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True):
-        self.size, self.batch_size = size, batch_size
-        self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
-        self.epoch = 0
-        self.skip_batches = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.size / self.num_replicas) // self.batch_size
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip_batches = int(epoch), int(skip_batches)
-
-    def _shard(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        total = math.ceil(self.size / self.num_replicas) * self.num_replicas
-        order = (order * math.ceil(total / self.size))[:total]
-        return order[self.rank::self.num_replicas][: self.batches_per_epoch * self.batch_size]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._shard()[self.skip_batches * self.batch_size:])
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.skip_batches) * self.batch_size
 
 
 class _Pairs:
@@ -221,157 +157,15 @@ def parameter_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam (betas 0.9/0.999, eps 1e-8, as ERFNet's reference) or SGD with momentum."""
+def build_optimizer(cfg: TrainConfig, model: nn.Module, device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """Adam (betas 0.9/0.999, eps 1e-8, as ERFNet's reference; fused on CUDA, multi-tensor
+    elsewhere) or SGD with momentum."""
     groups = parameter_groups(cfg, model)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-# ============================================================================ RNG state
-def rng_state() -> dict:
-    """torch (CPU + CUDA), numpy and python ``random`` states as tensors/primitives only."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def gather_rng_states(dist_info: DistInfo) -> list[dict]:
-    """Every process's RNG state, by rank (collective: all processes must call it)."""
-    state = rng_state()
-    if not dist_info.enabled:
-        return [state]
-    states: list = [None] * dist_info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ============================================================================ init-from
-@dataclass
-class InitReport:
-    """What ``--init-from`` did: target keys loaded, target keys left new, source keys unused."""
-
-    source: str
-    mapping: str
-    loaded: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        return "\n".join([
-            f"init-from {self.source} (names matched {self.mapping}):",
-            f"  loaded     {len(self.loaded):4d}: {_summarise(self.loaded)}",
-            f"  new        {len(self.new):4d}: {_summarise(self.new)}",
-            f"  unexpected {len(self.unexpected):4d}: {_summarise(self.unexpected)}",
-        ])
-
-
-_KEY_MAPPINGS: dict[str, Callable[[str], str]] = {
-    "directly": lambda k: k,
-    "with a 'backbone.' prefix added": lambda k: "backbone." + k,
-    "with the 'backbone.' prefix removed": lambda k: k[len("backbone."):] if k.startswith("backbone.") else k,
-}
-
-
-def _source_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state_dict from one of our checkpoints, or a bare (possibly DDP ``module.``) state_dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: --init-from checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        obj = load_checkpoint(path)["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state_dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-def init_from(model: nn.Module, path: str | os.PathLike) -> InitReport:
-    """Load matching weights from ``path`` into ``model`` (hierarchical training).
-
-    Of the key mappings (direct, add ``backbone.``, strip ``backbone.``) the one matching
-    most target names wins. A matched name with a different shape is an error: silently
-    skipping it would train a different model than the user asked for."""
-    source = _source_state(path)
-    target = model.state_dict()
-    name, mapper = max(_KEY_MAPPINGS.items(), key=lambda item: sum(item[1](k) in target for k in source))
-    mapped = {mapper(k): (k, v) for k, v in source.items()}
-    matched = {t: kv for t, kv in mapped.items() if t in target}
-    if not matched:
-        raise CheckpointError(f"{path}: no parameter name in common with the model "
-                              f"(source keys look like {next(iter(source), '-')!r}, model keys like "
-                              f"{next(iter(target), '-')!r})")
-    mismatched = [f"{src} {tuple(v.shape)} -> {t} {tuple(target[t].shape)}"
-                  for t, (src, v) in matched.items() if v.shape != target[t].shape]
-    if mismatched:
-        raise CheckpointError(f"{path}: shape mismatch for {len(mismatched)} tensor(s): "
-                              + "; ".join(mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
-                              + " (different number of classes?)")
-    model.load_state_dict({t: v for t, (_, v) in matched.items()}, strict=False)
-    return InitReport(str(path), name, loaded=sorted(matched), new=sorted(set(target) - set(matched)),
-                      unexpected=sorted(src for t, (src, _) in mapped.items() if t not in target))
-
-
-def _summarise(keys: Sequence[str], limit: int = 8) -> str:
-    """Short lists in full; long ones grouped by their first two name components."""
-    if not keys:
-        return "-"
-    if len(keys) <= limit:
-        return ", ".join(keys)
-    groups: dict[str, int] = {}
-    for key in keys:
-        prefix = ".".join(key.split(".")[:2])
-        groups[prefix] = groups.get(prefix, 0) + 1
-    return ", ".join(f"{g}.* ({n})" for g, n in groups.items())
-
-
-def freeze_unused(model: nn.Module) -> list[str]:
-    """Freeze parameters the forward pass never uses (ERFNet keeps its encoder's 1x1
-    classifier, as the reference does). They would get no gradient anyway; frozen, DDP
-    needs no ``find_unused_parameters`` and the optimiser skips them."""
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
-    model(x).float().sum().backward()
-    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    for n, p in model.named_parameters():
-        p.grad = None
-        if n in unused:
-            p.requires_grad_(False)
-    model.train(was_training)
-    return unused
+        device = device or next(model.parameters()).device
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
+                                **adam_implementation(device))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
 
 
 # ============================================================================ stopping
@@ -471,12 +265,14 @@ def build_run_model(cfg: TrainConfig, num_classes: int, dist_info: DistInfo, dev
         model = build_model(cfg.model, num_classes, **kwargs)
     except TypeError:
         raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
+    if initialise and cfg.attention_gamma_init:
+        set_attention_gamma(model, cfg.attention_gamma_init)
     if cfg.init_from and initialise:
         log(init_from(model, cfg.init_from).format())
     model.to(device)
     frozen = freeze_unused(model)
     if frozen:
-        log(f"unused by {cfg.model}'s forward, frozen: {_summarise(frozen)}")
+        log(f"unused by {cfg.model}'s forward, frozen: {summarise_keys(frozen)}")
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     forward: nn.Module = model
@@ -512,7 +308,7 @@ def build_optimisation(cfg: TrainConfig, model: nn.Module, data: RunData, total_
         weight = torch.tensor(weights, dtype=torch.float32)
     criterion = build_criterion(cfg.loss, data.info.ignore_index, weight, cfg.ohem_thresh,
                                 cfg.ohem_min_kept).to(device)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, device)
     poly = PolyWarmup(total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
     return Optimisation(criterion, optimizer, poly, torch.optim.lr_scheduler.LambdaLR(optimizer, poly))
 
@@ -579,18 +375,20 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run: built from a resolved TrainConfig, then ``run()``."""
+    """One training run: built from a resolved TrainConfig, then ``run()``. ``data`` lets
+    several runs share one dataset, sampler and device copy (``train_together``)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
+                 data: Optional[RunData] = None):
         self._print = log
         self.dist, self.device = setup_distributed(cfg.device)
         try:
-            self._build(cfg, resume)
+            self._build(cfg, resume, data)
         except BaseException:
             teardown_distributed(self.dist)
             raise
 
-    def _build(self, cfg: TrainConfig, resume: bool) -> None:
+    def _build(self, cfg: TrainConfig, resume: bool, data: Optional[RunData]) -> None:
         self.out = Path(cfg.out)
         self.resume_ckpt = resumable_checkpoint(self.out) if resume else None
         if self.resume_ckpt is not None:
@@ -606,7 +404,7 @@ class Trainer:
         self._setup_runtime()
         root = Path(self.cfg.data_root) if self.cfg.data_root else default_data_root(self.cfg.dataset)
         self.cfg = replace(self.cfg, data_root=str(root))  # the checkpoint records where the data was
-        self.data = build_run_data(self.cfg, self.dist, self.device, self._log)
+        self.data = data or build_run_data(self.cfg, self.dist, self.device, self._log)
         self.total_iters = self.data.iters_per_epoch * self.cfg.epochs
         run_model = build_run_model(self.cfg, self.data.info.num_classes, self.dist, self.device, self._log,
                                     initialise=self.resume_ckpt is None)
@@ -615,10 +413,15 @@ class Trainer:
         opt = build_optimisation(self.cfg, self.model, self.data, self.total_iters, self.device, self._log)
         self.criterion, self.optimizer = opt.criterion, opt.optimizer
         self.poly, self.scheduler = opt.poly, opt.scheduler
+        self.ema = WeightEma(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
+        self.compile_mode = compile_mode_for(self.cfg.compile, self.device)
+        self.loss_of = compiled_loss(self.ddp_model, self.criterion, self.device, self.amp_dtype, self.compile_mode)
         self.epoch, self.iteration, self.epoch_iteration = 0, 0, 0
-        self.epoch_loss, self.epoch_images, self.best_miou = 0.0, 0, -1.0
+        self.epoch_images, self.best_miou = 0, -1.0
+        self.loss_meter = LossMeter(self.device)
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
+        self.resume_ckpt = None  # read once; not kept for the whole run
         self.epoch_log = EpochLog(self.out, tensorboard=self.cfg.tensorboard and self.dist.is_main)
 
     # ------------------------------------------------------------------ setup
@@ -639,7 +442,9 @@ class Trainer:
         params = sum(p.numel() for p in self.model.parameters())
         self._log(f"model: {self.cfg.model}, {self.data.info.num_classes} classes, {params:,} parameters, "
                   f"device {self.device}{f', {self.dist.world_size} processes' if self.dist.enabled else ''}"
-                  f"{f', amp {self.amp_dtype}' if self.amp_dtype else ''}")
+                  f"{f', amp {self.amp_dtype}' if self.amp_dtype else ''}"
+                  f"{f', compiled ({self.cfg.compile})' if self.cfg.compile else ''}"
+                  f"{f', ema {self.cfg.ema:g}' if self.cfg.ema else ''}")
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
         # An explicit generator: creating an iterator must not advance the global torch RNG
@@ -652,14 +457,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, metrics: dict, training_state: bool) -> dict:
+        """A checkpoint of the run. With --ema its ``state_dict`` is the average (what is
+        evaluated and shipped) and ``train_state_dict`` the weights training continues from."""
         extra = {"config": self.cfg.to_dict(), "epoch": self.epoch, "iteration": self.iteration,
                  "metrics": metrics, "model_kwargs": dict(self.model_kwargs)}
         if training_state:
             extra.update(epoch_iteration=self.epoch_iteration, optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                         best_miou=self.best_miou, epoch_loss=self.epoch_loss, epoch_images=self.epoch_images,
+                         best_miou=self.best_miou, epoch_loss=self._loss_sum(), epoch_images=self.epoch_images,
                          world_size=self.dist.world_size, rng=gather_rng_states(self.dist))
-        return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
+        if self.ema is None:
+            return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
+        if training_state:
+            extra.update(train_state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                         ema_updates=self.ema.updates)
+        with self.ema.applied(self.model):
+            return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
 
     def save_last(self, metrics: dict) -> None:
         ckpt = self._checkpoint(metrics, training_state=True)  # collective when distributed
@@ -667,17 +480,25 @@ class Trainer:
             save_atomic(ckpt, self.out / LAST)
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        self.model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]), strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # this device's kernel, whatever device saved the state
+            if self.cfg.optimizer == "adam":
+                group.update({"foreach": None, "fused": None, **adam_implementation(self.device)})
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.poly.total_iters != self.total_iters:  # --epochs changed: stretch the schedule
             self._log(f"schedule: {self.poly.total_iters} -> {self.total_iters} iterations (new --epochs)")
             self.poly.total_iters = self.total_iters
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and "train_state_dict" in ckpt:
+            self.ema.load(ckpt["state_dict"], ckpt.get("ema_updates", 0))
+        elif self.ema is not None:
+            self._log("note: the checkpoint has no weight average: --ema starts from its weights")
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
         self.epoch_iteration = int(ckpt.get("epoch_iteration", 0))
-        self.epoch_loss, self.epoch_images = float(ckpt.get("epoch_loss", 0.0)), int(ckpt.get("epoch_images", 0))
+        self.loss_meter.reset(float(ckpt.get("epoch_loss", 0.0)))
+        self.epoch_images = int(ckpt.get("epoch_images", 0))
         self.best_miou = float(ckpt.get("best_miou", -1.0))
         states = ckpt.get("rng", [])
         if len(states) == self.dist.world_size:
@@ -691,67 +512,83 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def run(self) -> TrainResult:
         """Train to ``cfg.epochs``; returns early (after saving) on SIGINT/SIGTERM."""
-        cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         history: list[dict] = []
+        self.announce()
+        with self.stop.installed():
+            while self.epoch < self.cfg.epochs:
+                started = time.perf_counter()
+                self.begin_epoch()
+                completed = self._train_epoch()
+                if not completed:
+                    return self.stopped_mid_epoch(history)
+                history.append(self.end_epoch(time.perf_counter() - started))
+                if self._agreed_stop():
+                    return self.stopped_after_epoch(history)
+        return self._result(history, 0)
+
+    def announce(self) -> None:
+        cfg = self.cfg
         self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.data.iters_per_epoch} iterations, batch "
                   f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
-        with self.stop.installed():
-            while self.epoch < cfg.epochs:
-                started = time.perf_counter()
-                completed = self._train_epoch()
-                if not completed:
-                    self.save_last({"train_loss": self._mean_loss()})
-                    self._log(f"stopped by {signal.Signals(self.stop.signum).name}: saved {self.out / LAST} "
-                              f"(epoch {self.epoch} + {self.epoch_iteration} iterations); continue with --resume")
-                    return self._result(history, self.stop.signum)
-                record = self._end_epoch(time.perf_counter() - started)
-                history.append(record)
-                if self._agreed_stop():
-                    self._log(f"stopped by {signal.Signals(self.stop.signum).name} after epoch {self.epoch}; "
-                              "continue with --resume")
-                    return self._result(history, self.stop.signum)
-        return self._result(history, 0)
+
+    def stopped_mid_epoch(self, history: list[dict]) -> TrainResult:
+        self.check_finite()
+        self.save_last({"train_loss": self._mean_loss()})
+        self._log(f"stopped by {signal.Signals(self.stop.signum).name}: saved {self.out / LAST} "
+                  f"(epoch {self.epoch} + {self.epoch_iteration} iterations); continue with --resume")
+        return self._result(history, self.stop.signum)
+
+    def stopped_after_epoch(self, history: list[dict]) -> TrainResult:
+        self._log(f"stopped by {signal.Signals(self.stop.signum).name} after epoch {self.epoch}; "
+                  "continue with --resume")
+        return self._result(history, self.stop.signum)
 
     def _result(self, history: list[dict], signum: int) -> TrainResult:
         self.epoch_log.close()
         return TrainResult(self.out, self.epoch, self.iteration, self.best_miou, signum, history)
 
+    def _loss_sum(self) -> float:
+        return self.loss_meter.read()[0]
+
     def _mean_loss(self) -> float:
-        return self.epoch_loss / max(1, self.epoch_images)
+        return self._loss_sum() / max(1, self.epoch_images)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss when a loss of this epoch was NaN/inf (one device read),
+        before anything of the epoch is saved: the previous checkpoint stays the last good one."""
+        _, bad = self.loss_meter.read()
+        if bad is None:
+            return
+        iteration, value = bad
+        raise NonFiniteLoss(f"loss is {value} at epoch {self.epoch + 1}, iteration {iteration + 1}: "
+                            f"stopping; the last good checkpoint {self.out / LAST} is kept "
+                            "(lower --lr, check the labels, or try without --amp)")
 
     def _agreed_stop(self) -> bool:
         """All processes stop together (or none do), whoever got the signal."""
         return all_reduce_values([float(self.stop.signum > 0)], self.device, self.dist)[0] > 0
 
-    def _train_epoch(self) -> bool:
-        """One (possibly resumed) epoch; False when stopped by a signal mid-epoch."""
+    def begin_epoch(self) -> None:
+        """Train mode, and the sampler and augmentation set to this (possibly resumed) epoch."""
         self.ddp_model.train()
         self.data.sampler.set_epoch(self.epoch, self.epoch_iteration)
         self.data.train_set.set_epoch(self.epoch)
-        loader = self._batches()
+        self._session_images = self._session_iters = 0
+
+    def _train_epoch(self) -> bool:
+        """One (possibly resumed) epoch; False when stopped by a signal mid-epoch."""
+        loader = self.batches()
         bar = self._progress(len(loader))
         tick = time.perf_counter()
-        self._session_images = self._session_iters = 0
         try:
             for image, label in loader:
-                loss, stop = self._step(image, label)
-                self.epoch_iteration += 1
-                self.iteration += 1
-                n = image.shape[0] * self.dist.world_size
-                self.epoch_loss += loss * n
-                self.epoch_images += n
-                self._session_images += n
-                self._session_iters += 1
-                if self.on_step is not None:
-                    self.on_step(self)
+                image, label = self.to_device(image, label)
+                stop = self.step(image, label)
                 if bar is not None:
-                    rate = self._session_images / max(1e-9, time.perf_counter() - tick)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                    img_s=f"{rate:.1f}", refresh=False)
-                    bar.update(1)
-                if stop or (self.stop.signum and not self.dist.enabled):  # many processes: agreed in _step
+                    self._show_progress(bar, tick)
+                if stop:
                     return False
         except DatasetError as exc:
             raise DatasetError.clean(exc) from None
@@ -760,11 +597,18 @@ class Trainer:
                 bar.close()
         return True
 
-    def _batches(self) -> _Pairs | _DeviceBatches:
+    def batches(self) -> _Pairs | _DeviceBatches:
         """This epoch's (image, label) batches: from the DataLoader, or cut on the device."""
         if self.data.device_data is None:
             return _Pairs(self._loader(self.data.train_set, self.data.sampler, self.cfg.batch_size))
         return _DeviceBatches(self.data.device_data, list(self.data.sampler), self.cfg.batch_size, self.epoch)
+
+    def to_device(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, label
 
     def _progress(self, total: int):
         if not (self.cfg.progress and self.dist.is_main):
@@ -772,32 +616,50 @@ class Trainer:
         return progress_bar(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
                             dynamic_ncols=True, leave=False)
 
-    def _step(self, image: torch.Tensor, label: torch.Tensor) -> tuple[float, bool]:
-        """Forward, loss, agreement on (mean loss, stop request) across processes, then the
-        update. A non-finite loss raises before the update touches the weights."""
-        image = image.to(self.device, non_blocking=True)
-        label = label.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.ddp_model(image)
-        loss = self.criterion(logits.float(), label)
-        loss_sum, stop = all_reduce_values([loss.item(), float(self.stop.signum > 0)], self.device, self.dist)
-        mean_loss = loss_sum / self.dist.world_size
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLoss(f"loss is {mean_loss} at epoch {self.epoch + 1}, iteration {self.iteration + 1}: "
-                                f"stopping; the last good checkpoint {self.out / LAST} is kept "
-                                "(lower --lr, check the labels, or try without --amp)")
+    def _show_progress(self, bar, tick: float) -> None:
+        """The bar moves every step; the loss on it (a device read) is refreshed every
+        PROGRESS_LOSS_EVERY steps only."""
+        postfix = {"lr": f"{self.scheduler.get_last_lr()[0]:.2e}",
+                   "img_s": f"{self._session_images / max(1e-9, time.perf_counter() - tick):.1f}"}
+        if self._session_iters % PROGRESS_LOSS_EVERY == 1:
+            postfix["loss"] = f"{self._mean_loss():.4f}"
+            bar.set_postfix(**postfix, refresh=False)
+        bar.update(1)
+
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> bool:
+        """Forward, loss, backward and update on device-resident ``image``/``label``, with
+        no read of the device (many processes: the loss and a stop request are agreed on
+        first, as DDP synchronises every step anyway). True when the run should stop."""
+        loss = self.loss_of(image, label)
+        logged, stop = loss.detach(), bool(self.stop.signum)
+        if self.dist.enabled:
+            loss_sum, stopping = all_reduce_values([loss.item(), float(stop)], self.device, self.dist)
+            logged, stop = torch.tensor(loss_sum / self.dist.world_size, device=self.device), stopping > 0
+            if stop and not self.stop.signum:
+                self.stop.request(signal.SIGTERM)  # another process got the signal
+        n = image.shape[0] * self.dist.world_size
+        self.loss_meter.add(logged, n, self.iteration)
+        if self.dist.enabled and not math.isfinite(loss_sum):  # read already: stop before the update
+            self.check_finite()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if stop > 0 and not self.stop.signum:
-            self.stop.request(signal.SIGTERM)  # another process got the signal
-        return mean_loss, stop > 0
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.epoch_iteration += 1
+        self.iteration += 1
+        self.epoch_images += n
+        self._session_images += n
+        self._session_iters += 1
+        if self.on_step is not None:
+            self.on_step(self)
+        return stop or (bool(self.stop.signum) and not self.dist.enabled)  # many processes: agreed above
 
-    def _end_epoch(self, seconds: float) -> dict:
+    def end_epoch(self, seconds: float) -> dict:
+        """Check the epoch's losses, record it, validate when due, save; the epoch's one device read."""
+        self.check_finite()
         cfg = self.cfg
         images, iters = self._session_images, self._session_iters  # this process's share of a resumed epoch
         record = {"epoch": self.epoch + 1, "iteration": self.iteration, "train_loss": self._mean_loss(),
@@ -808,13 +670,15 @@ class Trainer:
         if gamma is not None:
             record["attention_gamma"] = gamma
         self.epoch += 1
-        self.epoch_iteration, self.epoch_loss, self.epoch_images = 0, 0.0, 0
+        self.epoch_iteration, self.epoch_images = 0, 0
+        self.loss_meter.reset()
         val: Optional[EvalResult] = None
         if self.data.val_set is not None and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
             val = self.validate()
             record.update(val_miou=val.confusion.miou, val_pixel_acc=val.confusion.pixel_accuracy,
                           val_per_class=val.confusion.summary()["per_class"], val_images=val.images)
-            entropy = attention_entropy(self.model, self.data.val_set, self.device)
+            with self._evaluated_weights():
+                entropy = attention_entropy(self.model, self.data.val_set, self.device)
             if entropy is not None:
                 record["attention_entropy"], record["attention_entropy_uniform"] = entropy
         improved = val is not None and val.confusion.miou > self.best_miou
@@ -830,6 +694,10 @@ class Trainer:
         self._log(_epoch_line(record, cfg.epochs))
         return record
 
+    def _evaluated_weights(self):
+        """The weights validation and checkpoints judge: the average with --ema, else the model's own."""
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
+
     def validate(self) -> EvalResult:
         """Validation on every process's shard with rank 0's BatchNorm statistics (DDP
         keeps parameters equal, but each process updates its running stats locally)."""
@@ -840,12 +708,26 @@ class Trainer:
         loader = eval_loader(self.data.val_set, self.cfg.val_batch_size, self.cfg.workers, sampler=indices,
                              pin_memory=self.device.type == "cuda")
         try:
-            return evaluate_model(self.model, loader, self.data.val_set.info, self.device, self.amp_dtype)
+            with self._evaluated_weights():
+                return evaluate_model(self.model, loader, self.data.val_set.info, self.device, self.amp_dtype)
         except DatasetError as exc:
             raise DatasetError.clean(exc) from None
 
     def close(self) -> None:
         teardown_distributed(self.dist)
+
+
+def set_attention_gamma(model: nn.Module, value: float) -> None:
+    """Start the attention's residual scale at ``value`` instead of 0: at 0 the attention's
+    own weights get no gradient until gamma has moved, so a small positive start lets both
+    learn from the first step."""
+    modules = [m for m in model.modules() if isinstance(m, SelfCalibrationAttention)]
+    if not modules:
+        raise ValueError("--attention-gamma-init applies to models with the attention (eacnet_erf, eacnet_erf_nl, "
+                         "eacnet_dab)")
+    with torch.no_grad():
+        for module in modules:
+            module.gamma.fill_(value)
 
 
 def attention_gamma(model: nn.Module) -> Optional[float]:
@@ -925,96 +807,123 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Optional[Callable[[Tr
         trainer.close()
 
 
-# ============================================================================ CLI
-def _scales(text: str) -> tuple[float, ...]:
+
+# ============================================================================ several models, one process
+class _MemberRng:
+    """A model's own torch random stream (dropout masks) while several models take turns
+    on one process: swapped in around each of its steps, so each model draws exactly what
+    it would draw training alone. Only models with dropout need one."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outside = _MemberRng(self.device)
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        try:
+            yield
+        finally:
+            self.cpu = torch.get_rng_state()
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state(self.device)
+            torch.set_rng_state(outside.cpu)
+            if outside.cuda is not None:
+                torch.cuda.set_rng_state(outside.cuda, self.device)
+
+
+def _stochastic(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+@contextlib.contextmanager
+def _on_stream(stream, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Run the block on ``stream`` (None: the current one) after the work queued so far,
+    the shared ``tensors`` kept alive until the stream has used them."""
+    if stream is None:
+        yield
+        return
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream):
+        yield
+    for tensor in tensors:
+        tensor.record_stream(stream)
+
+
+def _check_together(cfgs: Sequence[TrainConfig]) -> None:
+    if len({c.model for c in cfgs}) != len(cfgs) or len({c.out for c in cfgs}) != len(cfgs):
+        raise ValueError("--models: each model once, each with its own run folder")
+    for name in SHARED_DATA_FIELDS:
+        values = {repr(getattr(c, name)) for c in cfgs}
+        if len(values) > 1:
+            raise ValueError(f"models trained together share their batches: --{name.replace('_', '-')} differs "
+                             f"({', '.join(sorted(values))})")
+
+
+def train_together(cfgs: Sequence[TrainConfig], resume: bool = False, log: Callable[[str], None] = print,
+                   on_step: Optional[Callable[[Trainer], None]] = None) -> list[TrainResult]:
+    """Train several models (e.g. an equal-budget pair) in one process on the same batches.
+
+    One batch per step, augmented once, feeds each model in turn (each on its own CUDA
+    stream on a GPU, so one model's small kernels fill the other's gaps); each model has
+    its own run folder, checkpoints, log, optimiser and random stream, so it ends exactly
+    where training it alone would have (the same draws). A signal stops all of them at
+    the same step. Records' ``seconds`` are the shared epoch's wall time."""
+    if len(cfgs) == 1:
+        return [train(cfgs[0], resume=resume, on_step=on_step, log=log)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--models trains in one process; under torchrun train one model per run")
+    _check_together(cfgs)
+    members: list[Trainer] = []
+    rngs: list[Optional[_MemberRng]] = []
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales takes comma-separated numbers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"--scales must be positive numbers, got {text!r}")
-    return values
+        for cfg in cfgs:
+            members.append(Trainer(cfg, resume=resume, log=log, data=members[0].data if members else None))
+            rngs.append(_MemberRng(members[-1].device) if _stochastic(members[-1].model) else None)
+        positions = {(m.epoch, m.epoch_iteration) for m in members}
+        if len(positions) > 1:
+            raise CheckpointError("--models --resume: the runs stand at different points (epoch, iteration): "
+                                  f"{sorted(positions)}; resume them one by one to the same point first")
+        return _run_together(members, rngs, on_step)
+    finally:
+        for member in members:
+            member.close()
 
 
-def add_parser(subparsers) -> None:
-    d = TrainConfig()
-    p = subparsers.add_parser("train", help="train a model (single process or torchrun DDP)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              argument_default=argparse.SUPPRESS)
-    a = p.add_argument
-    a("--model", choices=tuple(MODELS), help="registry model to train (required unless --resume)")
-    a("--dataset", choices=DATASET_KINDS, help=f"default {d.dataset}")
-    a("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
-    a("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl, tensorboard/")
-    a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt)")
-    a("--train-split", help="split to train on (default train; camvid: trainval = train + val, the paper's "
-                            "protocol for test-set models)")
-    a("--val-split", help=f"split to validate on (default {d.val_split})")
-    a("--resume", action="store_true", default=False, help="continue the run in --out from its last.pt")
-    a("--epochs", type=int, help=f"default {d.epochs}")
-    a("--batch-size", type=int, help=f"per process, default {d.batch_size}")
-    add_option(p, "--crop-size", dest="crop", type=wxh, metavar="WxH",
-               aliases=[Alias("--crop", hxw, "--crop was HxW; --crop-size is WxH: --crop 360x480 is "
-                                             "--crop-size 480x360")],
-               help="training crop WxH (default camvid 480x360, cityscapes 1024x512, folder 512x512)")
-    a("--scales", type=_scales, help="random scales, comma-separated (default the paper's 0.75,...,2.0)")
-    a("--no-flip", dest="flip", action="store_false", help="no random horizontal flip")
-    a("--lr", type=float, help="initial learning rate (default adam 5e-4, sgd 4.5e-2)")
-    a("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
-    a("--attention-lr-mult", type=float, help="learning rate of the attention's parameters (gamma, q/k/v) "
-                                              f"as a multiple of --lr (default {d.attention_lr_mult:g})")
-    a("--attention-weight-decay", type=float, help="weight decay of the attention's parameters "
-                                                   "(default: --weight-decay)")
-    a("--momentum", type=float, help=f"SGD momentum, default {d.momentum}")
-    a("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
-    a("--poly-power", type=float, help=f"poly decay power, default {d.poly_power}")
-    a("--warmup-iters", type=int, help="linear warm-up iterations (default 0)")
-    a("--warmup-ratio", type=float, help="lr factor at the start of the warm-up (default 1/3)")
-    a("--loss", choices=LOSSES, help=f"default {d.loss}")
-    a("--ohem-thresh", type=float, help=f"OHEM probability threshold, default {d.ohem_thresh}")
-    a("--ohem-min-kept", type=int, help="OHEM minimum kept pixels per batch (default batch*crop pixels/16)")
-    a("--class-weights", choices=WEIGHTINGS, help="weighting for --loss weighted-ce (default enet)")
-    a("--class-weight-c", type=float, help=f"ENet constant c in 1/ln(c+p), default {d.class_weight_c}")
-    a("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
-    add_option(p, "--val-resize", dest="val_size", type=wxh, metavar="WxH",
-               aliases=[Alias("--val-size", hxw, "--val-size was HxW; --val-resize is WxH")],
-               help="resize validation images to this size WxH for the network (default: their own size)")
-    a("--val-batch-size", type=int, help=f"default {d.val_batch_size}")
-    a("--limit", type=int, help="use only the first N images of each split (smoke runs)")
-    a("--workers", type=int, help=f"DataLoader workers per process, default {d.workers}")
-    a("--cache", action="store_true", help="decode the training images once into memory (small datasets)")
-    a("--data-on-device", action="store_true", help="hold the training set on the device and augment it there "
-                                                    "(GPU training of small datasets; implies --cache)")
-    a("--seed", type=int, help=f"default {d.seed}")
-    a("--device", help=f"{DEVICE_HELP}; under torchrun cuda:LOCAL_RANK")
-    a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")
-    a("--amp-dtype", choices=AMP_DTYPES, help="auto = fp16 on CUDA, bf16 on CPU")
-    a("--threads", type=int, help="torch CPU threads (default: library default)")
-    a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA DDP)")
-    a("--pool", type=int, help="EAC key/value pooling of eacnet_erf/eacnet_dab (default 2)")
-    a("--channels-last", action="store_true", help="NHWC memory format")
-    a("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=run)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig defaults overlaid with the options actually given."""
-    known = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if not args.resume and not cfg.model:
-        raise ValueError("--model is required (or --resume to continue a run)")
-    try:
-        result = train(cfg, resume=args.resume)
-    except NonFiniteLoss as exc:
-        print(f"eacnet train: {exc}", file=sys.stderr)
-        return 1
-    if result.stopped_by_signal:
-        return 128 + result.stopped_by_signal
-    if result.best_miou >= 0 and int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: best val mIoU {100 * result.best_miou:.2f}% -> {result.out / BEST}")
-    return 0
+def _run_together(members: list[Trainer], rngs: list, on_step) -> list[TrainResult]:
+    first = members[0]
+    for member in members:
+        member.stop, member.on_step = first.stop, on_step
+        member.out.mkdir(parents=True, exist_ok=True)
+        member.announce()
+    cuda = first.device.type == "cuda"
+    streams = [torch.cuda.Stream(first.device) if cuda else None for _ in members]
+    histories: list[list[dict]] = [[] for _ in members]
+    with first.stop.installed():
+        while first.epoch < first.cfg.epochs:
+            started = time.perf_counter()
+            for member in members:
+                member.begin_epoch()
+            try:
+                for image, label in first.batches():
+                    image, label = first.to_device(image, label)
+                    for member, stream, rng in zip(members, streams, rngs, strict=True):
+                        with _on_stream(stream, (image, label)), (rng.active() if rng else contextlib.nullcontext()):
+                            member.step(image, label)
+                    if cuda:
+                        for stream in streams:
+                            torch.cuda.current_stream(first.device).wait_stream(stream)
+                    if first.stop.signum:
+                        return [m.stopped_mid_epoch(h) for m, h in zip(members, histories, strict=True)]
+            except DatasetError as exc:
+                raise DatasetError.clean(exc) from None
+            seconds = time.perf_counter() - started
+            for member, history in zip(members, histories, strict=True):
+                history.append(member.end_epoch(seconds))
+            if first.stop.signum:
+                return [m.stopped_after_epoch(h) for m, h in zip(members, histories, strict=True)]
+    return [m._result(h, 0) for m, h in zip(members, histories, strict=True)]

@@ -15,13 +15,16 @@ from .transforms import PAPER_SCALES
 
 OPTIMIZERS = ("adam", "sgd")
 AMP_DTYPES = ("auto", "fp16", "bf16")
+#: ``--compile`` modes of the training step: "" = eager; "auto" = reduce-overhead (CUDA graphs) on CUDA,
+#: torch.compile's default elsewhere (train_step.compile_mode_for).
+COMPILE_MODES = ("", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: H x W crops of the paper / reference code.
 DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512, 512)}
 #: Reference learning rates: Adam 5e-4 (ERFNet/EACNet-ERF), SGD 4.5e-2 (DABNet on Cityscapes).
 DEFAULT_LR = {"adam": 5e-4, "sgd": 4.5e-2}
 #: Fields that may change when a run is resumed: they do not alter the training state.
 RESUME_OVERRIDABLE = ("epochs", "cache", "data_on_device", "data_root", "workers", "device", "threads", "val_every",
-                      "val_batch_size", "tensorboard", "progress")
+                      "val_batch_size", "tensorboard", "progress", "compile", "ema")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class TrainConfig:
     sync_bn: bool = False
     pool: int = 0  # EAC key/value pooling for eacnet_erf / eacnet_dab; 0 = model default
     channels_last: bool = False
+    compile: str = ""  # torch.compile mode of the training step ("" = eager; see train_step.COMPILE_MODES)
+    ema: float = 0.0  # decay of the weights' exponential moving average (evaluated and shipped); 0 = off
+    attention_gamma_init: float = 0.0  # the attention's residual scale at the start (the paper: 0)
     tensorboard: bool = True
     progress: bool = True
 
@@ -99,6 +105,8 @@ class TrainConfig:
             (self.val_every >= 0 and self.limit >= 0 and self.workers >= 0 and self.pool >= 0,
              "--val-every, --limit, --workers and --pool must be >= 0"),
             (len(self.crop) == 2 and len(self.val_size) == 2, "--crop-size and --val-resize are WxH"),
+            (self.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES[1:])}"),
+            (self.ema == 0.0 or 0.0 < self.ema < 1.0, f"--ema must be in (0, 1) (0 = off), got {self.ema}"),
         ]
         for ok, message in checks:
             if not ok:
