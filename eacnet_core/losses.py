@@ -27,16 +27,16 @@ WEIGHTINGS = ("enet", "median")
 def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int,
                          weight: Optional[Tensor] = None) -> Tensor:
     """``F.cross_entropy(..., reduction='mean')`` semantics (weighted mean over valid
-    pixels), but 0 instead of NaN when no pixel is valid."""
+    pixels), but 0 instead of NaN when no pixel is valid. No value is read back to the
+    host (the training step runs without device syncs, and compiles to one graph)."""
     losses = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
     valid = target != ignore_index
     if weight is None:
         denominator = valid.sum()
     else:
-        denominator = weight[target.clamp(0, logits.shape[1] - 1)][valid].sum()
-    if not bool(valid.any()):
-        return losses.sum() * 0.0
-    return losses.sum() / denominator
+        denominator = (weight[target.clamp(0, logits.shape[1] - 1)] * valid).sum()
+    # Ignored pixels contribute 0 to the sum: with no valid pixel this is 0 / tiny = 0, with a graph.
+    return losses.sum() / denominator.clamp_min(torch.finfo(losses.dtype).tiny)
 
 
 class CrossEntropy(nn.Module):
@@ -67,20 +67,21 @@ class OhemCrossEntropy(nn.Module):
         self.register_buffer("weight", weight.float() if weight is not None else None)
 
     def kept_mask(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Boolean mask (B, H, W) of the pixels that enter the loss."""
+        """Boolean mask (B, H, W) of the pixels that enter the loss.
+
+        Without reading the device: invalid pixels get a probability of 2 (above any real
+        one), so the min_kept-th smallest of all pixels is the min_kept-th smallest valid
+        probability when there are that many valid pixels, and 2 (keep every valid pixel)
+        when there are fewer, which is the reference's rule in fixed shapes."""
         with torch.no_grad():
             valid = target != self.ignore_index
-            num_valid = int(valid.sum())
-            if num_valid < self.min_kept or num_valid == 0:
-                return valid
             prob = torch.softmax(logits.float(), dim=1)
             true_prob = prob.gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
-            valid_prob = true_prob[valid]
-            threshold = self.thresh
-            if self.min_kept > 0:
-                kth = torch.kthvalue(valid_prob, min(self.min_kept, num_valid)).values.item()
-                threshold = max(threshold, kth)
-            return valid & (true_prob <= threshold)
+            if self.min_kept == 0:
+                return valid & (true_prob <= self.thresh)
+            ranked = torch.where(valid, true_prob, torch.full_like(true_prob, 2.0)).flatten()
+            kth = torch.kthvalue(ranked, min(self.min_kept, ranked.numel())).values
+            return valid & (true_prob <= kth.clamp_min(self.thresh))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         kept = self.kept_mask(logits, target)

@@ -466,13 +466,12 @@ class Trainer:
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                          best_miou=self.best_miou, epoch_loss=self._loss_sum(), epoch_images=self.epoch_images,
                          world_size=self.dist.world_size, rng=gather_rng_states(self.dist))
-        if self.ema is None:
-            return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
-        if training_state:
-            extra.update(train_state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                         ema_updates=self.ema.updates)
-        with self.ema.applied(self.model):
-            return make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
+        ckpt = make_checkpoint(self.cfg.model, self.model, self.data.info, **extra)
+        if self.ema is not None:
+            if training_state:
+                ckpt.update(train_state_dict=ckpt["state_dict"], ema_updates=self.ema.updates)
+            ckpt["state_dict"] = self.ema.state_dict()
+        return ckpt
 
     def save_last(self, metrics: dict) -> None:
         ckpt = self._checkpoint(metrics, training_state=True)  # collective when distributed

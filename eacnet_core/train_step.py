@@ -3,8 +3,7 @@
 The step is written so the host never waits for the device inside an epoch: the loss is
 summed on the device (``LossMeter``) and read once per epoch; a non-finite loss is
 noted on the device (its first iteration and value) and reported when read; the
-optimiser is Adam's fused kernel on CUDA and its multi-tensor (``foreach``) form on the
-CPU; the exponential moving average of the weights (``WeightEma``) is one multi-tensor
+optimiser is Adam's fused kernel; the exponential moving average of the weights (``WeightEma``) is one multi-tensor
 lerp. Forward, loss and (through AOTAutograd) backward can run as one ``torch.compile``d
 graph (``compiled_loss``); on CUDA the ``reduce-overhead`` / ``max-autotune`` modes
 replay it as CUDA graphs, which removes the launch overhead that bounds a small network
@@ -14,6 +13,7 @@ at batch 16.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Optional
 
@@ -72,9 +72,19 @@ def compiled_loss(forward: nn.Module, criterion: nn.Module, device: torch.device
 
 
 def adam_implementation(device: torch.device) -> dict:
-    """Adam's fastest kernel on ``device``: fused on CUDA (one launch for all parameters),
-    the multi-tensor ``foreach`` form elsewhere."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """Adam's fastest kernel on ``device``: fused (one kernel for all parameters, the step
+    counters kept beside them, never read by the host) where torch has it (CUDA; CPU since
+    torch 2.4, about 3x the multi-tensor form's speed there), else the multi-tensor form."""
+    return {"fused": True} if _fused_adam_available(device.type) else {"foreach": True}
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_adam_available(device_type: str) -> bool:
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 class LossMeter:
@@ -135,7 +145,8 @@ class WeightEma:
                 self.shadow[key].copy_(value)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.detach().cpu() for k, v in self.shadow.items()}
+        """A copy on the CPU (``.cpu()`` alone would alias the live tensors on a CPU run)."""
+        return {k: v.detach().clone().cpu() for k, v in self.shadow.items()}
 
     def load(self, state: dict[str, Tensor], updates: int) -> None:
         for key, value in state.items():

@@ -123,3 +123,24 @@ def test_build_criterion():
         build_criterion("focal", IGNORE)
     with pytest.raises(ValueError, match="threshold"):
         OhemCrossEntropy(IGNORE, thresh=0.0)
+
+
+def _reference_kept(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int) -> torch.Tensor:
+    """The reference rule with data-dependent shapes: k-th smallest of the valid pixels' probabilities."""
+    valid = target != 255
+    if int(valid.sum()) < min_kept or not bool(valid.any()):
+        return valid
+    prob = torch.softmax(logits, 1).gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    kth = torch.kthvalue(prob[valid], min(min_kept, int(valid.sum()))).values.item() if min_kept else thresh
+    return valid & (prob <= max(thresh, kth))
+
+
+@pytest.mark.parametrize("void_share, min_kept", [(0.0, 40), (0.5, 40), (0.95, 40), (1.0, 40), (0.3, 0),
+                                                  (0.3, 500)])
+def test_ohem_fixed_shape_selection_equals_the_reference(void_share, min_kept):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 8, 12, generator=generator) * 3
+    target = torch.randint(0, 4, (2, 8, 12), generator=generator)
+    target[torch.rand(target.shape, generator=generator) < void_share] = 255
+    ohem = OhemCrossEntropy(255, thresh=0.3, min_kept=min_kept)
+    assert torch.equal(ohem.kept_mask(logits, target), _reference_kept(logits, target, 0.3, min_kept))
