@@ -78,7 +78,7 @@ def adam_implementation(device: torch.device) -> dict:
     return {"fused": True} if _fused_adam_available(device.type) else {"foreach": True}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_adam_available(device_type: str) -> bool:
     try:
         torch.optim.Adam([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
