@@ -519,10 +519,10 @@ class Trainer:
                 started = time.perf_counter()
                 self.begin_epoch()
                 completed = self._train_epoch()
-                if not completed:
+                if not completed and not self.epoch_done:
                     return self.stopped_mid_epoch(history)
                 history.append(self.end_epoch(time.perf_counter() - started))
-                if self._agreed_stop():
+                if not completed or self._agreed_stop():
                     return self.stopped_after_epoch(history)
         return self._result(history, 0)
 
@@ -531,6 +531,11 @@ class Trainer:
         self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.data.iters_per_epoch} iterations, batch "
                   f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
+
+    @property
+    def epoch_done(self) -> bool:
+        """Every batch of the epoch trained (a stop on its last step still ends the epoch)."""
+        return self.epoch_iteration >= self.data.iters_per_epoch
 
     def stopped_mid_epoch(self, history: list[dict]) -> TrainResult:
         self.check_finite()
@@ -916,8 +921,10 @@ def _run_together(members: list[Trainer], rngs: list, on_step) -> list[TrainResu
                     if cuda:
                         for stream in streams:
                             torch.cuda.current_stream(first.device).wait_stream(stream)
-                    if first.stop.signum:
+                    if first.stop.signum and not first.epoch_done:
                         return [m.stopped_mid_epoch(h) for m, h in zip(members, histories, strict=True)]
+                    if first.stop.signum:
+                        break
             except DatasetError as exc:
                 raise DatasetError.clean(exc) from None
             seconds = time.perf_counter() - started
