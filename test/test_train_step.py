@@ -171,3 +171,16 @@ def test_loss_meter_keeps_the_first_non_finite_loss():
     meter = LossMeter(torch.device("cpu"))
     meter.add(torch.tensor(1.5), images=4, iteration=0)
     assert meter.read() == (6.0, None)
+
+
+def test_train_profile_prints_stages_and_rates(capsys):
+    from eacnet_ros.cli import main as cli_main
+
+    assert cli_main(["train-profile", "--models", "dabnet", "dabnet,eacnet_dab", "--compile", "", "--device", "cpu",
+                     "--batch-size", "1", "--crop-size", "48x32", "--steps", "4", "--warmup", "1",
+                     "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "img/s" in line]
+    assert [line.split()[0] for line in lines] == ["dabnet", "dabnet,eacnet_dab"]
+    for line in lines:
+        assert float(line.split()[2]) > 0
+        assert all(f"{stage} " in line for stage in ("data", "forward", "loss", "backward", "optimizer"))
