@@ -16,6 +16,15 @@ minutes, so the number of epochs is fixed by measurement, not guessed:
 5. each run's last.pt is slimmed to fp16 into ``--collect`` with its metrics.jsonl and
    log, and a summary line per model is printed.
 
+``continue`` carries the fixed long schedule (``eacnet_core/campaign.py``: 1,000 epochs of
+the model cards' recipe, the DAB pair then the ERF pair, both models of a pair in one
+process on the same batches) on for ``--budget-s`` seconds: the repository's
+``campaign/`` folder is copied to ``--out``, trained on from its states, and written back
+there (a few MB per model) for the next window, GPU or CPU, to continue::
+
+    python3 scripts/gpu_train_camvid.py continue --data .devdata/CamVid --runs /tmp/runs \
+        --out $OUT --budget-s 420 --compile auto
+
 ``core`` runs any ROS-free ``eacnet`` subcommand (``train``, ``bench``, ``eval``, ...)
 where the ROS-side extras (rosbags) are not installed, as on a bare GPU machine:
 ``python3 scripts/gpu_train_camvid.py core bench --device cuda``.
@@ -205,10 +214,42 @@ def core(argv: list[str]) -> int:
     return int(args.func(args) or 0)
 
 
+def continue_campaign(argv: list[str]) -> int:
+    """Stage the data, copy the campaign folder to --out, train on for --budget-s, leave the states there."""
+    import shutil
+
+    p = argparse.ArgumentParser(prog="gpu_train_camvid.py continue")
+    p.add_argument("--data", required=True, help="CamVid folder (PNG, or JPEG copies to decode)")
+    p.add_argument("--runs", required=True, help="folder for the staged data and the work runs")
+    p.add_argument("--out", required=True, help="the campaign folder is written to OUT/campaign")
+    p.add_argument("--campaign", default=str(REPO / "campaign"), help="where the states are (default: the repo's)")
+    p.add_argument("--budget-s", type=float, required=True, help="seconds of training")
+    p.add_argument("--compile", default="auto", help="torch.compile mode of the step ('' = eager)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--models", default="", help="comma-separated (default: the next unfinished pair)")
+    args = p.parse_args(argv)
+    data = stage_camvid(Path(args.data), Path(args.runs) / "data")
+    dest = Path(args.out) / "campaign"
+    if Path(args.campaign).is_dir():
+        shutil.copytree(args.campaign, dest, dirs_exist_ok=True)
+    command = ["campaign", "run", "--campaign", str(dest), "--work", str(Path(args.runs) / "work"), "--budget-s",
+               str(args.budget_s), "--device", args.device, "--data-root", str(data), "--data-on-device",
+               "--workers", "0"]
+    if args.compile:
+        command += ["--compile", args.compile]
+    if args.models:
+        command += ["--models", args.models]
+    code = core(command)
+    core(["campaign", "status", "--campaign", str(dest)])
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["core"]:
         return core(argv[1:])
+    if argv[:1] == ["continue"]:
+        return continue_campaign(argv[1:])
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

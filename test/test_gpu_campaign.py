@@ -74,3 +74,22 @@ def test_tiny_campaign_trains_pairs_equally_and_collects(tmp_path, synthetic, ca
         log = [json.loads(line) for line in tar.extractfile("dabnet/metrics.jsonl").read().decode().splitlines()]
     assert {"dabnet/train.log", "probe/eacnet_dab/metrics.jsonl"} <= names
     assert [r["epoch"] for r in log] == [1, 2] and "val_miou" in log[-1]
+
+
+def test_continue_carries_the_campaign_folder_into_out(tmp_path, synthetic, campaign, monkeypatch):
+    """`continue` on a toy recipe (the CPU, two windows): the states land in OUT/campaign and
+    the second window starts where the first stopped."""
+    import eacnet_core.campaign as schedule
+
+    monkeypatch.setattr(schedule, "RECIPE", {**schedule.RECIPE, "crop": (32, 48), "batch_size": 2, "epochs": 2,
+                                             "warmup_iters": 0})
+    src = _jpeg_camvid(tmp_path, synthetic, {"train": 4, "val": 2})
+    common = ["--data", str(src), "--runs", str(tmp_path / "runs"), "--budget-s", "0", "--compile", "",
+              "--device", "cpu", "--models", "eacnet_dab,dabnet", "--campaign", str(tmp_path / "none")]
+    assert campaign.main(["continue", *common, "--out", str(tmp_path / "w1")]) == 0
+    first = load_checkpoint(tmp_path / "w1" / "campaign" / "dabnet" / "state.pt")
+    assert first["iteration"] == 1 and first["optimizer"]["state"]
+    common[common.index("--campaign") + 1] = str(tmp_path / "w1" / "campaign")
+    assert campaign.main(["continue", *common, "--out", str(tmp_path / "w2")]) == 0
+    second = load_checkpoint(tmp_path / "w2" / "campaign" / "eacnet_dab" / "state.pt")
+    assert second["iteration"] == 2
