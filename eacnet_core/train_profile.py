@@ -193,7 +193,8 @@ def add_parser(subparsers) -> None:
                    help="compile modes to compare ('' = eager; default: eager and auto)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
-    add_option(p, "--crop-size", dest="crop", type=wxh, default=(360, 480), metavar="WxH", help="default 480x360")
+    add_option(p, "--crop-size", dest="crop", type=wxh, default=(360, 480), metavar="WxH",
+               help="training crop WxH (default 480x360)")
     p.add_argument("--amp-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--steps", type=int, default=40, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
