@@ -172,7 +172,8 @@ def run_campaign(campaign: Path, work: Path, budget_s: float, models: Optional[t
 
     started = time.monotonic()
     try:
-        train_together(cfgs, resume=all(resumed), log=log, on_step=stop_at_deadline)
+        if not all(resumed) or _catch_up(cfgs, work, stop_at_deadline, log):
+            train_together(cfgs, resume=all(resumed), log=log, on_step=stop_at_deadline)
     except NonFiniteLoss as exc:
         log(f"campaign: {exc}; states not written back")
         raise
@@ -185,6 +186,28 @@ def run_campaign(campaign: Path, work: Path, budget_s: float, models: Optional[t
         log(f"campaign: {row['model']} at epoch {row['epoch']}/{recipe['epochs']} + {row['epoch_iteration']} "
             f"iterations ({row['megabytes']:.1f} MB state) after {seconds:.0f} s")
     return rows
+
+
+def _catch_up(cfgs: list[TrainConfig], work: Path, stop_at_deadline, log) -> bool:
+    """Models of a pair that stand behind the other (runs adopted at different epochs)
+    train alone, on the same schedule, up to the leader's iteration first. True when all
+    stand together (the budget may end the catching up first)."""
+    iterations = {c.model: int(torch.load(work / c.model / LAST, map_location="cpu", weights_only=True)["iteration"])
+                  for c in cfgs}
+    target = max(iterations.values())
+    for cfg in cfgs:
+        if iterations[cfg.model] >= target:
+            continue
+        log(f"campaign: {cfg.model} catches up from iteration {iterations[cfg.model]} to {target}")
+
+        def stop_at_target(trainer: Trainer) -> None:
+            if trainer.iteration >= target:
+                trainer.stop.request(signal.SIGINT)
+            stop_at_deadline(trainer)
+
+        if train_together([cfg], resume=True, log=log, on_step=stop_at_target)[0].iterations < target:
+            return False
+    return True
 
 
 # ============================================================================ CLI

@@ -97,3 +97,18 @@ def test_cli_status_and_adopt(tmp_path, camvid, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {r["model"]: r["epoch"] for r in rows} == {"eacnet_dab": 0, "dabnet": 2, "eacnet_erf": 0,
                                                       "erfnet_enc": 0}
+
+
+def test_a_pair_adopted_at_different_points_catches_up(tmp_path, camvid):
+    """The lagging model trains alone to the leader's iteration, then the pair goes on together."""
+    base = dict(data_root=str(camvid), progress=False, tensorboard=False, **MACHINE, **TINY)
+    stop_at = lambda n: (lambda t: t.stop.request(2) if t.iteration == n else None)  # noqa: E731
+    train_together([TrainConfig(model="eacnet_dab", out=str(tmp_path / "a"), **base)], on_step=stop_at(4), log=_quiet)
+    train_together([TrainConfig(model="dabnet", out=str(tmp_path / "b"), **base)], on_step=stop_at(2), log=_quiet)
+    campaign = tmp_path / "campaign"
+    adopt(tmp_path / "a", campaign, recipe=TINY)
+    adopt(tmp_path / "b", campaign, recipe=TINY)
+    for window, expected in enumerate(([4, 3], [5, 5])):  # the budget (0 s: one step) ends the first catching up
+        run_campaign(campaign, tmp_path / f"work{window}", 0.0, PAIR, log=_quiet, recipe=TINY, data_root=str(camvid),
+                     **MACHINE)
+        assert [standing(campaign, m)["iteration"] for m in PAIR] == expected
