@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .classes import DatasetInfo
 from .datasets import (
+    DATA_ROOT_HELP,
     DATASET_KINDS,
     DatasetError,
     SegmentationDataset,
@@ -253,7 +254,7 @@ def add_parser(subparsers) -> None:
     which.add_argument("--weights", help="checkpoint written by `eacnet train` (e.g. runs/x/best.pt)")
     which.add_argument("--model", help="evaluate the packaged weights of this registry model")
     p.add_argument("--dataset", default="camvid", choices=DATASET_KINDS, help="default camvid")
-    p.add_argument("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
     p.add_argument("--split", default="val", help="val (default), test, train")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
     add_resize(p, aliases=[Alias("--size", hxw, "eval's --size was HxW; --resize is WxH: --size 360x480 is "
@@ -286,7 +287,7 @@ def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
 def run(args: argparse.Namespace) -> int:
     ckpt, weights = _load_weights(args)
     info = checkpoint_dataset(ckpt)
-    root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
+    root = default_data_root(args.dataset, args.data_root)
     size = args.resize if args.resize and args.resize != (0, 0) else None
     transform = EvalTransform(info.mean, info.std, size)
     dataset = build_dataset(args.dataset, root, args.split, limit=args.limit, transform=transform)

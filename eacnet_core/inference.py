@@ -636,14 +636,11 @@ def _resolve_backend(backend: str, precision: str) -> str:
 
 
 def _default_calibration_root() -> str:
-    """$EACNET_DATA or ../shared/data/CamVid when it holds CamVid's train split; else ''."""
-    from .datasets import DatasetError, default_data_root
+    """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''."""
+    from .datasets import find_camvid
 
-    try:
-        root = default_data_root("camvid")
-    except DatasetError:
-        return ""
-    return str(root) if (root / "train").is_dir() else ""
+    root = find_camvid()
+    return str(root) if root is not None and (root / "train").is_dir() else ""
 
 
 def _check_size(height: int, width: int) -> None:

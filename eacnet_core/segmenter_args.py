@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .datasets import CAMVID_LOOKUP
 from .inference import BACKENDS, Segmenter, SegmenterOptions
 from .options import INFERENCE_SIZE_HXW, add_resize, add_threads
 from .runtime import PRECISIONS
@@ -42,7 +43,7 @@ def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
 
 
 def add_int8_calibration(parser: argparse.ArgumentParser,
-                         default: str = "$EACNET_DATA or ../shared/data/CamVid") -> None:
+                         default: str = CAMVID_LOOKUP) -> None:
     """``--int8-calibration``; ``default`` says where the command looks without it."""
     parser.add_argument("--int8-calibration", metavar="DIR",
                         help="--precision int8: CamVid folder (its train split) or folder of camera frames that "

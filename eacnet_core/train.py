@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from .classes import DatasetInfo
 from .datasets import (
+    DATA_ROOT_HELP,
     DATASET_KINDS,
     DatasetError,
     SegmentationDataset,
@@ -604,7 +605,7 @@ class Trainer:
         self.stop = StopSignal()
         self.on_step: Optional[Callable[[Trainer], None]] = None  # called after every optimiser step
         self._setup_runtime()
-        root = Path(self.cfg.data_root) if self.cfg.data_root else default_data_root(self.cfg.dataset)
+        root = default_data_root(self.cfg.dataset, self.cfg.data_root)
         self.cfg = replace(self.cfg, data_root=str(root))  # the checkpoint records where the data was
         self.data = build_run_data(self.cfg, self.dist, self.device, self._log)
         self.total_iters = self.data.iters_per_epoch * self.cfg.epochs
@@ -944,7 +945,7 @@ def add_parser(subparsers) -> None:
     a = p.add_argument
     a("--model", choices=tuple(MODELS), help="registry model to train (required unless --resume)")
     a("--dataset", choices=DATASET_KINDS, help=f"default {d.dataset}")
-    a("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    a("--data-root", help=DATA_ROOT_HELP)
     a("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl, tensorboard/")
     a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt)")
     a("--train-split", help="split to train on (default train; camvid: trainval = train + val, the paper's "

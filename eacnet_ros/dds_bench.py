@@ -162,7 +162,7 @@ def source_frames(data_root: Optional[str], count: int) -> tuple[list[np.ndarray
     """Up to ``count`` CamVid val images at their own size, else one synthetic frame: real
     images give the JPEG path real compressed sizes and decode work."""
     try:
-        root = Path(data_root) if data_root else default_data_root("camvid")
+        root = default_data_root("camvid", data_root)
         frames = [f.bgr for f in itertools.islice(camvid_frames(root, "val"), count) if f.bgr is not None]
     except (DatasetError, FileNotFoundError):
         frames = []

@@ -50,6 +50,18 @@ def no_packaged_weights(monkeypatch, tmp_path):
     return empty
 
 
+@pytest.fixture
+def no_camvid_anywhere(tmp_path, monkeypatch):
+    """Nothing where the commands look for CamVid: no $EACNET_DATA, no ../shared beside the
+    current folder (a fresh one under tmp_path) or beside the source tree. Returns tmp_path."""
+    monkeypatch.delenv("EACNET_DATA", raising=False)
+    monkeypatch.setattr("eacnet_core.datasets.SOURCE_TREE", tmp_path / "site-packages")
+    work = tmp_path / "proj" / "repo"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
 #: BGR colour per class id for synthetic images (distinct, far apart).
 CLASS_BGR = np.array([[40, 40, 200], [40, 200, 40], [200, 40, 40], [200, 200, 40], [40, 200, 200],
                       [200, 40, 200], [120, 120, 120], [20, 90, 160], [160, 20, 90], [90, 160, 20],

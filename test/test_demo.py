@@ -32,11 +32,9 @@ def fake_camvid(root: Path, n: int = 3, size=(32, 48)) -> Path:
 
 
 @pytest.fixture
-def no_local_data(monkeypatch, tmp_path):
+def no_local_data(no_camvid_anywhere, monkeypatch, tmp_path):
     """No CamVid anywhere the demo looks, and an empty user cache."""
-    monkeypatch.delenv(demo.ENV_DATA, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(demo, "candidate_roots", lambda data_root: [data_root] if data_root else [])
 
 
 def test_data_root_then_environment_then_shared_folder(monkeypatch, tmp_path):

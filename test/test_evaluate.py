@@ -153,13 +153,13 @@ def test_class_count_mismatch(tmp_path, synthetic, capsys):
     assert "model has 11 classes, dataset folder has 3" in capsys.readouterr().err
 
 
-def test_default_data_root_from_environment(tmp_path, synthetic, monkeypatch, capsys):
-    root = synthetic.camvid(tmp_path / "CamVid", {"val": 1})
+def test_default_data_root_from_environment(no_camvid_anywhere, tmp_path, synthetic, monkeypatch, capsys):
+    """$EACNET_DATA naming a folder that holds CamVid/ serves eval as it serves the demo."""
+    synthetic.camvid(tmp_path / "data" / "CamVid", {"val": 1})
     weights = _camvid_checkpoint(tmp_path)
-    monkeypatch.setenv("EACNET_DATA", str(root))
+    monkeypatch.setenv("EACNET_DATA", str(tmp_path / "data"))
     assert cli_main(["eval", "--weights", str(weights), "--workers", "0", "--no-progress"]) == 0
     monkeypatch.delenv("EACNET_DATA")
-    monkeypatch.chdir(tmp_path)
     assert cli_main(["eval", "--weights", str(weights)]) == 2
     assert "pass --data-root" in capsys.readouterr().err
 
