@@ -54,9 +54,9 @@ from .evaluate import EvalResult, autocast, eval_loader, evaluate_model
 from .losses import LOSSES, WEIGHTINGS, build_criterion, class_weights
 from .models import MODELS, build_model
 from .models.attention import SelfCalibrationAttention
-from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
+from .options import Alias, add_device, add_option, add_threads, hxw, wxh
 from .progress import progress_bar
-from .runtime import collective_device, resolve_device, resolve_precision
+from .runtime import collective_device, configure_torch, resolve_device, resolve_precision
 from .train_config import AMP_DTYPES, OPTIMIZERS, RESUME_OVERRIDABLE, TrainConfig
 from .transforms import EvalTransform, TrainTransform
 
@@ -628,10 +628,7 @@ class Trainer:
             self._print(message)
 
     def _setup_runtime(self) -> None:
-        if self.cfg.threads > 0:
-            torch.set_num_threads(self.cfg.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        configure_torch(self.device, self.cfg.threads)
         seed_everything(self.cfg.seed + self.dist.rank)
         self.amp_dtype = amp_dtype_for(self.cfg, self.device)
         self.scaler = _grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)
@@ -987,10 +984,10 @@ def add_parser(subparsers) -> None:
     a("--data-on-device", action="store_true", help="hold the training set on the device and augment it there "
                                                     "(GPU training of small datasets; implies --cache)")
     a("--seed", type=int, help=f"default {d.seed}")
-    a("--device", help=f"{DEVICE_HELP}; under torchrun cuda:LOCAL_RANK")
+    add_device(p, argparse.SUPPRESS, "; under torchrun cuda:LOCAL_RANK")
     a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")
     a("--amp-dtype", choices=AMP_DTYPES, help="auto = fp16 on CUDA, bf16 on CPU")
-    a("--threads", type=int, help="torch CPU threads (default: library default)")
+    add_threads(p, argparse.SUPPRESS)
     a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA DDP)")
     a("--pool", type=int, help="EAC key/value pooling of eacnet_erf/eacnet_dab (default 2)")
     a("--channels-last", action="store_true", help="NHWC memory format")

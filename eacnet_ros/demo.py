@@ -24,6 +24,8 @@ import torch
 
 from eacnet_core import datasets
 from eacnet_core.inference import Segmenter
+from eacnet_core.models import MODELS
+from eacnet_core.options import at_least
 from eacnet_core.outputs import write_bytes
 from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
@@ -167,16 +169,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-root", type=Path, help=f"CamVid folder (default {datasets.CAMVID_LOOKUP}, else download)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
-    p.add_argument("--limit", type=int, default=20, help="val frames to use (default 20; 0 = all 101)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL})")
+    p.add_argument("--limit", type=at_least(0), default=20, help="val frames to use (default 20; 0 = all 101)")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS), metavar="NAME",
+                   help=f"registry model (default {DEFAULT_MODEL})")
     p.add_argument("--storage", choices=tuple(bag_io.STORAGES), default="mcap", help="bag storage (default mcap)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
     result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args),
                       overwrite=args.overwrite)
     print(headline(result))
