@@ -85,8 +85,16 @@ def test_backend_auto_is_read_from_the_choice_on_the_first_frame(caplog):
     assert runtime.chosen(f"loaded {segmenter.describe()}") is None
 
 
-@pytest.mark.parametrize("argv, match", [(["--frames", "0"], "--frames"), (["--warmup", "0"], "--warmup"),
-                                         (["--rate", "-1"], "--rate"), (["--sizes", "0"], "WxH"),
+@pytest.mark.parametrize("argv, match", [(["--frames", "0"], "argument --frames: must be an integer >= 1, got '0'"),
+                                         (["--warmup", "0"], "argument --warmup: must be an integer >= 1, got '0'"),
+                                         (["--rate", "-1"], "argument --rate: must be a number >= 0, got '-1'")])
+def test_bad_numbers_are_refused_by_the_parser(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, match", [(["--sizes", "0"], "WxH"),
                                          (["--backbone", "dabnet", "--attention", "nonlocal"], "no model")])
 def test_bad_arguments_fail_before_anything_starts(argv, match):
     args = parse(argv)
