@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,12 +26,13 @@ from .options import (
     add_height_width_aliases,
     add_overwrite,
     add_threads,
+    at_least,
     size_from_height_width,
     wxh,
 )
 from .outputs import check_outputs, write_json
 from .progress import progress_bar
-from .runtime import DTYPES, resolve_device, resolve_precision, sync
+from .runtime import DTYPES, configure_torch, resolve_device, resolve_precision, sync
 
 
 @dataclass
@@ -95,24 +97,29 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
     unknown = [m for m in cfg.models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    if cfg.height < 8 or cfg.width < 8 or cfg.batch < 1 or cfg.runs < 1 or cfg.warmup < 0:
-        raise ValueError("height/width must be >= 8, batch and runs >= 1, warmup >= 0")
+    limits = (("--size height", cfg.height, 8), ("--size width", cfg.width, 8), ("--batch-size", cfg.batch, 1),
+              ("--runs", cfg.runs, 1), ("--warmup", cfg.warmup, 0), ("--threads", cfg.threads, 0))
+    problems = [f"{name} must be >= {low}, got {value}" for name, value, low in limits if value < low]
+    if problems:
+        raise ValueError("; ".join(problems))
     device = resolve_device(cfg.device, fallback=False)
     precision = resolve_precision(cfg.precision, device)
     if cfg.backend == "onnxruntime" and precision != "fp32":
         raise ValueError("the onnxruntime backend runs fp32 only")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_torch(device, cfg.threads)
 
-    models = {name: build_model(name, cfg.classes).eval() for name in cfg.models}
-    counts = {name: (sum(p.numel() for p in m.parameters()), module_macs(m, cfg.height, cfg.width),
-                     total_flops(m, cfg.height, cfg.width)) for name, m in models.items()}
-    with tempfile.TemporaryDirectory(prefix="eacnet-bench-") as tmp:
-        runners = {name: (_ort_runner(m, name, cfg, device, Path(tmp)) if cfg.backend == "onnxruntime"
-                          else _torch_runner(m, cfg, device, precision)) for name, m in models.items()}
-        times = _interleaved(runners, cfg.warmup, cfg.runs, progress)
+    steps = len(cfg.models) * (1 + cfg.warmup + cfg.runs)  # per model: its set-up, then each run
+    counts, runners = {}, {}
+    with tempfile.TemporaryDirectory(prefix="eacnet-bench-") as tmp, \
+            progress_bar(total=steps, enabled=progress, desc="bench set-up", unit="step", leave=False) as bar:
+        for name in cfg.models:
+            model = build_model(name, cfg.classes).eval()
+            counts[name] = (sum(p.numel() for p in model.parameters()), module_macs(model, cfg.height, cfg.width),
+                            total_flops(model, cfg.height, cfg.width))
+            runners[name] = (_ort_runner(model, name, cfg, device, Path(tmp)) if cfg.backend == "onnxruntime"
+                             else _torch_runner(model, cfg, device, precision))
+            bar.update()
+        times = _interleaved(runners, cfg.warmup, cfg.runs, bar)
     results = []
     for name, samples in times.items():
         params, macs, flops = counts[name]
@@ -124,19 +131,22 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
     return results
 
 
-def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, progress: bool) -> dict[str, list[float]]:
+def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, bar: Any) -> dict[str, list[float]]:
+    """Milliseconds per timed run of each runner, round by round; ``bar`` (a tqdm, drawn on a
+    terminal only) advances after every run, outside the timed window."""
+    bar.set_description("bench warm-up")
     for _ in range(warmup):
         for step in runners.values():
             step()
+            bar.update()
+    bar.set_description("bench timing")
     times: dict[str, list[float]] = {name: [] for name in runners}
-    rounds = range(runs)
-    if progress:
-        rounds = progress_bar(rounds, desc="bench rounds", unit="round", leave=False)
-    for _ in rounds:
+    for _ in range(runs):
         for name, step in runners.items():
             start = time.perf_counter()
             step()
             times[name].append(1000.0 * (time.perf_counter() - start))
+            bar.update()
     return times
 
 
@@ -163,15 +173,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=wxh, default=None, metavar="WxH", help="input size WxH (default 1024x512, as the "
                                                                          "paper's Cityscapes tables)")
     add_height_width_aliases(p)
-    p.add_argument("--classes", type=int, default=19, help="number of classes (default 19, as the paper)")
+    p.add_argument("--classes", type=at_least(1), default=19, help="number of classes (default 19, as the paper)")
     add_batch_size(p, default=1, aliases=[Alias("--batch")])
     add_device(p)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (torch backend)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                    help="torch eager, or the exported ONNX graph in onnxruntime")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
-    p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed runs per model (default 3)")
+    p.add_argument("--runs", type=at_least(1), default=10, help="timed rounds (default 10)")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write the results as a JSON list to this path")
     add_overwrite(p)

@@ -64,6 +64,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file not found")
+    if not _torch_save_file(path):
+        raise CheckpointError(f"{path}: not a readable {what} (not a file torch.save writes: it starts with "
+                              "neither a zip nor a pickle header); pass a .pt file written by `eacnet train`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -88,6 +91,15 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike, expect_model: Optiona
     if expect_classes is not None and ckpt["num_classes"] != expect_classes:
         raise CheckpointError(f"{path}: expected {expect_classes} classes, found {ckpt['num_classes']}")
     return ckpt
+
+
+def _torch_save_file(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save's files do: a zip archive, or the legacy pickle
+    stream (protocol 2+ starts with 0x80). Anything else (a text file, an image) would reach
+    the unpickler and fail with a bare ``KeyError`` of its first bytes."""
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def checkpoint_dataset(ckpt: dict) -> DatasetInfo:
@@ -125,7 +137,10 @@ def weights_for(model_name: Optional[str], weights: str | os.PathLike | None = N
 
 
 def missing_weights_error(model_name: str, option: str = "weights") -> CheckpointError:
-    """What to say when a model has neither explicit nor packaged weights: which file to pass, and as what."""
+    """What to say when a model has neither explicit nor packaged weights: which file to pass,
+    and as what; or, for a name the registry does not know, the names it does."""
+    if model_name not in MODELS:
+        return CheckpointError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
     return CheckpointError(f"no packaged weights for model {model_name!r}: pass a checkpoint written by "
                            f"`eacnet train` (its out dir holds best.pt) as {option}")
 

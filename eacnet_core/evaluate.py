@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .classes import DatasetInfo
 from .datasets import (
+    DATA_ROOT_HELP,
     DATASET_KINDS,
     DatasetError,
     SegmentationDataset,
@@ -43,10 +44,11 @@ from .datasets import (
 )
 from .inference import Segmenter, SegmenterOptions, mask_at_size
 from .metrics import ConfusionMatrix
-from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, hxw
+from .models import MODELS
+from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, at_least, hxw
 from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
 from .progress import progress_bar
-from .runtime import DTYPES, PRECISIONS, collective_device, resolve_device, resolve_precision, sync
+from .runtime import DTYPES, PRECISIONS, collective_device, configure_torch, resolve_device, resolve_precision, sync
 from .segmenter_args import add_int8_calibration
 from .transforms import EvalTransform
 
@@ -251,15 +253,16 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--weights", help="checkpoint written by `eacnet train` (e.g. runs/x/best.pt)")
-    which.add_argument("--model", help="evaluate the packaged weights of this registry model")
+    which.add_argument("--model", choices=tuple(MODELS), metavar="NAME",
+                       help="evaluate the packaged weights of this registry model")
     p.add_argument("--dataset", default="camvid", choices=DATASET_KINDS, help="default camvid")
-    p.add_argument("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
     p.add_argument("--split", default="val", help="val (default), test, train")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
+    p.add_argument("--limit", type=at_least(0), default=0, help="only the first N images (smoke runs)")
     add_resize(p, aliases=[Alias("--size", hxw, "eval's --size was HxW; --resize is WxH: --size 360x480 is "
                                                "--resize 480x360")], what="the images")
     add_batch_size(p, default=1)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--workers", type=at_least(0), default=2, help="DataLoader worker processes (default 2)")
     add_device(p)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model and images cast to this type, as the Segmenter and the node run them "
@@ -286,7 +289,7 @@ def _load_weights(args: argparse.Namespace) -> tuple[dict, Path]:
 def run(args: argparse.Namespace) -> int:
     ckpt, weights = _load_weights(args)
     info = checkpoint_dataset(ckpt)
-    root = Path(args.data_root) if args.data_root else default_data_root(args.dataset)
+    root = default_data_root(args.dataset, args.data_root)
     size = args.resize if args.resize and args.resize != (0, 0) else None
     transform = EvalTransform(info.mean, info.std, size)
     dataset = build_dataset(args.dataset, root, args.split, limit=args.limit, transform=transform)
@@ -295,12 +298,9 @@ def run(args: argparse.Namespace) -> int:
                               f"{dataset.info.num_classes}")
     check_prediction_outputs(dataset, args.out, args.overwrite, others=(args.json, args.plot), extra_inputs=(weights,))
     info = replace(info, ignore_index=dataset.info.ignore_index)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = torch.device("cpu") if args.precision == "int8" else resolve_device(args.device)  # int8: a CPU path
     precision = resolve_precision(args.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_torch(device, args.threads)
     model = model_from_checkpoint(ckpt, weights)
     if precision == "int8":
         model = int8_forward(model, ckpt["model"], info, weights, args.int8_calibration or str(root), args.threads)

@@ -14,9 +14,18 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, weights_for
-from .models import build_model
-from .options import add_height_width_aliases, add_out, add_overwrite, add_threads, size_from_height_width, wxh
+from .models import MODELS, build_model
+from .options import (
+    add_height_width_aliases,
+    add_out,
+    add_overwrite,
+    add_threads,
+    at_least,
+    size_from_height_width,
+    wxh,
+)
 from .outputs import check_outputs, write_bytes
+from .runtime import configure_torch
 
 #: Names of the image's (and logits') height and width axes in a ``dynamic_size`` export.
 SIZE_AXES = ("height", "width")
@@ -87,16 +96,17 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX and check it against PyTorch",
                               description="Export a registry model (random or trained weights) to ONNX, then "
                                           "run it with onnxruntime and compare with PyTorch.")
-    p.add_argument("--model", help="registry model name (default: the one the --weights checkpoint names)")
+    p.add_argument("--model", choices=tuple(MODELS), metavar="NAME",
+                   help="registry model (default: the one the --weights checkpoint names)")
     p.add_argument("--weights", help="checkpoint to export (default: packaged weights, else random init)")
-    p.add_argument("--classes", type=int, default=None, help="number of classes without weights (default 19)")
+    p.add_argument("--classes", type=at_least(1), default=None, help="number of classes without weights (default 19)")
     p.add_argument("--size", type=wxh, metavar="WxH", help="input size WxH, e.g. 480x360 (required)")
     add_height_width_aliases(p)
     add_out(p, "output .onnx path", required=True)
     add_overwrite(p)
     add_threads(p)
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=at_least(7), default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run)
 
 
@@ -110,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     # --classes without --weights asks for a fresh model of that size: no packaged weights then
     weights = weights_for(args.model, args.weights) if args.weights or args.classes is None else None
     check_outputs([args.out], inputs=[weights] if weights else [], overwrite=args.overwrite)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    configure_torch(torch.device("cpu"), args.threads)
     if weights:
         ckpt = load_checkpoint(weights, expect_model=args.model, expect_classes=args.classes)
         model, name = model_from_checkpoint(ckpt, weights), ckpt["model"]

@@ -34,7 +34,7 @@ from torch import nn
 from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .classes import CAMVID, DatasetInfo, generic
 from .models import build_model
-from .runtime import DTYPES, resolve_device, resolve_precision
+from .runtime import DTYPES, configure_torch, resolve_device, resolve_precision
 from .transforms import normalisation_lut
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,7 @@ class Segmenter:
         self.backend = _resolve_backend(options.backend, self.precision)
         if self.backend == "openvino" and self.device.type != "cpu":
             raise ValueError(f"backend openvino runs on the CPU; got device {self.device}")
-        if options.threads > 0 and self.device.type == "cpu":
-            torch.set_num_threads(options.threads)
+        configure_torch(self.device, options.threads)
         self._norm_lut = normalisation_lut(dataset.mean, dataset.std)  # one cv2.LUT pass, as training
         self._palette_bgr = np.ascontiguousarray(dataset.palette_array()[:, ::-1])
         self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
@@ -636,14 +635,11 @@ def _resolve_backend(backend: str, precision: str) -> str:
 
 
 def _default_calibration_root() -> str:
-    """$EACNET_DATA or ../shared/data/CamVid when it holds CamVid's train split; else ''."""
-    from .datasets import DatasetError, default_data_root
+    """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''."""
+    from .datasets import find_camvid
 
-    try:
-        root = default_data_root("camvid")
-    except DatasetError:
-        return ""
-    return str(root) if (root / "train").is_dir() else ""
+    root = find_camvid()
+    return str(root) if root is not None and (root / "train").is_dir() else ""
 
 
 def _check_size(height: int, width: int) -> None:

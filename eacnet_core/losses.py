@@ -1,6 +1,6 @@
 """Training losses: OHEM cross-entropy, plain and class-weighted cross-entropy.
 
-OHEM follows the "probability" form of the reference code (docs/REFERENCE.md section 4):
+OHEM follows the common "probability" form (the OhemCrossEntropy of the DABNet / ERFNet training code):
 per valid pixel take the softmax probability of its true class; threshold =
 max(thresh, the min_kept-th smallest of those probabilities); keep pixels whose
 probability is at or below the threshold (``<=`` as the reference code, so at least

@@ -18,6 +18,8 @@ and its new one together are an error.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,60 @@ def wxh(text: str) -> tuple[int, int]:
         return parse_hw(text, order="WxH")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type of an integer option that must be >= ``minimum``: argparse then names
+    the option beside the message (``argument --runs: must be an integer >= 1, got '0'``)."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    check.__name__ = f"integer >= {minimum}"
+    return check
+
+
+def number_in(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type of a float option within [low, high] ((low, high] with ``low_open``)."""
+    bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high != math.inf else \
+        f"{'>' if low_open else '>='} {low:g}"
+
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number {'in ' if high != math.inf else ''}{bounds}, "
+                                             f"got {text!r}")
+        return value
+
+    check.__name__ = f"number {bounds}"
+    return check
+
+
+#: The overlay opacity of segment, bag-eval and the node: 0 (frame only) to 1 (mask only).
+opacity = number_in(0.0, 1.0)
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--resize -480x360`` -> ``--resize=-480x360``. argparse reads a value that starts
+    with '-' and is not a plain negative number as the next option, and answers "expected
+    one argument" without naming the value; joined, the option's own check names both."""
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if (previous.startswith("--") and "=" not in previous and re.fullmatch(r"-\d[\w.,]*x[\w.,-]*", token)):
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def hxw(text: str) -> tuple[int, int]:
@@ -109,17 +165,19 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
                         help="replace outputs that exist (an input is never replaced)")
 
 
-def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+def add_device(parser: argparse.ArgumentParser, default: Any = "auto", note: str = "") -> None:
+    """``--device``, the one definition of every command's (train: ``argparse.SUPPRESS``
+    as default, its config holds the default)."""
+    parser.add_argument("--device", default=default, help=DEVICE_HELP + note)
 
 
-def add_threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=0,
+def add_threads(parser: argparse.ArgumentParser, default: Any = 0) -> None:
+    parser.add_argument("--threads", type=at_least(0), default=default,
                         help="CPU threads for torch / onnxruntime (default 0: the library default)")
 
 
 def add_batch_size(parser: argparse.ArgumentParser, default: int, aliases: Sequence[Alias] = ()) -> None:
-    add_option(parser, "--batch-size", aliases=aliases, type=int, default=default,
+    add_option(parser, "--batch-size", aliases=aliases, type=at_least(1), default=default,
                help=f"images per forward pass (default {default})")
 
 
@@ -142,5 +200,5 @@ def size_from_height_width(args: argparse.Namespace, default: Optional[tuple[int
 
 def add_height_width_aliases(parser: argparse.ArgumentParser) -> None:
     """The old --height / --width of bench and export, hidden from --help."""
-    parser.add_argument("--height", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--height", type=at_least(1), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=at_least(1), default=None, help=argparse.SUPPRESS)

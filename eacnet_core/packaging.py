@@ -17,7 +17,7 @@ from .classes import CAMVID
 from .datasets import camvid
 from .inference import Segmenter, SegmenterOptions
 from .metrics import ConfusionMatrix
-from .options import add_out, add_overwrite, warn_deprecated
+from .options import add_out, add_overwrite, at_least, warn_deprecated
 from .outputs import check_outputs
 
 #: Fields a deployed checkpoint keeps; optimiser, scheduler and RNG state only matter to --resume.
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     p.add_argument("--check-data", metavar="CAMVID_ROOT",
                    help="record the mIoU on the first --check-images CamVid val images in metrics['check']")
-    p.add_argument("--check-images", type=int, default=10, help="images for --check-data (default 10)")
+    p.add_argument("--check-images", type=at_least(1), default=10, help="images for --check-data (default 10)")
     p.set_defaults(func=_run_slim)
 
 

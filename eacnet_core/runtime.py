@@ -85,6 +85,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def configure_torch(device: torch.device, threads: int = 0) -> None:
+    """The process-wide torch set-up of every command that runs a model: ``threads`` CPU
+    threads (0: torch's default, all cores), and cuDNN's autotuner on CUDA, which picks the
+    fastest convolution for each input shape once (our shapes are fixed per run)."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: the library default), got {threads}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

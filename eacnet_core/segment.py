@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from .inference import Segmenter
-from .options import Alias, add_out, add_overwrite
+from .options import Alias, add_out, add_overwrite, opacity
 from .outputs import OutputError, check_output_folder, check_outputs, write_image
 from .progress import progress_bar
 from .segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
@@ -103,9 +103,9 @@ def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: f
                      progress: bool = True, overwrite: bool = False) -> dict:
     """Write <name>_mask.png (class ids), <name>_color.png and <name>_overlay.png per frame,
     each atomically, after ``check_segment_outputs``. Unreadable images are skipped and
-    counted, never fatal."""
+    counted, never fatal here; ``out_dir`` is made by the first write, so a run that
+    writes nothing leaves no empty folder behind."""
     check_segment_outputs(source, out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = 0, []
     for name, frame in progress_bar(iter_frames(source), enabled=progress, desc="segment", unit="frame"):
         if frame is None:
@@ -128,7 +128,7 @@ def add_parser(subparsers) -> None:
     add_out(p, "folder for <frame>_mask/_color/_overlay.png (not the input's folder)", required=True,
             aliases=[Alias("--output")], metavar="DIR")
     add_overwrite(p)
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (default 0.5)")
+    p.add_argument("--alpha", type=opacity, default=0.5, help="overlay opacity of the colour mask (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
@@ -138,9 +138,12 @@ def run(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
     check_segment_outputs(source, out, args.overwrite)  # before loading a model: the cheapest mistakes first
     segmenter = segmenter_from_args(args)
-    print(segmenter.describe())
     summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite)
-    print(f"wrote {summary['frames']} frame(s) to {summary['output']}"
-          + (f"; skipped {len(summary['skipped'])} unreadable: {', '.join(summary['skipped'][:5])}"
-             if summary["skipped"] else ""))
+    skipped = summary["skipped"]
+    unreadable = f"{len(skipped)} unreadable: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+    if not summary["frames"]:
+        raise ValueError(f"nothing segmented: no frame of {source} could be decoded ({unreadable}); "
+                         "nothing was written")
+    print(f"wrote {summary['frames']} frame(s) to {summary['output']}" + (f"; skipped {unreadable}" if skipped else ""))
+    print(f"ran: {segmenter.describe()}")  # after the frames: backend auto has chosen by then
     return 0

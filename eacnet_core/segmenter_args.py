@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from .datasets import CAMVID_LOOKUP
 from .inference import BACKENDS, Segmenter, SegmenterOptions
-from .options import INFERENCE_SIZE_HXW, add_resize, add_threads
+from .models import MODELS
+from .options import INFERENCE_SIZE_HXW, add_device, add_resize, add_threads
 from .runtime import PRECISIONS
 
 
@@ -17,14 +19,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--weights CKPT | --model NAME (its packaged weights), and --allow-untrained."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--weights", help="checkpoint written by `eacnet train`")
-    which.add_argument("--model", help="registry model name; uses its packaged weights")
+    which.add_argument("--model", choices=tuple(MODELS), metavar="NAME",
+                       help=f"registry model, run with its packaged weights: {', '.join(MODELS)}")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="with --model and no packaged weights: run a randomly initialised model (noise)")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--device/--precision/--backend/--resize/--threads, shared by every command that runs a Segmenter."""
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device(parser)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: fp16 on CUDA, fp32 on CPU; int8: quantised onnxruntime model on the CPU")
     add_int8_calibration(parser)
@@ -42,7 +45,7 @@ def options_from_args(args: argparse.Namespace) -> SegmenterOptions:
 
 
 def add_int8_calibration(parser: argparse.ArgumentParser,
-                         default: str = "$EACNET_DATA or ../shared/data/CamVid") -> None:
+                         default: str = CAMVID_LOOKUP) -> None:
     """``--int8-calibration``; ``default`` says where the command looks without it."""
     parser.add_argument("--int8-calibration", metavar="DIR",
                         help="--precision int8: CamVid folder (its train split) or folder of camera frames that "

@@ -55,7 +55,7 @@ from .losses import build_criterion, class_weights
 from .models import build_model
 from .models.attention import SelfCalibrationAttention
 from .progress import progress_bar
-from .runtime import resolve_precision
+from .runtime import configure_torch, resolve_precision
 from .train_config import RESUME_OVERRIDABLE, TrainConfig
 from .train_distributed import (
     DistInfo,
@@ -402,7 +402,7 @@ class Trainer:
         self.stop = StopSignal()
         self.on_step: Optional[Callable[[Trainer], None]] = None  # called after every optimiser step
         self._setup_runtime()
-        root = Path(self.cfg.data_root) if self.cfg.data_root else default_data_root(self.cfg.dataset)
+        root = default_data_root(self.cfg.dataset, self.cfg.data_root)
         self.cfg = replace(self.cfg, data_root=str(root))  # the checkpoint records where the data was
         self.data = data or build_run_data(self.cfg, self.dist, self.device, self._log)
         self.total_iters = self.data.iters_per_epoch * self.cfg.epochs
@@ -430,10 +430,7 @@ class Trainer:
             self._print(message)
 
     def _setup_runtime(self) -> None:
-        if self.cfg.threads > 0:
-            torch.set_num_threads(self.cfg.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        configure_torch(self.device, self.cfg.threads)
         seed_everything(self.cfg.seed + self.dist.rank)
         self.amp_dtype = amp_dtype_for(self.cfg, self.device)
         self.scaler = _grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)

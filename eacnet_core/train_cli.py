@@ -9,10 +9,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .datasets import DATASET_KINDS
+from .datasets import DATA_ROOT_HELP, DATASET_KINDS
 from .losses import LOSSES, WEIGHTINGS
 from .models import MODELS
-from .options import DEVICE_HELP, Alias, add_option, hxw, wxh
+from .options import Alias, add_device, add_option, add_threads, hxw, wxh
 from .train import BEST, NonFiniteLoss, train, train_together
 from .train import __doc__ as TRAIN_DOC
 from .train_config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, TrainConfig
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                                      "comma-separated (e.g. eacnet_dab,dabnet: an equal-budget pair); each "
                                      "writes its run into --out/<model>")
     a("--dataset", choices=DATASET_KINDS, help=f"default {d.dataset}")
-    a("--data-root", help="dataset folder (camvid default: $EACNET_DATA, else ../shared/data/CamVid)")
+    a("--data-root", help=DATA_ROOT_HELP)
     a("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl, tensorboard/")
     a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt)")
     a("--train-split", help="split to train on (default train; camvid: trainval = train + val, the paper's "
@@ -81,10 +81,10 @@ def add_parser(subparsers) -> None:
     a("--data-on-device", action="store_true", help="hold the training set on the device and augment it there "
                                                     "(GPU training of small datasets; implies --cache)")
     a("--seed", type=int, help=f"default {d.seed}")
-    a("--device", help=f"{DEVICE_HELP}; under torchrun cuda:LOCAL_RANK")
+    add_device(p, argparse.SUPPRESS, "; under torchrun cuda:LOCAL_RANK")
     a("--amp", action="store_true", help="mixed precision (autocast; GradScaler for fp16)")
     a("--amp-dtype", choices=AMP_DTYPES, help="auto = fp16 on CUDA, bf16 on CPU")
-    a("--threads", type=int, help="torch CPU threads (default: library default)")
+    add_threads(p, argparse.SUPPRESS)
     a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA DDP)")
     a("--pool", type=int, help="EAC key/value pooling of eacnet_erf/eacnet_dab (default 2)")
     a("--channels-last", action="store_true", help="NHWC memory format")

@@ -6,7 +6,7 @@ the RGB mean, multiply by the reciprocal std (0..255 units) -> CHW. A model trai
 anything else would see shifted inputs on the robot. ``normalize_bgr`` performs exactly
 those float operations in that order, so the two paths agree bit for bit.
 
-Geometric augmentation (paper, section 4 of docs/REFERENCE.md): random scale from a
+Geometric augmentation (the paper's section 4, Experiments): random scale from a
 fixed set, random horizontal flip, random crop padded with the ignore label. Scaling
 and flipping happen on uint8 (cheap, and what the reference does); the crop pads the
 *normalised* image with 0, i.e. with the dataset's mean colour, as the reference does.

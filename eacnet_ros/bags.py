@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
+from eacnet_core.options import at_least, number_in, opacity
 from eacnet_core.outputs import OutputError, check_outputs, real_path, write_json
 from eacnet_core.segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
@@ -61,13 +62,14 @@ def _add_make_bag(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
                    help="mcap (Jazzy default, default here) or sqlite3 (Humble default)")
-    p.add_argument("--rate", type=float, default=10.0, help="frames per second of the stamps (default 10)")
+    p.add_argument("--rate", type=number_in(0, low_open=True), default=10.0,
+                   help="frames per second of the stamps (default 10)")
     p.add_argument("--compressed", choices=("jpeg", "png"), help="frames as CompressedImage on <topic>/compressed")
     p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC, help=f"default {DEFAULT_IMAGE_TOPIC}")
     p.add_argument("--label-topic", default=DEFAULT_LABEL_TOPIC, help=f"default {DEFAULT_LABEL_TOPIC}")
     p.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
-    p.add_argument("--limit", type=int, default=0, help="write at most N frames (default all)")
-    p.add_argument("--start-time", type=float, default=DEFAULT_START_NS / 1e9,
+    p.add_argument("--limit", type=at_least(0), default=0, help="write at most N frames (default all)")
+    p.add_argument("--start-time", type=number_in(0), default=DEFAULT_START_NS / 1e9,
                    help="first stamp in seconds since the epoch (default fixed, for reproducible bags)")
     p.set_defaults(func=run_make_bag)
 
@@ -85,8 +87,8 @@ def _add_bag_eval(subparsers) -> None:
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with charts and samples here "
                                                               "(a new or empty folder)")
-    p.add_argument("--limit", type=int, default=0, help="process at most N frames (default all)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5, as the node)")
+    p.add_argument("--limit", type=at_least(0), default=0, help="process at most N frames (default all)")
+    p.add_argument("--alpha", type=opacity, default=0.5, help="overlay opacity (default 0.5, as the node)")
     add_runtime_arguments(p)
     p.set_defaults(func=run_bag_eval)
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
+from eacnet_core.options import join_dash_values
 
 from . import bags, dds_bench, demo, pipeline_bench
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -53,10 +53,10 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from eacnet_core.datasets import DatasetError, default_data_root
+from eacnet_core.datasets import CAMVID_LOOKUP, DatasetError, default_data_root
 from eacnet_core.inference import BACKENDS, Segmenter
 from eacnet_core.models.registry import model_for
-from eacnet_core.options import add_overwrite
+from eacnet_core.options import add_overwrite, at_least, number_in
 from eacnet_core.outputs import check_outputs, write_json
 
 from . import codec
@@ -162,7 +162,7 @@ def source_frames(data_root: Optional[str], count: int) -> tuple[list[np.ndarray
     """Up to ``count`` CamVid val images at their own size, else one synthetic frame: real
     images give the JPEG path real compressed sizes and decode work."""
     try:
-        root = Path(data_root) if data_root else default_data_root("camvid")
+        root = default_data_root("camvid", data_root)
         frames = [f.bgr for f in itertools.islice(camvid_frames(root, "val"), count) if f.bgr is not None]
     except (DatasetError, FileNotFoundError):
         frames = []
@@ -599,19 +599,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", default=SPECS["backend"].default, choices=BACKENDS,
                    help="node parameter backend (default %(default)s: the node times the CPU paths at start-up; "
                         "the forward reference uses whichever it chose)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads of the node and of the forward reference "
-                                                          "(default 0: torch's default here, e.g. every core)")
+    p.add_argument("--threads", type=at_least(0), default=0,
+                   help="CPU threads of the node and of the forward reference "
+                        "(default 0: torch's default here, e.g. every core)")
     p.add_argument("--reliability", default=SPECS["reliability"].default, choices=SPECS["reliability"].choices,
                    help="node parameter reliability of its image subscription (default %(default)s)")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="frame sizes WxH (default: %(default)s)")
     p.add_argument("--transports", nargs="+", default=list(DEFAULT_TRANSPORTS), choices=DEFAULT_TRANSPORTS,
                    help="raw (sensor_msgs/Image bgr8) and/or compressed (CompressedImage jpeg) (default: both)")
-    p.add_argument("--frames", type=int, default=30, help="timed frames per configuration (default 30)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed frames first, per configuration (default 2)")
-    p.add_argument("--rate", type=float, default=0.0, help="publish at this rate in Hz (default: closed loop, the "
-                                                          "next frame when the previous mask arrived)")
-    p.add_argument("--data-root", help="CamVid root for the frames (default: $EACNET_DATA or ../shared/data/CamVid; "
-                                       "synthetic frames when neither exists)")
+    p.add_argument("--frames", type=at_least(1), default=30, help="timed frames per configuration (default 30)")
+    p.add_argument("--warmup", type=at_least(1), default=2, help="untimed frames first, per configuration (default 2)")
+    p.add_argument("--rate", type=number_in(0), default=0.0,
+                   help="publish at this rate in Hz (default: closed loop, the next frame "
+                        "when the previous mask arrived)")
+    p.add_argument("--data-root", help=f"CamVid root for the frames (default: {CAMVID_LOOKUP}; "
+                                       "synthetic frames when it finds none)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
     p.set_defaults(func=run)

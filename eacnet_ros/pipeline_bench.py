@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 
 from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, wxh
+from eacnet_core.models import MODELS
+from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, at_least, wxh
 from eacnet_core.outputs import check_outputs, write_json
 from eacnet_core.runtime import sync
 from eacnet_core.transforms import parse_hw
@@ -249,15 +250,16 @@ def add_parser(subparsers) -> None:
                               description="Time decode, preprocess, forward, postprocess, colour/overlay and "
                                           "encode (+CDR) of the segmentation node for several backends and "
                                           "precisions; the first configuration is the baseline.")
-    p.add_argument("--model", default="eacnet_erf", help="registry model (default eacnet_erf)")
+    p.add_argument("--model", default="eacnet_erf", choices=tuple(MODELS), metavar="NAME",
+                   help="registry model (default eacnet_erf)")
     p.add_argument("--weights", help="checkpoint (default: packaged weights, else random init; fine for timing)")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="input sizes WxH (default: %(default)s)")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
                    help="backend:precision[:nchw] (default: %(default)s); the first is the baseline")
     add_device(p)
     add_resize(p, aliases=[Alias("--inference-size", wxh, "same WxH meaning here")], what="each input")
-    p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--runs", type=at_least(1), default=10, help="timed rounds (default 10)")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="untimed rounds first (default 2)")
     add_threads(p)
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)

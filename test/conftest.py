@@ -21,6 +21,9 @@ from real_data import REAL_CAMVID
 import eacnet_core.inference  # noqa: F401 - see PACKAGE_LOGGERS
 import eacnet_core.runtime  # noqa: F401
 import eacnet_ros.bags  # noqa: F401 (and with it bag_io, bag_eval)
+from eacnet_core.checkpoint import make_checkpoint, save_atomic
+from eacnet_core.classes import CAMVID, DatasetInfo
+from eacnet_core.models import build_model
 
 #: The package loggers, created (with the modules above) before any test module imports
 #: `launch`: importing launch makes its LaunchLogger (propagate = False) the class of every
@@ -48,6 +51,43 @@ def no_packaged_weights(monkeypatch, tmp_path):
     empty.mkdir()
     monkeypatch.setattr("eacnet_core.checkpoint.WEIGHTS_DIR", empty)
     return empty
+
+
+def save_tiny_checkpoint(path: Path, model: str = "dabnet", info: DatasetInfo = CAMVID, seed: int = 0,
+                         **extra) -> Path:
+    """A randomly initialised registry model saved as a checkpoint, the same weights for the
+    same seed; ``extra`` goes into the checkpoint (epoch, metrics, config, ...)."""
+    torch.manual_seed(seed)
+    return save_atomic(make_checkpoint(model, build_model(model, info.num_classes), info, **extra), path)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """``save_tiny_checkpoint`` into tmp_path: ``tiny_checkpoint()`` is a CamVid dabnet,
+    ``tiny_checkpoint("eacnet_erf", epoch=3)`` another model with extra fields."""
+
+    def build(model: str = "dabnet", info: DatasetInfo = CAMVID, name: str = "", **extra) -> Path:
+        return save_tiny_checkpoint(tmp_path / (name or f"{model}.pt"), model, info, **extra)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def shared_checkpoint(tmp_path_factory) -> Path:
+    """One CamVid dabnet checkpoint for the whole run, for tests that only read it."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "dabnet.pt")
+
+
+@pytest.fixture
+def no_camvid_anywhere(tmp_path, monkeypatch):
+    """Nothing where the commands look for CamVid: no $EACNET_DATA, no ../shared beside the
+    current folder (a fresh one under tmp_path) or beside the source tree. Returns tmp_path."""
+    monkeypatch.delenv("EACNET_DATA", raising=False)
+    monkeypatch.setattr("eacnet_core.datasets.SOURCE_TREE", tmp_path / "site-packages")
+    work = tmp_path / "proj" / "repo"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    return tmp_path
 
 
 #: BGR colour per class id for synthetic images (distinct, far apart).

@@ -1,28 +1,23 @@
-"""Where the real CamVid copy is for the tests that use it: ``$EACNET_DATA`` (the variable
-the tools read) or its ``CamVid/`` child, else ``../shared/data/CamVid`` beside the
-repository. Tests marked ``needs_real_camvid`` skip when neither holds it."""
+"""Where the real CamVid copy is for the tests that use it: where every command looks
+(``eacnet_core.datasets.find_camvid``: ``$EACNET_DATA`` or its ``CamVid/`` child, else
+``../shared/data/CamVid``). Tests marked ``needs_real_camvid`` skip when it is not there
+with its train and val splits."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from eacnet_core.datasets import CAMVID_LOOKUP, find_camvid
 
 
 def find_real_camvid() -> Optional[Path]:
-    roots = [Path(os.environ["EACNET_DATA"])] if os.environ.get("EACNET_DATA") else []
-    roots.append(REPO.parent / "shared" / "data" / "CamVid")
-    for root in roots:
-        for folder in (root, root / "CamVid"):
-            if all((folder / name).is_dir() for name in ("train", "trainannot", "val", "valannot")):
-                return folder
-    return None
+    root = find_camvid()
+    needed = ("train", "trainannot", "val", "valannot")
+    return root if root is not None and all((root / name).is_dir() for name in needed) else None
 
 
 REAL_CAMVID = find_real_camvid()
-needs_real_camvid = pytest.mark.skipif(REAL_CAMVID is None,
-                                       reason="no CamVid (SegNet layout) at $EACNET_DATA or ../shared/data/CamVid")
+needs_real_camvid = pytest.mark.skipif(REAL_CAMVID is None, reason=f"no CamVid with train and val at {CAMVID_LOOKUP}")

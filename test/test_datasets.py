@@ -11,6 +11,7 @@ from real_data import needs_real_camvid
 from eacnet_core.classes import CAMVID, CITYSCAPES
 from eacnet_core.datasets import (
     CITYSCAPES_ID_TO_TRAINID,
+    DATA_ENV,
     DatasetError,
     LabelRule,
     build_dataset,
@@ -19,6 +20,7 @@ from eacnet_core.datasets import (
     class_pixel_counts,
     dataset_info,
     default_data_root,
+    find_camvid,
     folder_info,
     image_folder,
 )
@@ -279,19 +281,30 @@ def test_class_pixel_counts(tmp_path, synthetic):
     assert image_pixels.tolist() == [valid0 + 32 * 48, valid0, 32 * 48]
 
 
-def test_default_data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("EACNET_DATA", str(tmp_path / "somewhere"))
-    assert default_data_root("camvid") == tmp_path / "somewhere"
-    monkeypatch.delenv("EACNET_DATA")
-    work = tmp_path / "proj" / "repo"
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-    with pytest.raises(DatasetError, match="--data-root"):
+def test_data_root_order_explicit_then_environment_then_shared_folder(no_camvid_anywhere, monkeypatch, synthetic):
+    """The README's order: --data-root, $EACNET_DATA (itself or its CamVid/), ../shared/data/CamVid."""
+    tmp = no_camvid_anywhere
+    with pytest.raises(DatasetError, match=r"--data-root.*EACNET_DATA.*looked in"):
         default_data_root("camvid")
-    (tmp_path / "proj" / "shared" / "data" / "CamVid").mkdir(parents=True)
-    assert default_data_root("camvid").resolve() == (tmp_path / "proj" / "shared" / "data" / "CamVid").resolve()
+    assert find_camvid() is None
+    shared = synthetic.camvid(tmp / "proj" / "shared" / "data" / "CamVid", {"val": 1})
+    assert default_data_root("camvid") == find_camvid() == shared.resolve()
+    env = synthetic.camvid(tmp / "data" / "CamVid", {"train": 1})
+    monkeypatch.setenv(DATA_ENV, str(tmp / "data"))  # a folder holding CamVid/
+    assert default_data_root("camvid") == find_camvid() == env.resolve()
+    monkeypatch.setenv(DATA_ENV, str(env))  # the CamVid folder itself
+    assert default_data_root("camvid") == env.resolve()
+    explicit = synthetic.camvid(tmp / "mine" / "CamVid", {"val": 1})
+    assert default_data_root("camvid", str(tmp / "mine")) == explicit.resolve()
+    assert default_data_root("camvid", explicit) == explicit.resolve()
+    assert find_camvid(tmp / "elsewhere") is None  # an explicit root is the only candidate
+    assert default_data_root("camvid", tmp / "elsewhere") == tmp / "elsewhere"  # the reader names what is missing
+
+
+def test_other_datasets_need_a_data_root(no_camvid_anywhere):
     with pytest.raises(DatasetError, match="cityscapes.*--data-root"):
         default_data_root("cityscapes")
+    assert default_data_root("folder", no_camvid_anywhere / "x") == no_camvid_anywhere / "x"
 
 
 @needs_real_camvid
@@ -326,3 +339,19 @@ def test_cache_in_memory_serves_the_same_pairs_without_reading_files(tmp_path, s
         sample.image.unlink()  # the cache, not the files, is read from now on
     after = [ds.load(i) for i in range(len(ds))]
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, after, strict=True))
+
+
+def test_every_command_finds_camvid_in_a_folder_holding_it(no_camvid_anywhere, monkeypatch, synthetic):
+    """$EACNET_DATA=/data with /data/CamVid: train and the int8 calibration default read it too."""
+    from eacnet_core import inference
+    from eacnet_core.checkpoint import load_checkpoint
+    from eacnet_ros.cli import main
+
+    camvid_root = synthetic.camvid(no_camvid_anywhere / "data" / "CamVid", {"train": 1, "val": 1}).resolve()
+    monkeypatch.setenv(DATA_ENV, str(no_camvid_anywhere / "data"))
+    assert inference._default_calibration_root() == str(camvid_root)
+    out = no_camvid_anywhere / "run"
+    assert main(["train", "--model", "dabnet", "--out", str(out), "--epochs", "1", "--batch-size", "1",
+                 "--crop-size", "48x32", "--val-every", "0", "--workers", "0", "--no-progress",
+                 "--no-tensorboard"]) == 0
+    assert load_checkpoint(out / "last.pt")["config"]["data_root"] == str(camvid_root)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import random
+import time
 
 import numpy as np
 import pytest
@@ -40,15 +41,18 @@ def test_tiny_run_through_dds(tmp_path, capsys, private_ros_domain):
     out = tmp_path / "dds.json"
     args = parse(["--backbone", "dabnet", "--attention", "none", "--backend", "torch", "--threads", "1",
                   "--sizes", "160x120", "--frames", str(FRAMES), "--warmup", "1", "--json", str(out)])
+    start = time.monotonic()
     assert args.func(args) == 0
+    wall_ms = 1000 * (time.monotonic() - start)
     rows = json.loads(out.read_text())
     assert [(r["size"], r["transport"]) for r in rows] == [("160x120", "raw"), ("160x120", "compressed")]
     for row in rows:
         assert row["sent"] == row["received"] == FRAMES and row["dropped"] == 0  # closed loop: nothing queues
         assert row["node_dropped"] == 0 and row["node_received"] == FRAMES  # the node's own /diagnostics agree
-        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"] < 10_000
-        assert row["forward_ms"] > 0 and row["in_process_ms"] >= row["forward_ms"] and row["fps"] > 0
-        assert row["overhead"] == pytest.approx((row["latency_ms"]["p50"] - row["forward_ms"]) / row["forward_ms"])
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
+        # the round trip holds the node's forward pass, and closed loop runs the frames one after another
+        assert 0 < row["forward_ms"] <= row["in_process_ms"] and row["forward_ms"] < row["latency_ms"]["p99"]
+        assert FRAMES * row["latency_ms"]["mean"] < wall_ms and row["fps"] > FRAMES / (wall_ms / 1000)
         assert row["runtime"] == "torch:nhwc fp32 on cpu"
     printed = capsys.readouterr().out
     assert "| 160x120 | raw | torch:nhwc fp32 on cpu | closed loop | 3 | 3 | 0 | 0 |" in printed
@@ -81,8 +85,16 @@ def test_backend_auto_is_read_from_the_choice_on_the_first_frame(caplog):
     assert runtime.chosen(f"loaded {segmenter.describe()}") is None
 
 
-@pytest.mark.parametrize("argv, match", [(["--frames", "0"], "--frames"), (["--warmup", "0"], "--warmup"),
-                                         (["--rate", "-1"], "--rate"), (["--sizes", "0"], "WxH"),
+@pytest.mark.parametrize("argv, match", [(["--frames", "0"], "argument --frames: must be an integer >= 1, got '0'"),
+                                         (["--warmup", "0"], "argument --warmup: must be an integer >= 1, got '0'"),
+                                         (["--rate", "-1"], "argument --rate: must be a number >= 0, got '-1'")])
+def test_bad_numbers_are_refused_by_the_parser(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, match", [(["--sizes", "0"], "WxH"),
                                          (["--backbone", "dabnet", "--attention", "nonlocal"], "no model")])
 def test_bad_arguments_fail_before_anything_starts(argv, match):
     args = parse(argv)

@@ -11,7 +11,6 @@ import pytest
 import torch
 from real_data import REAL_CAMVID, needs_real_camvid
 
-from eacnet_core.checkpoint import make_checkpoint
 from eacnet_core.classes import CAMVID
 from eacnet_core.datasets import DatasetError, camvid, image_folder
 from eacnet_core.evaluate import eval_loader, evaluate_model, plot_per_class, predict_to_label_size
@@ -19,14 +18,6 @@ from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.metrics import ConfusionMatrix
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main as cli_main
-
-
-def _camvid_checkpoint(tmp_path: Path, name: str = "dabnet") -> Path:
-    torch.manual_seed(0)
-    model = build_model(name, CAMVID.num_classes)
-    path = tmp_path / f"{name}.pt"
-    torch.save(make_checkpoint(name, model, CAMVID, epoch=3, metrics={}), path)
-    return path
 
 
 def _segmenter_confusion(weights: Path, dataset, size: tuple[int, int] = (0, 0)) -> ConfusionMatrix:
@@ -41,9 +32,9 @@ def _segmenter_confusion(weights: Path, dataset, size: tuple[int, int] = (0, 0))
 
 
 @pytest.mark.parametrize("size", [(0, 0), (24, 40)])
-def test_eval_equals_the_inference_path(tmp_path, synthetic, capsys, size):
+def test_eval_equals_the_inference_path(shared_checkpoint, tmp_path, synthetic, capsys, size):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     out = tmp_path / "report.json"
     args = ["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers", "0",
             "--no-progress", "--device", "cpu"]
@@ -59,12 +50,12 @@ def test_eval_equals_the_inference_path(tmp_path, synthetic, capsys, size):
     assert "Sky" in printed and "Bicyclist" in printed and "mIoU" in printed and "images/s" in printed
 
 
-def test_eval_precision_casts_the_model_as_the_segmenter_does(tmp_path, synthetic, monkeypatch):
+def test_eval_precision_casts_the_model_as_the_segmenter_does(shared_checkpoint, tmp_path, synthetic, monkeypatch):
     """--precision means what it means on the robot: the model and the image cast to bf16
     (not autocast, which keeps fp32 weights and picks ops to run in low precision)."""
     monkeypatch.setattr("eacnet_core.runtime.cpu_supports_bf16", lambda: True)
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 2})
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     out = tmp_path / "bf16.json"
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers",
                      "0", "--no-progress", "--device", "cpu", "--precision", "bf16"]) == 0
@@ -80,12 +71,12 @@ def test_eval_precision_casts_the_model_as_the_segmenter_does(tmp_path, syntheti
     assert report["pixel_acc"] != pytest.approx(fp32.pixel_accuracy, abs=1e-12)  # bf16 really ran
 
 
-def test_eval_precision_int8_scores_the_quantised_graph_the_segmenter_runs(tmp_path, synthetic):
+def test_eval_precision_int8_scores_the_quantised_graph_the_segmenter_runs(tiny_checkpoint, tmp_path, synthetic):
     """--precision int8 calibrates on the dataset root's train split and scores exactly the
     int8 onnxruntime model a Segmenter with precision int8 runs."""
     pytest.importorskip("onnxruntime")
     root = synthetic.camvid(tmp_path / "CamVid", {"train": 3, "val": 2})
-    weights = _camvid_checkpoint(tmp_path)
+    weights = tiny_checkpoint()  # its own folder: the int8 cache lands beside it
     out = tmp_path / "int8.json"
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out), "--workers",
                      "0", "--no-progress", "--precision", "int8"]) == 0
@@ -100,9 +91,9 @@ def test_eval_precision_int8_scores_the_quantised_graph_the_segmenter_runs(tmp_p
     assert json.loads(out.read_text())["pixel_acc"] == pytest.approx(expected.pixel_accuracy, abs=1e-12)
 
 
-def test_eval_json_plot_and_predictions(tmp_path, synthetic):
+def test_eval_json_plot_and_predictions(shared_checkpoint, tmp_path, synthetic):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     rc = cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "val", "--limit", "2",
                    "--json", str(tmp_path / "r" / "e.json"), "--plot", str(tmp_path / "r" / "iou.png"),
                    "--out", str(tmp_path / "pred"), "--workers", "0", "--no-progress",
@@ -123,19 +114,19 @@ def test_eval_json_plot_and_predictions(tmp_path, synthetic):
     assert np.array_equal(colour, seg.colorize(mask))
 
 
-def test_test_split_with_withheld_labels_names_missing_files(tmp_path, synthetic, capsys):
+def test_test_split_with_withheld_labels_names_missing_files(shared_checkpoint, tmp_path, synthetic, capsys):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 1, "test": 2})
     for f in (root / "testannot").iterdir():
         f.unlink()
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "2 of 2 annotation files missing" in err and "testannot/test_000.png" in err
 
 
-def test_test_split_works_where_annotations_exist(tmp_path, synthetic):
+def test_test_split_works_where_annotations_exist(shared_checkpoint, tmp_path, synthetic):
     root = synthetic.camvid(tmp_path / "CamVid", {"test": 2})
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "test",
                      "--json", str(tmp_path / "t.json"), "--workers", "0", "--no-progress"]) == 0
     assert json.loads((tmp_path / "t.json").read_text())["split"] == "test"
@@ -146,20 +137,21 @@ def test_model_without_packaged_weights_is_a_clear_error(tmp_path, capsys, no_pa
     assert "no packaged weights for model 'eacnet_erf'" in capsys.readouterr().err
 
 
-def test_class_count_mismatch(tmp_path, synthetic, capsys):
+def test_class_count_mismatch(shared_checkpoint, tmp_path, synthetic, capsys):
     root = synthetic.folder(tmp_path / "data", count=1)
-    weights = _camvid_checkpoint(tmp_path)
+    weights = shared_checkpoint
     assert cli_main(["eval", "--weights", str(weights), "--dataset", "folder", "--data-root", str(root)]) == 2
     assert "model has 11 classes, dataset folder has 3" in capsys.readouterr().err
 
 
-def test_default_data_root_from_environment(tmp_path, synthetic, monkeypatch, capsys):
-    root = synthetic.camvid(tmp_path / "CamVid", {"val": 1})
-    weights = _camvid_checkpoint(tmp_path)
-    monkeypatch.setenv("EACNET_DATA", str(root))
+def test_default_data_root_from_environment(shared_checkpoint, no_camvid_anywhere, tmp_path, synthetic, monkeypatch,
+                                            capsys):
+    """$EACNET_DATA naming a folder that holds CamVid/ serves eval as it serves the demo."""
+    synthetic.camvid(tmp_path / "data" / "CamVid", {"val": 1})
+    weights = shared_checkpoint
+    monkeypatch.setenv("EACNET_DATA", str(tmp_path / "data"))
     assert cli_main(["eval", "--weights", str(weights), "--workers", "0", "--no-progress"]) == 0
     monkeypatch.delenv("EACNET_DATA")
-    monkeypatch.chdir(tmp_path)
     assert cli_main(["eval", "--weights", str(weights)]) == 2
     assert "pass --data-root" in capsys.readouterr().err
 
@@ -199,8 +191,8 @@ def test_plot_writes_png(tmp_path):
 
 
 @needs_real_camvid
-def test_real_camvid_eval_two_images(tmp_path):
-    weights = _camvid_checkpoint(tmp_path)
+def test_real_camvid_eval_two_images(shared_checkpoint, tmp_path):
+    weights = shared_checkpoint
     out = tmp_path / "real.json"
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(REAL_CAMVID), "--limit", "2",
                      "--json", str(out), "--workers", "0", "--no-progress"]) == 0

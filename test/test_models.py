@@ -7,7 +7,7 @@ from torch import nn
 from eacnet_core.flops import module_macs, total_flops
 from eacnet_core.models import MODELS, SelfCalibrationAttention, build_model, model_for
 
-# Paper Table 1/3 and the reference code (REFERENCE.md section 2), 19 classes.
+# The paper's Tables 1 and 3 (params to three decimals) and the exact counts of the reference code, 19 classes.
 PARAMS_19 = {"erfnet": 2_066_642, "erfnet_enc": 1_876_495, "eacnet_erf": 1_877_636, "eacnet_erf_nl": 1_877_636,
              "dabnet": 756_643, "eacnet_dab": 757_784}
 PAPER_GMACS_512x1024 = {"erfnet": 30.055, "erfnet_enc": 21.698, "eacnet_erf": 21.702, "eacnet_erf_nl": 21.707,

@@ -90,7 +90,7 @@ def test_bench_pipeline_resize_keeps_its_wxh_meaning(capsys):
 
 
 def test_segment_output_and_slim_positional_still_work(capsys):
-    assert parse(["segment", "--model", "m", "--input", "i", "--output", "o"]).out == "o"
+    assert parse(["segment", "--model", "dabnet", "--input", "i", "--output", "o"]).out == "o"
     assert parse(["slim", "a.pt", "b.pt"]).dst == "b.pt"
     assert "--output is deprecated" in capsys.readouterr().err
 

@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core.checkpoint import make_checkpoint, save_atomic
-from eacnet_core.classes import CAMVID
-from eacnet_core.models import build_model
+from eacnet_core.checkpoint import save_atomic
 from eacnet_core.outputs import OutputError, atomic_write, check_output_folder, check_outputs, write_json
 from eacnet_ros.cli import main
 
@@ -31,12 +29,9 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dabnet.pt"
-    save_atomic(make_checkpoint("dabnet", build_model("dabnet", CAMVID.num_classes), CAMVID, epoch=1), path)
-    return path
+@pytest.fixture
+def weights(shared_checkpoint) -> Path:
+    return shared_checkpoint
 
 
 # ---------------------------------------------------------------- the helper

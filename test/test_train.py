@@ -356,8 +356,20 @@ def test_shard_sampler_covers_disjointly_and_skips():
     assert list(shards[0]) == lists[0][2:] and len(shards[0]) == 2
     shards[0].set_epoch(2)
     assert list(shards[0]) != lists[0]
-    single = ShardSampler(5, batch_size=2, seed=0)
-    assert sorted(single)[:4] == sorted(single)[:4] and len(list(single)) == 4
+    single = list(ShardSampler(5, batch_size=2, seed=0))
+    assert len(single) == 4 and len(set(single)) == 4 and set(single) <= set(range(5))
+
+
+def test_shards_are_disjoint_and_cover_the_dataset():
+    """Every image once per epoch over all processes; with padding, the repeated images go
+    to other processes, never twice to one."""
+    even = [list(ShardSampler(12, batch_size=2, num_replicas=3, rank=r, seed=7)) for r in range(3)]
+    assert all(len(x) == 4 for x in even)
+    assert all(not set(a) & set(b) for i, a in enumerate(even) for b in even[i + 1:])
+    assert sorted(i for x in even for i in x) == list(range(12))
+    padded = [list(ShardSampler(10, batch_size=2, num_replicas=3, rank=r, seed=7)) for r in range(3)]
+    assert all(len(set(x)) == len(x) == 4 for x in padded)
+    assert set().union(*map(set, padded)) == set(range(10))
 
 
 # ---------------------------------------------------------------------------- distributed
