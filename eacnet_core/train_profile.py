@@ -30,7 +30,7 @@ from .evaluate import autocast
 from .losses import build_criterion
 from .models import MODELS, build_model
 from .options import add_option, wxh
-from .runtime import resolve_device, sync
+from .runtime import configure_torch, resolve_device, sync
 from .train import build_optimizer
 from .train_config import COMPILE_MODES, TrainConfig
 from .train_step import compile_mode_for, compiled_loss
@@ -211,11 +211,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(MODELS)}")
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --steps must be >= 1, --warmup >= 0")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device, fallback=False)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_torch(device, args.threads)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.amp_dtype]
     print(f"training steps on {device}: batch {args.batch_size}, crop {args.crop[1]}x{args.crop[0]}, "
           f"{args.amp_dtype}, channels-last, fused Adam, {args.steps} steps"
