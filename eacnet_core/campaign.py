@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .options import add_threads, at_least, number_in
 from .train import LAST, LOG, NonFiniteLoss, Trainer, train_together
 from .train_config import COMPILE_MODES, TrainConfig
 
@@ -220,17 +221,19 @@ def add_parser(subparsers) -> None:
     adopt_p.add_argument("run", help="the run folder (or its last.pt)")
     adopt_p.add_argument("--force", action="store_true", help="adopt a run off the recipe or behind the state")
     run_p = sub.add_parser("run", help="continue the next pair (or --models) for --budget-s seconds")
-    run_p.add_argument("--budget-s", type=float, required=True, help="seconds of training before stopping")
+    run_p.add_argument("--budget-s", type=number_in(0, low_open=True), required=True,
+                       help="seconds of training before stopping")
     run_p.add_argument("--work", required=True, help="folder for the run folders (last.pt) while training")
     run_p.add_argument("--models", help="comma-separated models trained together (default: the next pair)")
     run_p.add_argument("--data-root", default="", help="CamVid folder (default: the usual lookup)")
     run_p.add_argument("--device", default="auto")
     run_p.add_argument("--data-on-device", action="store_true", help="training set on the device (GPU)")
     run_p.add_argument("--cache", action="store_true", help="decode the training images once")
-    run_p.add_argument("--workers", type=int, default=2)
-    run_p.add_argument("--threads", type=int, default=0)
+    run_p.add_argument("--workers", type=at_least(0), default=2)
+    add_threads(run_p)
     run_p.add_argument("--compile", nargs="?", const="auto", default="", choices=COMPILE_MODES[1:])
-    run_p.add_argument("--limit", type=int, default=0, help="first N images only (smoke runs; not the campaign)")
+    run_p.add_argument("--limit", type=at_least(0), default=0,
+                       help="first N images only (smoke runs; not the campaign)")
     for q in (status, adopt_p, run_p):
         q.add_argument("--campaign", default="campaign", help="the campaign folder (default ./campaign)")
         q.add_argument("--moments", choices=tuple(MOMENT_DTYPES), default="bf16",

@@ -65,7 +65,7 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file not found")
     if not _torch_save_file(path):
-        raise CheckpointError(f"{path}: not a readable {what} (not a file torch.save writes: it starts with "
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a file torch.save writes: it starts with "
                               "neither a zip nor a pickle header); pass a .pt file written by `eacnet train`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -29,7 +29,7 @@ from torch import nn
 from .evaluate import autocast
 from .losses import build_criterion
 from .models import MODELS, build_model
-from .options import add_option, wxh
+from .options import add_option, add_threads, at_least, wxh
 from .runtime import configure_torch, resolve_device, sync
 from .train import build_optimizer
 from .train_config import COMPILE_MODES, TrainConfig
@@ -192,14 +192,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--compile", nargs="+", default=["", "auto"], choices=COMPILE_MODES, metavar="MODE",
                    help="compile modes to compare ('' = eager; default: eager and auto)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     add_option(p, "--crop-size", dest="crop", type=wxh, default=(360, 480), metavar="WxH",
                help="training crop WxH (default 480x360)")
     p.add_argument("--amp-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--steps", type=int, default=40, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--steps", type=at_least(1), default=40, help="timed steps per configuration")
+    p.add_argument("--warmup", type=at_least(0), default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--data-root", default="", help="CamVid folder: time the on-device augmentation of real batches")
-    p.add_argument("--threads", type=int, default=0)
+    add_threads(p)
     p.add_argument("--json", help="also write the rows to this file")
     p.set_defaults(func=run)
 
