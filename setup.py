@@ -66,8 +66,8 @@ setup(
     entry_points={
         "console_scripts": [
             "eacnet = eacnet_ros.cli:main",
-            "segment_node = eacnet_ros.segment_main:main",
-            "segment_lifecycle_node = eacnet_ros.segment_main:lifecycle_main",
+            "segment_node = eacnet_ros.node.main:main",
+            "segment_lifecycle_node = eacnet_ros.node.main:lifecycle_main",
         ],
     },
 )

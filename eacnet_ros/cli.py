@@ -12,7 +12,10 @@ from typing import Optional
 from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
 
-from . import bags, dds_bench, demo, pipeline_bench
+from . import demo
+from .bags import cli as bags
+from .bench import dds as dds_bench
+from .bench import pipeline as pipeline_bench
 
 
 def build_parser() -> argparse.ArgumentParser:

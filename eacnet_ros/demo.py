@@ -26,7 +26,9 @@ from eacnet_core.inference import Segmenter
 from eacnet_core.outputs import write_bytes
 from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
-from . import bag_eval, bag_io, bags
+from .bags import cli as bags
+from .bags import eval as bag_eval
+from .bags import io as bag_io
 
 ENV_DATA = "EACNET_DATA"
 ENV_URL = "EACNET_CAMVID_URL"

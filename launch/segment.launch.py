@@ -62,7 +62,7 @@ class Argument(NamedTuple):
     kind: type = str
 
 
-#: One argument per node parameter (eacnet_ros.node_logic.PARAMETERS, listed here rather than
+#: One argument per node parameter (eacnet_ros.node.params.PARAMETERS, listed here rather than
 #: imported: that module needs torch, and the launch file must load without it). The defaults
 #: are those of config/segment.yaml, shown by `ros2 launch --show-args`; they are never applied.
 PARAMETER_ARGUMENTS = (

@@ -1,5 +1,5 @@
 """A minimal test double of the parts of rclpy (and of the message packages) that
-``eacnet_ros.segment_node`` uses, for the one thing real rclpy cannot show in the test
+``eacnet_ros.node.segment_node`` uses, for the one thing real rclpy cannot show in the test
 environment: the vision_msgs/LabelInfo the node latches on ``label_info``. vision_msgs is
 not among the ROS 2 wheels the tests install, so real rclpy cannot create that publisher;
 everything else the node does is tested on the real middleware (test_node_real.py,

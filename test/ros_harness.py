@@ -1,7 +1,7 @@
 """Real ROS 2 in the loop: helpers for tests that run ``segment_node`` on the real middleware.
 
 Imported by ``test_node_real.py`` (the node in this process) and ``test_node_real_process.py``
-(the node as ``python -m eacnet_ros.segment_node``). Without rclpy the importing test module
+(the node as ``python -m eacnet_ros.node.main``). Without rclpy the importing test module
 is skipped, never reported as passed.
 
 Isolation: on import this sets, for this process and every node process it starts,
@@ -108,12 +108,12 @@ LIFECYCLE_TIMEOUT_S = 120.0
 
 
 def segment_node_module() -> Any:
-    """The real eacnet_ros.segment_node (test_segment_node.py imports it against a double and
+    """The real eacnet_ros.node.segment_node (test_segment_node.py imports it against a double and
     forgets it again; make sure the one used here is bound to the real rclpy)."""
-    module = sys.modules.get("eacnet_ros.segment_node")
+    module = sys.modules.get("eacnet_ros.node.segment_node")
     if module is None or getattr(module, "rclpy", None) is not rclpy:
-        sys.modules.pop("eacnet_ros.segment_node", None)
-        module = importlib.import_module("eacnet_ros.segment_node")
+        sys.modules.pop("eacnet_ros.node.segment_node", None)
+        module = importlib.import_module("eacnet_ros.node.segment_node")
     assert module.rclpy is rclpy
     return module
 
@@ -549,7 +549,7 @@ class ProcessResult:
 @dataclass
 class NodeProcess:
     """The node's console script (``node_command``; or ``command``, e.g.
-    ``[sys.executable, "-m", "eacnet_ros.segment_node"]``) with ``--ros-args ARGS`` and the
+    ``[sys.executable, "-m", "eacnet_ros.node.main"]``) with ``--ros-args ARGS`` and the
     session's ROS environment.
 
     stdout and stderr are read line by line in threads; ``wait_for_stderr`` waits for a log

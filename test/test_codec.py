@@ -1,4 +1,4 @@
-"""eacnet_ros.codec against real sensor_msgs layouts.
+"""eacnet_ros.node.codec against real sensor_msgs layouts.
 
 Every message is built with rosbags' Humble and Jazzy message classes and sent through a
 CDR serialize/deserialize round trip first, so what is decoded has exactly the layout a
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from eacnet_ros import codec
-from eacnet_ros.codec import ImageDecodeError
+from eacnet_ros.node import codec
+from eacnet_ros.node.codec import ImageDecodeError
 
 H, W = 24, 32
 # Four flat patches with distinct B, G and R values, so a swapped channel or a wrong bayer

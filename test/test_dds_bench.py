@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_ros import dds_bench as db
+from eacnet_ros.bench import dds as db
 
 FRAMES = 3
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from eacnet_ros import node_logic
+from eacnet_ros.node.params import PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
@@ -196,14 +196,14 @@ def declared(launch_module) -> dict[str, str]:
 
 
 def test_every_node_parameter_is_a_launch_argument(launch_module):
-    assert set(declared(launch_module)) == {spec.name for spec in node_logic.PARAMETERS} | LAUNCH_ONLY
-    assert launch_module.OVERRIDES == {spec.name: type(spec.default) for spec in node_logic.PARAMETERS}
+    assert set(declared(launch_module)) == {spec.name for spec in PARAMETERS} | LAUNCH_ONLY
+    assert launch_module.OVERRIDES == {spec.name: type(spec.default) for spec in PARAMETERS}
 
 
 def test_parameter_arguments_show_the_packaged_yaml_values(launch_module):
     """The YAML lists every parameter, and --show-args shows its values (never applied)."""
     packaged = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
-    assert set(packaged) == {spec.name for spec in node_logic.PARAMETERS}
+    assert set(packaged) == {spec.name for spec in PARAMETERS}
     defaults = declared(launch_module)
     assert {name: defaults[name] for name in packaged} == {name: str(value) for name, value in packaged.items()}
     assert {name: defaults[name] for name in LAUNCH_ONLY} == {

@@ -143,7 +143,7 @@ def _round_trip(probe: Probe, image_topic: str, mask_topic: str, kind: str, sec:
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
-    from eacnet_ros import codec
+    from eacnet_ros.node import codec
 
     reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
     header = Header(frame_id=f"probe_{kind}")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:Deprecati
 def managed():
     """The lifecycle node (unconfigured) and the probe; torn down at the module's end."""
     h.segment_node_module()  # bound to the real rclpy, not test_segment_node.py's double
-    from eacnet_ros.segment_lifecycle_node import SegmentLifecycleNode
+    from eacnet_ros.node.segment_lifecycle_node import SegmentLifecycleNode
 
     with h.no_shm_leftovers():
         nodes, probe = h.RosContext(), h.Probe("lifecycle_probe")

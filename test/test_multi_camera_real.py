@@ -18,8 +18,6 @@ import pytest
 import ros_harness as h  # skips this module without rclpy
 from ros_harness import RunningNode, endpoints
 
-from eacnet_ros import node_logic
-
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")
 
 
@@ -93,8 +91,9 @@ def test_four_cameras_one_model_with_per_camera_diagnostics_and_a_total(session,
     probe = session.probe
     cameras = ["cam0", "cam1", "cam2", "cam3"]
     loads = []
-    load = node_logic.load_segmenter
-    monkeypatch.setattr(node_logic, "load_segmenter", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
+    node_module = h.segment_node_module()
+    load = node_module.load_segmenter
+    monkeypatch.setattr(node_module, "load_segmenter", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
     with session.node("four", cameras) as node:
         assert len(loads) == 1, "the model must be loaded once for all cameras"
         wired = {camera: _camera_endpoints(probe, node, camera) for camera in cameras}

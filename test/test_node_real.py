@@ -23,7 +23,7 @@ import pytest
 import ros_harness as h  # skips this module without rclpy
 from ros_harness import RunningNode, endpoints
 
-from eacnet_ros import node_logic
+from eacnet_ros.node.params import PARAMETERS
 
 # rclpy's default incompatible-QoS handler still calls the deprecated Logger.warn
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")
@@ -104,14 +104,14 @@ def check_output(out: Any, sent: Any, encoding: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- parameters over the services
 
 def test_parameters_are_declared_with_their_descriptors(main, probe):
-    names = [spec.name for spec in node_logic.PARAMETERS]
+    names = [spec.name for spec in PARAMETERS]
     descriptors = dict(zip(names, probe.describe_parameters(main.fqn, *names), strict=True))
-    for spec in node_logic.PARAMETERS:
+    for spec in PARAMETERS:
         descriptor = descriptors[spec.name]
         assert descriptor.read_only == (not spec.runtime), spec.name
         assert descriptor.description == spec.full_description()
         assert descriptor.additional_constraints == spec.constraints()
-    assert [spec.name for spec in node_logic.PARAMETERS if spec.runtime] == ["overlay_alpha"]
+    assert [spec.name for spec in PARAMETERS if spec.runtime] == ["overlay_alpha"]
     alpha = descriptors["overlay_alpha"].floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     keys = ("reliability", "transport", "max_input_pixels", "backbone")

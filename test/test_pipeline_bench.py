@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_ros import pipeline_bench as pb
+from eacnet_ros.bench import pipeline as pb
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""label_info of eacnet_ros.segment_node, against ``rclpy_double`` (see its docstring: a
+"""label_info of eacnet_ros.node.segment_node, against ``rclpy_double`` (see its docstring: a
 recording test double, not a ROS implementation).
 
 Everything else the node does runs on the real ROS 2 middleware in test_node_real.py (the
@@ -19,7 +19,7 @@ import pytest
 import rclpy_double as ros
 
 from eacnet_core.classes import CAMVID
-from eacnet_ros import node_logic
+from eacnet_ros.node.model import LABEL_THRESHOLD
 
 MSG = ros.MSG
 SMALL_MODEL = {"backbone": "dabnet", "attention": "none", "threads": 1, "backend": "torch", "device": "cpu",
@@ -27,10 +27,10 @@ SMALL_MODEL = {"backbone": "dabnet", "attention": "none", "threads": 1, "backend
 
 
 def _forget_node_module():
-    sys.modules.pop("eacnet_ros.segment_node", None)
-    import eacnet_ros
+    sys.modules.pop("eacnet_ros.node.segment_node", None)
+    import eacnet_ros.node
 
-    eacnet_ros.__dict__.pop("segment_node", None)
+    eacnet_ros.node.__dict__.pop("segment_node", None)
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def node(monkeypatch):
     double is forgotten afterwards so no other test sees it."""
     for name, module in ros.modules(with_vision_msgs=True).items():
         monkeypatch.setitem(sys.modules, name, module)
-    sys.modules.pop("eacnet_ros.segment_node", None)
-    module = importlib.import_module("eacnet_ros.segment_node")
+    sys.modules.pop("eacnet_ros.node.segment_node", None)
+    module = importlib.import_module("eacnet_ros.node.segment_node")
     try:
         ros.init(args=[])
         created = module.SegmentNode(namespace="/eacnet",
@@ -59,5 +59,5 @@ def test_label_info_is_latched_once_with_the_class_names(node):
     (msg,) = publisher.sent
     msg = ros.STORE.deserialize_cdr(ros.STORE.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
     assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(CAMVID.class_names))
-    assert msg.threshold == node_logic.LABEL_THRESHOLD
+    assert msg.threshold == LABEL_THRESHOLD
     assert not [w for w in node.get_logger().messages("warning") if "vision_msgs" in w]

@@ -12,40 +12,10 @@ down under the executor (RCLError tracebacks, exit code 1) and cannot interrupt 
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Optional
 
-
-class Stopped(BaseException):
-    """Raised by the signal handler during start-up: unwinds imports and the model load at
-    once. A BaseException so that no ``except Exception`` on the way swallows it."""
-
-
-class SignalStop:
-    """A signal sets ``requested``; while ``raise_now`` (start-up) it also raises ``Stopped``.
-    Once the node spins, the spin loop polls ``requested`` and tears down in order."""
-
-    def __init__(self):
-        self.requested = False
-        self.raise_now = True
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        if self.raise_now:
-            self.raise_now = False
-            raise Stopped(signum)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[SignalStop]:
-        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+from .process import SignalStop, Stopped
 
 
 def main(args: Optional[list] = None) -> int:

@@ -1,0 +1,77 @@
+"""The model the node runs: device choice with a CPU fallback, loading and warming it once,
+freeing it again (lifecycle cleanup), and its label map; ROS-free."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Optional
+
+from eacnet_core.inference import Segmenter, SegmenterOptions, return_freed_memory
+from eacnet_core.runtime import device_or_reason
+
+from .params import NodeConfig
+
+# ---------------------------------------------------------------------------- start-up
+
+def choose_device(device: str, precision: str, cuda_available: Optional[bool] = None,
+                  cuda_count: Optional[int] = None) -> tuple[str, str, Optional[str]]:
+    """Resolve ``device``/``precision`` for the Segmenter; a robot must still start, so
+    auto and an unavailable CUDA device fall back to CPU with one warning (returned, not
+    logged, so the caller logs it once through ROS). A GPU-only precision requested for
+    the fallback CPU becomes fp32 in the same warning."""
+    device = device.lower()
+    if device == "cpu":
+        return "cpu", precision, None
+    if precision == "int8":  # a CPU path by design, also where a GPU is present
+        return "cpu", precision, (None if device == "auto" else f"device {device}: precision int8 runs on the CPU")
+    chosen, reason = device_or_reason(device, cuda_available, cuda_count)
+    if reason is None:
+        return str(chosen), precision, None
+    warning = f"device {device}: {reason}; running on CPU"
+    if precision not in ("auto", "fp32"):
+        warning += f" with fp32 instead of {precision}"
+        precision = "fp32"
+    return "cpu", precision, warning
+
+
+def segmenter_options(config: NodeConfig, device: str, precision: str) -> SegmenterOptions:
+    return SegmenterOptions(device=device, precision=precision, backend=config.backend,
+                            calibration_data=config.int8_calibration,
+                            inference_height=config.inference_height, inference_width=config.inference_width,
+                            threads=config.threads)
+
+
+def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter:
+    """Load the model once and warm it, so the first camera frame is not the slow one.
+
+    Errors (missing weights, fp16 on CPU, onnxruntime with fp16...) propagate as
+    ValueError subclasses with one clear message; ``main`` prints it and exits 1."""
+    device, precision, warning = choose_device(config.device, config.precision)
+    if warning:
+        warn(warning)
+    segmenter = Segmenter.from_name(config.model_name, config.weights or None,
+                                    segmenter_options(config, device, precision))
+    segmenter.warmup()
+    return segmenter
+
+
+def free_model_memory(device: str) -> None:
+    """Once the node has dropped its Segmenter (lifecycle cleanup): collect it now and hand
+    its memory back (the CUDA cache, glibc's heap), so a cleaned-up node holds no model."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+    return_freed_memory()
+
+
+# ---------------------------------------------------------------------------- labels
+
+LABEL_THRESHOLD = 0.0  # argmax segmentation: every pixel gets a class, no confidence cut-off
+
+
+def label_map(segmenter: Segmenter) -> list[tuple[int, str]]:
+    """(class id, class name) pairs for vision_msgs/LabelInfo; the ids are the mask values."""
+    return list(enumerate(segmenter.dataset.class_names))
