@@ -58,6 +58,32 @@ def test_it_starts_unconfigured_without_a_model_or_topics(managed):
     assert probe.node.count_publishers(node.topic("mask")) == 0 and _subscribed(probe, node) == 0
 
 
+def test_every_parameter_has_a_value_over_the_parameter_services(managed):
+    """What ``ros2 param dump`` asks: list, then get all at once; one parameter without a
+    value (``cameras`` declared by type only) made rclpy answer nothing for the whole request."""
+    from eacnet_ros.node.params import PARAMETERS
+
+    node, probe = managed
+    names = [spec.name for spec in PARAMETERS]
+    values = dict(zip(names, probe.get_parameters(node.fqn, *names), strict=True))
+    expected = {spec.name: spec.default for spec in PARAMETERS}
+    expected.update({k: v for k, v in h.SMALL_MODEL.items()}, inference_height=48, inference_width=64)
+    assert values == expected
+    assert values["cameras"] == [] and isinstance(values["overlay_alpha"], float)
+
+
+def test_an_integer_overlay_alpha_is_stored_as_a_float(managed):
+    node, probe = managed
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=1)
+    assert result.successful, result.reason
+    assert probe.get_parameters(node.fqn, "overlay_alpha") == [1.0]
+    assert isinstance(probe.get_parameters(node.fqn, "overlay_alpha")[0], float)
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=2)
+    assert not result.successful and "overlay_alpha" in result.reason
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=0.5)
+    assert result.successful, result.reason
+
+
 def test_a_configure_that_fails_reports_why_and_is_retried_after_fixing_the_parameter(managed, tmp_path):
     node, probe = managed
     missing = str(tmp_path / "missing.pt")

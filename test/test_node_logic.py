@@ -552,11 +552,18 @@ def test_command_line_overrides_are_parsed_as_yaml_after_ros_args():
 @pytest.mark.parametrize("argv, words", [
     (["--ros-args", "-p", "threads:=abc"], r"-p threads:=abc: threads='abc' must be a int"),
     (["--ros-args", "-p", "backbone:=nope"], r"backbone='nope' must be one of: erfnet, dabnet"),
-    (["--ros-args", "-p", "overlay_alpha:=1"], r"must be written as a float \(1.0\)"),
+    (["--ros-args", "-p", "overlay_alpha:=2"], r"overlay_alpha=2 must be a number in \[0.0, 1.0\]"),
 ])
 def test_bad_command_line_values_are_refused_before_rcl_merges_them(argv, words):
     with pytest.raises(ParameterError, match=words):
         check_command_line(argv)
+
+
+def test_an_integer_for_a_float_parameter_is_accepted():
+    check_command_line(["--ros-args", "-p", "overlay_alpha:=1"])
+    check_command_line(["--ros-args", "-p", "overlay_alpha:=1"], {"overlay_alpha": 1.0})
+    with pytest.raises(ParameterError, match="overlay_alpha:=1 was not applied"):
+        check_command_line(["--ros-args", "-p", "overlay_alpha:=1"], {"overlay_alpha": 0.5})
 
 
 def test_a_command_line_value_rcl_dropped_is_refused():

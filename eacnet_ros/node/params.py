@@ -276,12 +276,11 @@ def check_command_line(argv: Sequence[str], declared: Optional[Mapping[str, Any]
     """Refuse ``-p`` values of the wrong type or range, and (given the values the node
     actually declared) ones that rcl silently dropped: when a ``--params-file`` sets the
     same parameter with another type, rcl keeps the file's value without a word, so
-    ``-p threads:=abc`` or ``-p overlay_alpha:=1`` would otherwise be ignored."""
+    ``-p threads:=abc`` would otherwise be ignored. An integer for a float parameter
+    (``-p overlay_alpha:=1``) is accepted: users type 1."""
     errors = []
     for name, (token, value) in command_line_overrides(argv).items():
         problem = check_value(SPECS[name], value)
-        if not problem and isinstance(SPECS[name].default, float) and isinstance(value, int):
-            problem = f"{name}={value!r} must be written as a float ({float(value)!r}): ROS parameters are typed"
         if problem:
             errors.append(f"-p {token}: {problem}")
         elif declared is not None and name in declared and not _same_value(declared[name], value):
@@ -292,8 +291,10 @@ def check_command_line(argv: Sequence[str], declared: Optional[Mapping[str, Any]
 
 
 def _same_value(a: Any, b: Any) -> bool:
+    """Whether the declared value ``a`` is the ``-p`` value ``b``: an integer given for a float
+    parameter is the same number (the node stores it as a float); otherwise the types agree."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b) and type(a) is type(b)
+        return float(a) == float(b) and (type(a) is type(b) or isinstance(a, float))
     return a == b
 
 

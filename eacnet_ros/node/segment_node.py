@@ -55,6 +55,7 @@ from std_msgs.msg import Header
 from .model import LABEL_THRESHOLD, free_model_memory, label_map, load_segmenter
 from .params import (
     PARAMETERS,
+    SPECS,
     NodeConfig,
     ParamSpec,
     batch_frames,
@@ -116,6 +117,17 @@ def descriptor_for(spec: ParamSpec, managed: bool = False) -> ParameterDescripto
         descriptor.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
                                                               to_value=spec.float_range[1], step=0.0)]
     return descriptor
+
+
+def as_declared_types(parameters: list) -> list:
+    """rclpy's pre-set callback: an integer for a float parameter (``ros2 param set ...
+    overlay_alpha 1``) becomes that float, so the stored type stays the declared one."""
+    return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            if isinstance(SPECS.get(p.name, _NO_SPEC).default, float) and type(p.value) is int else p
+            for p in parameters]
+
+
+_NO_SPEC = ParamSpec("", "", "")
 
 
 def image_qos(reliability: str) -> QoSProfile:
@@ -219,21 +231,47 @@ class SegmentationMixin:
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self, command_line: Sequence[str]) -> None:
-        """Declare every parameter (refusing bad or dropped ``-p`` values of ``command_line``),
-        then register the on-set callback (rclpy would call it for the declarations too)."""
+        """Declare every parameter with a value (refusing bad or dropped ``-p`` values of
+        ``command_line``), then register the callbacks (rclpy would call them for the
+        declarations too)."""
         check_command_line(command_line)
         for spec in PARAMETERS:
-            # A string array cannot be declared from its empty default (rclpy would type it a byte array).
-            default = Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) else spec.default
-            self.declare_parameter(spec.name, default, descriptor_for(spec, self.MANAGED))
+            self._declare(spec)
         check_command_line(command_line, self._parameter_values())
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Iron and later
+            self.add_pre_set_parameters_callback(as_declared_types)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    def _declare(self, spec: ParamSpec) -> None:
+        """Declare ``spec`` so that it holds a value from the start: rclpy's get_parameters
+        service answers nothing for a request that names a parameter without one, so
+        ``ros2 param dump``, rqt_reconfigure and Foxglove would see an empty node.
+
+        * A string array: rclpy types an empty list as a byte array, so it is declared by
+          type, writable for a moment, given its default unless ``-p`` set it, and then
+          its real descriptor (read-only for the plain node).
+        * A float: dynamically typed, so ``-p overlay_alpha:=1`` (an integer to rcl) is
+          accepted; an integer is then stored as the float it means."""
+        descriptor = descriptor_for(spec, self.MANAGED)
+        if isinstance(spec.default, list):
+            writable = descriptor_for(spec, self.MANAGED)
+            writable.read_only = False
+            self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, writable)
+            if self.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:  # no -p value
+                self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))])
+            descriptor.type = Parameter.Type.STRING_ARRAY.value
+            self.set_descriptor(spec.name, descriptor)
+        elif isinstance(spec.default, float):
+            descriptor.dynamic_typing = True
+            value = self.declare_parameter(spec.name, spec.default, descriptor).value
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE, float(value))])
+        else:
+            self.declare_parameter(spec.name, spec.default, descriptor)
+
     def _parameter_values(self) -> dict[str, Any]:
-        """The node's parameters now. A string array nobody set has no value in rclpy
-        (declared by type): it takes its default, empty."""
-        return {spec.name: self.get_parameter_or(spec.name, Parameter(spec.name, value=spec.default)).value
-                for spec in PARAMETERS}
+        """The node's parameters now."""
+        return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
 
     def _lifecycle_state(self) -> Optional[str]:
         """The managed node's state label for parameter changes; None for the plain node."""
