@@ -37,7 +37,7 @@ from eacnet_ros.node.pipeline import OUTPUT_ENCODINGS, FrameProcessor, encode_fr
 from eacnet_ros.node.process import startup_error_text
 from eacnet_ros.node.qos import follow_publishers, incompatible_qos_text, initial_reliability
 from eacnet_ros.node.scheduler import FrameScheduler, MultiCameraWorker
-from eacnet_ros.node.stats import ERROR, OK, WARN, CameraStats, FrameStats, static_diagnostics
+from eacnet_ros.node.stats import ERROR, OK, STALL_ERROR_S, WARN, CameraStats, FrameStats, static_diagnostics
 from eacnet_ros.node.worker import FrameWorker, LatestFrame, Throttle
 
 H, W = 24, 32
@@ -483,7 +483,7 @@ def test_report_periods_reset_but_totals_accumulate():
     stats = FrameStats(clock=clock)
     stats.on_received(True)
     stats.report()
-    clock.now += 1.0
+    clock.now += STALL_ERROR_S
     second = stats.report()
     assert second.value("frames_dropped") == "1" and second.value("dropped_last_period") == "0"
     assert second.value("fps") == "0.00"
@@ -626,6 +626,73 @@ def test_frames_arriving_with_none_published_for_seconds_is_an_error():
     stats.on_published(clock.now)
     clock.now += 1.0
     assert stats.report().level == OK  # one published frame clears it
+
+
+def test_a_slow_node_shows_its_real_rate_in_every_report():
+    """One frame every 2 s, reports every second: the rate is over a window of seconds, not
+    the last period (which alternated 0 and 1 fps)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    rates = []
+    for second in range(30):
+        if second % 2 == 0:
+            stats.on_received(False)
+            received = clock.now
+            clock.now += 0.9
+            stats.on_published(received)
+            clock.now += 0.1
+        else:
+            clock.now += 1.0
+        report = stats.report()
+        rates.append(float(report.value("fps")))
+        assert report.level == OK, report.message
+    assert all(0.4 <= rate <= 0.6 for rate in rates[12:]), rates
+
+
+def test_latency_percentiles_follow_the_recent_frames():
+    """200 fast frames, then slow ones for longer than the window: the percentiles show the
+    slow ones (a window of the last 200 frames kept showing the fast ones)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    for _ in range(200):
+        stats.on_received(False)
+        received = clock.now
+        clock.now += 0.19
+        stats.on_published(received)
+        clock.now += 0.01
+    assert float(stats.report().value("latency_ms_p50")) == pytest.approx(190.0)
+    for _ in range(8):
+        stats.on_received(False)
+        received = clock.now
+        clock.now += 1.8
+        stats.on_published(received)
+    report = stats.report()
+    assert float(report.value("latency_ms_p50")) == pytest.approx(1800.0)
+    assert float(report.value("fps")) == pytest.approx(1 / 1.8, rel=0.15)
+
+
+def test_no_stall_once_the_input_stops_on_a_bad_frame():
+    """Bad frames, then nothing: once nothing has arrived for STALL_ERROR_S it is no input,
+    not "frames arrive but none was published" (whose count grew while nothing arrived)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    for _ in range(5):
+        stats.on_received(False)
+        stats.on_bad_frame()
+        clock.now += 1.0
+        stats.report()
+    assert stats.report().level == ERROR  # frames keep arriving, none published: a stall
+    levels = []
+    for _ in range(10):
+        clock.now += 1.0
+        report = stats.report()
+        levels.append((report.level, report.message))
+    assert all(level != ERROR for level, _ in levels[3:]), levels
+    assert levels[-1] == (WARN, "no input images")
+    stats.on_received(False)  # input resumes: a stall is timed from here, not from before the gap
+    stats.on_bad_frame()
+    clock.now += 1.0
+    assert stats.report().level == WARN
 
 
 def test_a_long_idle_gap_is_not_a_stall():
