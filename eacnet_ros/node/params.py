@@ -23,6 +23,10 @@ _OPTIONS = SegmenterOptions()  # the Segmenter's defaults are the node's default
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 MAX_INFERENCE_SIZE = 8192
 DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
+#: Frames with a side under this are refused at decode: the networks downsample 8x, and
+#: OpenVINO's pooling fails on the eacnet models below 12 pixels (a 1x1 or 8000x2 frame is
+#: no camera image either).
+MIN_INPUT_SIDE = 16
 #: A camera name: one or more ROS name tokens (letters, digits, underscores, not starting with
 #: a digit) joined by '/'. Relative, so the node's namespace applies to its topics.
 CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")

@@ -40,7 +40,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from . import codec
-from .params import DEFAULT_MAX_INPUT_PIXELS
+from .params import DEFAULT_MAX_INPUT_PIXELS, MIN_INPUT_SIDE
 from .pipeline import FrameProcessor, SegmentedFrame, encode_frame
 from .stats import FrameStats
 
@@ -185,12 +185,16 @@ class FrameWorker:
     def decode(self, msg: Any) -> Optional[np.ndarray]:
         """The message as a BGR array; None for a bad frame (counted and warned)."""
         try:
-            return codec.to_bgr(msg, self.max_pixels)
+            return codec.to_bgr(msg, self.max_pixels, MIN_INPUT_SIDE, self._library_message)
         except Exception as exc:  # ImageDecodeError, or a message too malformed to read at all
             self.stats.on_bad_frame()
             reason = str(exc) if isinstance(exc, codec.ImageDecodeError) else f"{type(exc).__name__}: {exc}"
             self._warn("bad_frame", f"skipping an image that cannot be decoded: {reason}")
             return None
+
+    def _library_message(self, text: str) -> None:
+        """What libpng, libjpeg or OpenCV printed while decoding: into the throttled log."""
+        self._warn("image_library", f"image library, while decoding a frame: {text}")
 
     def wanted(self) -> tuple[bool, bool]:
         """(colour mask, overlay): each is computed only while someone subscribes to it."""
