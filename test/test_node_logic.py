@@ -33,7 +33,7 @@ from eacnet_ros.node.params import (
     command_line_overrides,
     parameter_update_error,
 )
-from eacnet_ros.node.pipeline import OUTPUT_ENCODINGS, FrameProcessor, encode_frame
+from eacnet_ros.node.pipeline import OUTPUT_ENCODINGS, FrameProcessor, FrameSizes, encode_frame
 from eacnet_ros.node.process import startup_error_text
 from eacnet_ros.node.qos import follow_publishers, incompatible_qos_text, initial_reliability
 from eacnet_ros.node.scheduler import FrameScheduler, MultiCameraWorker
@@ -909,7 +909,7 @@ def test_batched_frames_go_through_one_forward_pass_and_out_on_their_cameras_top
     batches = []
     real = worker.processor.process_batch
     monkeypatch.setattr(worker.processor, "process_batch",
-                        lambda images, wanted: batches.append(len(images)) or real(images, wanted))
+                        lambda images, wanted, sizes: batches.append(len(images)) or real(images, wanted, sizes))
     front, left = camera_msg("front", 1), camera_msg("left", 2, height=30, width=40)
     assert worker.process([("front", front, time.monotonic()), ("left", left, time.monotonic())]) == 2
     assert batches == [2]
@@ -967,3 +967,47 @@ def test_the_worker_thread_serves_every_camera(segmenter, batch):
         sent = worker.pipelines[camera].publishers["mask"].sent
         assert sent and all(m.header.frame_id == f"{camera}_optical" for m in sent)
         assert sent[-1].header.stamp.sec == 20 + i  # the newest frame of each camera is never lost
+
+
+# ---------------------------------------------------------------------------- frames of changing sizes
+
+@pytest.fixture(scope="module")
+def own_size_segmenter() -> Segmenter:
+    """No inference size: the network runs at the frame's size, one engine per size."""
+    torch.manual_seed(0)
+    options = SegmenterOptions(device="cpu", backend="torch")
+    return Segmenter(build_model("eacnet_erf", CAMVID.num_classes), "eacnet_erf", CAMVID, options)
+
+
+def test_odd_sized_frames_run_at_the_cameras_size_so_its_engine_stays(own_size_segmenter):
+    """A publisher of random sizes on the camera's topic: the network only ever sees the
+    camera's size (no engine per odd size to evict the camera's), and every frame still
+    gets a mask at its own size."""
+    seen: list[tuple[int, int]] = []
+
+    def spy(bgr):
+        seen.append(bgr.shape[:2])
+        return Segmenter.segment(own_size_segmenter, bgr)
+
+    worker = make_worker(_Wrapped(own_size_segmenter, segment=spy))
+    rng = np.random.default_rng(3)
+    odd_sizes = [(int(rng.integers(16, 80)), int(rng.integers(16, 80))) for _ in range(12)]
+    for i, odd in enumerate(odd_sizes):
+        for pixels in (frame(i), rng.integers(0, 256, (*odd, 3), dtype=np.uint8)):
+            msg = codec.array_to_image(Image, header(i), pixels, "bgr8")
+            assert worker.process_one(msg, time.monotonic())
+    assert set(seen) == {(H, W)}
+    masks = worker.publishers["mask"].sent
+    assert [(m.height, m.width) for m in masks[1::2]] == odd_sizes
+    assert worker.stats.totals()["processed"] == 2 * len(odd_sizes)
+
+
+def test_the_busiest_recent_size_is_the_cameras():
+    sizes = FrameSizes(history=8)
+    assert sizes.network_size((360, 480)) is None
+    assert sizes.network_size((720, 1280)) == (360, 480)  # a tie: the size seen first
+    assert [sizes.network_size((720, 1280)) for _ in range(2)] == [None, None]  # now the busier one
+    assert sizes.network_size((360, 480)) == (720, 1280)
+    for _ in range(8):  # only the last 8 frames count: a camera switched to 720p takes over
+        sizes.network_size((100, 100)) if _ < 3 else sizes.network_size((720, 1280))
+    assert sizes.network_size((100, 100)) == (720, 1280)

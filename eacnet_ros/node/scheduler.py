@@ -155,7 +155,8 @@ class MultiCameraWorker:
             return 0
         try:
             wanted = [self.pipelines[camera].wanted() for camera, *_ in decoded]
-            results = self.processor.process_batch([bgr for *_, bgr in decoded], wanted)
+            sizes = [self.pipelines[camera].sizes.network_size(bgr.shape[:2]) for camera, *_, bgr in decoded]
+            results = self.processor.process_batch([bgr for *_, bgr in decoded], wanted, sizes)
         except Exception as exc:  # one batch must never kill the node
             for camera, *_ in decoded:
                 self.pipelines[camera].failed(exc)

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import codec
 from .params import DEFAULT_MAX_INPUT_PIXELS, MIN_INPUT_SIDE
-from .pipeline import FrameProcessor, SegmentedFrame, encode_frame
+from .pipeline import FrameProcessor, FrameSizes, SegmentedFrame, encode_frame
 from .stats import FrameStats
 
 # ---------------------------------------------------------------------------- newest-frame mailbox
@@ -145,6 +145,7 @@ class FrameWorker:
     active: Callable[[], bool] = lambda: True  # False once ROS is shut down: stop publishing
     max_pixels: Optional[int] = DEFAULT_MAX_INPUT_PIXELS
     throttle: Throttle = field(default_factory=Throttle)
+    sizes: FrameSizes = field(default_factory=FrameSizes)  # the camera's own frame size
     _thread: Optional[threading.Thread] = field(default=None, init=False)
 
     def start(self) -> None:
@@ -175,7 +176,7 @@ class FrameWorker:
         if bgr is None:
             return False
         try:
-            frame = self.processor.process(bgr, *self.wanted())
+            frame = self.processor.process(bgr, *self.wanted(), self.sizes.network_size(bgr.shape[:2]))
         except Exception as exc:  # one frame must never kill the node
             return self.failed(exc)
         return self.publish(msg, frame, received_at)
