@@ -98,6 +98,10 @@ class OnStateTransition(Recorded):
     pass
 
 
+class OnProcessExit(Recorded):
+    pass
+
+
 def matches_action(action):
     return lambda candidate: candidate is action
 
@@ -138,8 +142,8 @@ def _modules() -> dict[str, types.ModuleType]:
         "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
                                  EmitEvent=EmitEvent, ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction,
                                  RegisterEventHandler=RegisterEventHandler),
-        "launch.event_handlers": module("launch.event_handlers", OnProcessIO=OnProcessIO,
-                                        OnProcessStart=OnProcessStart),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessExit=OnProcessExit,
+                                        OnProcessIO=OnProcessIO, OnProcessStart=OnProcessStart),
         "launch.events": module("launch.events", matches_action=matches_action),
         "launch.launch_context": module("launch.launch_context", LaunchContext=object),
         "launch.launch_description": module("launch.launch_description", LaunchDescription=LaunchDescription),
@@ -168,8 +172,9 @@ def launch_module(monkeypatch):
     return module
 
 
-def run_launch(launch_module, **given: str) -> list:
-    """The actions the launch would start, given these command-line arguments."""
+def run_launch(launch_module, with_exit_handlers: bool = False, **given: str) -> list:
+    """The actions the launch would start, given these command-line arguments; the
+    OnProcessExit handler every launch registers for the node only ``with_exit_handlers``."""
     context = types.SimpleNamespace(launch_configurations=dict(given))
     started = []
     pending = list(launch_module.generate_launch_description().entities)
@@ -179,7 +184,7 @@ def run_launch(launch_module, **given: str) -> list:
             context.launch_configurations.setdefault(entity.name, entity.default_value)
         elif isinstance(entity, OpaqueFunction):
             pending[:0] = entity.function(context) or []
-        else:
+        elif with_exit_handlers or not isinstance(getattr(entity, "event_handler", None), OnProcessExit):
             started.append(entity)
     return started
 
@@ -294,9 +299,11 @@ def test_rviz_configs_do_not_pile_up_one_per_launch(launch_module, monkeypatch, 
     assert "Value: /cam1/overlay" in path.read_text() and "Value: /cam2/overlay" in other.read_text()
 
 
-def test_bad_boolean_is_an_error(launch_module):
-    with pytest.raises(ValueError, match="expected true or false"):
-        run_launch(launch_module, rviz="maybe")
+@pytest.mark.parametrize("name", ["rviz", "managed", "autostart", "large_frames", "use_sim_time"])
+def test_a_bad_boolean_is_an_error_naming_the_argument(launch_module, name):
+    arguments = {name: "maybe"} if name != "autostart" else {"managed": "true", name: "maybe"}
+    with pytest.raises(ValueError, match=f"{name}:='maybe': expected true or false"):
+        run_launch(launch_module, **arguments)
 
 
 def test_large_frames_gives_the_node_the_packaged_fastdds_profile(launch_module):
@@ -382,3 +389,21 @@ def test_autostart_configures_at_process_start_then_activates_once_inactive(laun
 def test_autostart_without_managed_changes_nothing(launch_module):
     actions = run_launch(launch_module, autostart="true")
     assert len(actions) == 1 and type(segment_node(actions)) is Node
+
+
+@pytest.mark.parametrize("managed", ["false", "true"])
+def test_the_launch_fails_when_the_node_exits_with_an_error(launch_module, managed):
+    """launch returns 0 for a process that failed; an error raised from the exit handler
+    makes `ros2 launch` exit 1 (checked for real in test_ros2_workflow.py)."""
+    actions = run_launch(launch_module, with_exit_handlers=True, managed=managed)
+    (handler,) = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)
+                  and isinstance(a.event_handler, OnProcessExit)]
+    assert handler.kwargs["target_action"] is segment_node(actions)
+    on_exit = handler.kwargs["on_exit"]
+    event = types.SimpleNamespace(returncode=1, action=types.SimpleNamespace(name="segment_node-1"))
+    with pytest.raises(RuntimeError, match="segment_node-1 exited with code 1"):
+        on_exit(event, types.SimpleNamespace(is_shutdown=False))
+    assert on_exit(types.SimpleNamespace(returncode=0, action=event.action), types.SimpleNamespace(is_shutdown=False)) \
+        is None
+    assert on_exit(event, types.SimpleNamespace(is_shutdown=True)) is None  # killed while the launch shuts down
+

@@ -21,7 +21,14 @@ from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.node import codec
-from eacnet_ros.node.model import choose_device, label_map, load_segmenter, segmenter_options
+from eacnet_ros.node.model import (
+    choose_device,
+    label_info,
+    label_map,
+    load_segmenter,
+    missing_vision_msgs_text,
+    segmenter_options,
+)
 from eacnet_ros.node.params import (
     PARAMETERS,
     SPECS,
@@ -35,7 +42,7 @@ from eacnet_ros.node.params import (
 )
 from eacnet_ros.node.pipeline import OUTPUT_ENCODINGS, FrameProcessor, FrameSizes, encode_frame
 from eacnet_ros.node.process import startup_error_text
-from eacnet_ros.node.qos import follow_publishers, incompatible_qos_text, initial_reliability
+from eacnet_ros.node.qos import endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
 from eacnet_ros.node.scheduler import FrameScheduler, MultiCameraWorker
 from eacnet_ros.node.stats import ERROR, OK, STALL_ERROR_S, WARN, CameraStats, FrameStats, static_diagnostics
 from eacnet_ros.node.worker import FrameWorker, LatestFrame, Throttle
@@ -1011,3 +1018,34 @@ def test_the_busiest_recent_size_is_the_cameras():
     for _ in range(8):  # only the last 8 frames count: a camera switched to 720p takes over
         sizes.network_size((100, 100)) if _ < 3 else sizes.network_size((720, 1280))
     assert sizes.network_size((100, 100)) == (720, 1280)
+
+
+def test_the_vision_msgs_warning_fits_how_the_node_was_installed():
+    assert "sudo apt install ros-jazzy-vision-msgs" in missing_vision_msgs_text("jazzy")
+    pip_only = missing_vision_msgs_text(None)
+    assert "apt install" not in pip_only.replace("ros-<distro>-vision-msgs", "")
+    assert "wheels" in pip_only and "label_info" in pip_only and "not published" in pip_only
+
+
+def test_an_endpoint_whose_node_is_not_known_yet_is_not_called_nameless():
+    assert endpoint_owner("_NODE_NAME_UNKNOWN_", "_NODE_NAMESPACE_UNKNOWN_").startswith(
+        "an endpoint whose ROS node is not known yet")
+    assert endpoint_owner("_ros2cli_1234", "/") == "/_ros2cli_1234"
+    assert endpoint_owner("rviz", "/tools/") == "/tools/rviz"
+
+
+def test_label_info_holds_every_class_name_with_its_mask_id(segmenter):
+    """vision_msgs has no wheel: its message definitions, registered with rosbags, stand in
+    for the generated classes, and a CDR round trip shows the wire layout holds them."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    store.register(get_types_from_msg("uint16 class_id\nstring class_name\n", "vision_msgs/msg/VisionClass"))
+    store.register(get_types_from_msg("std_msgs/Header header\nvision_msgs/VisionClass[] class_map\n"
+                                      "float32 threshold\n", "vision_msgs/msg/LabelInfo"))
+    info_type, class_type = store.types["vision_msgs/msg/LabelInfo"], store.types["vision_msgs/msg/VisionClass"]
+    msg = label_info(info_type, class_type, header(3), segmenter)
+    msg = store.deserialize_cdr(store.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(CAMVID.class_names))
+    assert msg.threshold == 0.0 and msg.header.stamp.sec == 3
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 from eacnet_core.inference import Segmenter, SegmenterOptions, return_freed_memory
 from eacnet_core.runtime import device_or_reason
@@ -72,6 +72,27 @@ def free_model_memory(device: str) -> None:
 LABEL_THRESHOLD = 0.0  # argmax segmentation: every pixel gets a class, no confidence cut-off
 
 
+def label_info(label_info_type: type, vision_class_type: type, header: Any, segmenter: Segmenter) -> Any:
+    """The vision_msgs/LabelInfo the node latches on ``label_info``: each mask id with its
+    class name. The message classes are passed in (rclpy's, or rosbags' in tests): vision_msgs
+    is optional, and this stays ROS-free."""
+    classes = [vision_class_type(class_id=i, class_name=name) for i, name in label_map(segmenter)]
+    return label_info_type(header=header, class_map=classes, threshold=LABEL_THRESHOLD)
+
+
 def label_map(segmenter: Segmenter) -> list[tuple[int, str]]:
     """(class id, class name) pairs for vision_msgs/LabelInfo; the ids are the mask values."""
     return list(enumerate(segmenter.dataset.class_names))
+
+
+def missing_vision_msgs_text(ros_distro: Optional[str]) -> str:
+    """The warning when vision_msgs cannot be imported: label_info is then not published.
+    vision_msgs comes with a ROS 2 install (rosdep key vision_msgs); the ROS 2 wheels on the
+    Python package index have none, so a pip-only setup is told that rather than an apt
+    command it cannot run."""
+    text = "vision_msgs is not importable, so label_info (the class name of each mask id) is not published. "
+    if ros_distro:
+        return text + f"Install it: sudo apt install ros-{ros_distro}-vision-msgs (or rosdep install)."
+    return text + ("No ROS 2 install is sourced (ROS_DISTRO unset) and the ROS 2 wheels on the Python package index "
+                   "hold no vision_msgs: source a ROS 2 install with ros-<distro>-vision-msgs to get label_info.")
+

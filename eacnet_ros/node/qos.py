@@ -37,3 +37,14 @@ def incompatible_qos_text(topic: str, policy: str, ours: str, theirs: Sequence[s
     return (f"the publishers of {topic} and this node's subscription have incompatible QoS ({policy}): the node "
             f"asks for {ours}; the publisher(s) offer {others}. No frame can arrive. Fix: -p reliability:=auto "
             "(follows the publishers) or the publishers' policy")
+
+
+def endpoint_owner(node_name: str, node_namespace: str) -> str:
+    """The node behind a graph endpoint, for the incompatible-QoS warning. rmw reports an
+    unknown name (``_NODE_NAME_UNKNOWN_``) until the remote participant's node list has
+    arrived, which is the case right after a ROS tool (``ros2 topic echo``) or node starts,
+    and always for a plain DDS program: it is not "without a node name", only not known yet."""
+    if "UNKNOWN" in node_name:
+        return "an endpoint whose ROS node is not known yet (a tool or node that has just started, or plain DDS)"
+    return f"{node_namespace.rstrip('/')}/{node_name}"
+

@@ -52,7 +52,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from .model import LABEL_THRESHOLD, free_model_memory, label_map, load_segmenter
+from .model import free_model_memory, label_info, load_segmenter, missing_vision_msgs_text
 from .params import (
     PARAMETERS,
     SPECS,
@@ -65,7 +65,7 @@ from .params import (
 )
 from .pipeline import FrameProcessor
 from .process import SignalStop, Stopped, startup_error_text
-from .qos import BEST_EFFORT, RELIABLE, follow_publishers, incompatible_qos_text, initial_reliability
+from .qos import BEST_EFFORT, RELIABLE, endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
 from .scheduler import FrameScheduler, MultiCameraWorker
 from .stats import ERROR, OK, WARN, CameraStats, static_diagnostics
 from .worker import FrameWorker
@@ -157,13 +157,6 @@ def _policy_name(kind: Any) -> str:
         return QoSPolicyKind(int(kind)).name.lower()
     except (TypeError, ValueError):
         return str(getattr(kind, "name", kind)).lower()
-
-
-def _endpoint_owner(info: Any) -> str:
-    """The node behind a graph endpoint; rmw reports unknown names for non-ROS DDS writers."""
-    if "UNKNOWN" in info.node_name:
-        return "a publisher/subscriber without a ROS node name"
-    return f"{info.node_namespace.rstrip('/')}/{info.node_name}"
 
 
 def latched_qos() -> QoSProfile:
@@ -386,14 +379,10 @@ class SegmentationMixin:
 
     def _publish_label_info(self) -> Optional[Any]:
         if LabelInfo is None:
-            distro = os.environ.get("ROS_DISTRO", "<distro>")
-            self.get_logger().warning("vision_msgs is not installed: label_info is not published "
-                                      f"(install ros-{distro}-vision-msgs for class names)")
+            self.get_logger().warning(missing_vision_msgs_text(os.environ.get("ROS_DISTRO")))
             return None
         publisher = self.create_publisher(LabelInfo, "label_info", latched_qos())
-        classes = [VisionClass(class_id=i, class_name=name) for i, name in label_map(self.segmenter)]
-        publisher.publish(LabelInfo(header=self._header_now(), class_map=classes,
-                                    threshold=LABEL_THRESHOLD))
+        publisher.publish(label_info(LabelInfo, VisionClass, self._header_now(), self.segmenter))
         return publisher
 
     def _header_now(self) -> Header:
@@ -440,7 +429,8 @@ class SegmentationMixin:
         self._warned_incompatible.add((resolved, policy))
         ours = describe_qos(endpoint.qos_profile)
         others = (self.get_subscriptions_info_by_topic if we_publish else self.get_publishers_info_by_topic)(resolved)
-        theirs = [f"{_endpoint_owner(info)}: {describe_qos(info.qos_profile, remote=True)}" for info in others]
+        theirs = [f"{endpoint_owner(info.node_name, info.node_namespace)}: "
+                  f"{describe_qos(info.qos_profile, remote=True)}" for info in others]
         self.get_logger().warning(incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
 
     def _publish_diagnostics(self) -> None:
