@@ -12,6 +12,7 @@ down under the executor (RCLError tracebacks, exit code 1) and cannot interrupt 
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Optional
 
@@ -30,15 +31,27 @@ def lifecycle_main(args: Optional[list] = None) -> int:
 
 def _main(args: Optional[list], managed: bool) -> int:
     argv = list(sys.argv if args is None else args)
-    with SignalStop().installed() as stop:
-        try:
-            if managed:
-                from .segment_lifecycle_node import run_managed as run
-            else:
-                from .segment_node import run
-        except Stopped:
-            return 0
-        return run(argv, stop)
+    try:
+        with SignalStop().installed() as stop:
+            try:
+                if managed:
+                    from .segment_lifecycle_node import run_managed as run
+                else:
+                    from .segment_node import run
+            except Stopped:
+                return 0
+            return run(argv, stop)
+    finally:
+        _ignore_late_signals()
+
+
+def _ignore_late_signals() -> None:
+    """Once the node is torn down, the interpreter still has to unload torch, OpenCV and the
+    middleware: seconds on a loaded machine. A launch that sent SIGINT sends SIGTERM after its
+    timeout (5 s); with Python's default handler back in place, that killed a node which had
+    already shut down cleanly (exit code -15 instead of 0). The work is done: ignore them."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
