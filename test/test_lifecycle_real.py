@@ -187,3 +187,27 @@ def test_shutdown_finalizes(managed):
     node, probe = managed
     assert probe.change_state(node.fqn, "shutdown") is True
     assert probe.lifecycle_state(node.fqn) == "finalized"
+
+
+def test_a_failing_teardown_step_is_a_warning_and_the_next_steps_still_run():
+    module = h.segment_node_module()
+    done: list[str] = []
+
+    class Failing:
+        def __init__(self, name: str):
+            self.name = name
+
+        def shutdown(self, timeout_sec: float) -> None:
+            raise RuntimeError(f"{self.name} is stuck")
+
+        def destroy_node(self) -> None:
+            done.append("node")
+
+        def try_shutdown(self) -> None:
+            raise RuntimeError("context already gone")
+
+    warnings: list[str] = []
+    module._teardown(Failing("node"), Failing("executor"), Failing("context"), warn=warnings.append)
+    assert done == ["node"]
+    assert warnings == ["teardown: shutting the executor down failed: RuntimeError: executor is stuck",
+                        "teardown: shutting the ROS context down failed: RuntimeError: context already gone"]

@@ -195,9 +195,9 @@ def test_colour_mask_and_overlay_are_computed_only_when_subscribed(main, probe, 
     asked = []
     process = main.node.processor.process
 
-    def spy(bgr, want_color, want_overlay):
+    def spy(bgr, want_color, want_overlay, network_hw=None):
         asked.append((want_color, want_overlay))
-        return process(bgr, want_color, want_overlay)
+        return process(bgr, want_color, want_overlay, network_hw)
 
     monkeypatch.setattr(main.node.processor, "process", spy)
     for name in ("color_mask", "overlay"):  # subscriptions of earlier tests are gone from the graph

@@ -22,7 +22,6 @@ refused, with the reason, in the other states; ``overlay_alpha`` changes at any 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -47,8 +46,7 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
         try:
             self._declare_parameters(command_line)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.destroy_node()
+            self._after_error("destroying the node", self.destroy_node)
             raise
         self.get_logger().info(f"unconfigured: configure loads the model (ros2 lifecycle set "
                                f"{self.get_fully_qualified_name()} configure)")
@@ -87,8 +85,7 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
             reason = startup_error_text(exc)
             self.get_logger().error(f"{name} failed, staying {self._managed_state}: {reason}")
             if undo is not None:
-                with contextlib.suppress(Exception):
-                    undo()
+                self._after_error(f"undoing the failed {name}", undo)
             return TransitionCallbackReturn.FAILURE
         self._managed_state = reached
         self.get_logger().info(f"{name}: now {reached}")

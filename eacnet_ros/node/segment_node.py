@@ -31,7 +31,6 @@ activate, deactivate, cleanup): ``SegmentNode`` takes the first two in its const
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -446,6 +445,14 @@ class SegmentationMixin:
         self.diagnostics_publisher.publish(DiagnosticArray(header=self._header_now(), status=statuses))
 
     # ------------------------------------------------------------------ shutdown
+    def _after_error(self, what: str, step: Callable[[], None]) -> None:
+        """A clean-up step after an error that is the one to report: a failure of its own is
+        logged as a warning and never raised over it."""
+        try:
+            step()
+        except Exception as exc:
+            self.get_logger().warning(f"after the error above, {what} failed too: {type(exc).__name__}: {exc}")
+
     def _release(self) -> None:
         """Stop the worker (before the publishers it uses are destroyed) and detach the
         eacnet_core log bridge; for destroy_node."""
@@ -470,8 +477,7 @@ class SegmentNode(SegmentationMixin, Node):
             self._configure()
             self._activate()
         except BaseException:
-            with contextlib.suppress(Exception):  # the start-up error is the one to report
-                self.destroy_node()
+            self._after_error("destroying the node", self.destroy_node)  # the start-up error is reported
             raise
 
     def destroy_node(self) -> None:
@@ -500,19 +506,23 @@ def _spin(node: Node, executor: SingleThreadedExecutor, stop: SignalStop) -> Non
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def _teardown(node: Optional[Node], executor: Optional[SingleThreadedExecutor],
-              context: Optional[Context]) -> None:
+def _teardown(node: Optional[Node], executor: Optional[SingleThreadedExecutor], context: Optional[Context],
+              warn: Optional[Callable[[str], None]] = None) -> None:
     """Worker and node first, then the executor, then the context: nothing is used after
-    the middleware it needs is gone (Fast DDS also removes its shared-memory files)."""
-    with contextlib.suppress(Exception):
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-    with contextlib.suppress(Exception):
-        if node is not None:
-            node.destroy_node()
-    with contextlib.suppress(Exception):
-        if context is not None:
-            context.try_shutdown()
+    the middleware it needs is gone (Fast DDS also removes its shared-memory files). A step
+    that fails is logged as a warning and the next one still runs: the process is ending,
+    but a failure here can leave shared-memory files or a stuck thread behind."""
+    warn = warn or rclpy.logging.get_logger(NODE_NAME).warning
+    steps = (("shutting the executor down", executor, lambda: executor.shutdown(timeout_sec=1.0)),
+             ("destroying the node", node, lambda: node.destroy_node()),
+             ("shutting the ROS context down", context, lambda: context.try_shutdown()))
+    for what, target, step in steps:
+        if target is None:
+            continue
+        try:
+            step()
+        except Exception as exc:
+            warn(f"teardown: {what} failed: {type(exc).__name__}: {exc}")
 
 
 def _error(exc: BaseException) -> int:
