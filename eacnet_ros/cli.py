@@ -14,6 +14,7 @@ from eacnet_core.cli import add_core_commands
 
 from . import demo
 from .bags import cli as bags
+from .bench import bag_replay
 from .bench import dds as dds_bench
 from .bench import pipeline as pipeline_bench
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     pipeline_bench.add_parser(sub)
     dds_bench.add_parser(sub)
+    bag_replay.add_parser(sub)
     return parser
 
 

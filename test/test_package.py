@@ -186,7 +186,7 @@ ROOMS = {
     "node": {"main", "process", "segment_node", "segment_lifecycle_node", "params", "model", "qos", "pipeline",
              "worker", "scheduler", "stats", "codec"},
     "bags": {"io", "eval", "report", "cli"},
-    "bench": {"pipeline", "dds"},
+    "bench": {"pipeline", "dds", "bag_replay"},
 }
 
 
