@@ -291,7 +291,7 @@ class DdsClient:
         self._last_stamp_ns = 0
         self._last_mask_at = 0.0
         self.context = Context()
-        rclpy.init(context=self.context)
+        rclpy.init(args=[], context=self.context)  # not sys.argv: the command line is not for rcl
         self.node = rclpy.create_node("eacnet_bench_dds", namespace=namespace, context=self.context)
         camera_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.VOLATILE)
