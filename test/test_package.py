@@ -240,3 +240,35 @@ def test_no_import_cycles_in_the_ros_side():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+# ---------------------------------------------------------------------------- docs/ROS.md
+
+#: What test_ros2_workflow.py runs, as docs/ROS.md must show it.
+WORKFLOW_COMMANDS = (
+    "cp -r package.xml setup.py setup.cfg resource launch config eacnet_core eacnet_ros ws/src/eacnet_ros/",
+    "colcon build --packages-select eacnet_ros", "source install/setup.bash",
+    "export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=", "ros2 launch -n eacnet_ros segment.launch.py",
+    "ros2 node info /eacnet/segment_node --spin-time 3", "ros2 param dump /eacnet/segment_node",
+    "ros2 param get /eacnet/segment_node cameras", "ros2 param set /eacnet/segment_node overlay_alpha",
+    "ros2 param describe /eacnet/segment_node overlay_alpha threads", "ros2 topic echo --once --no-arr /eacnet/mask",
+    "ros2 topic hz /eacnet/mask --window 5", "ros2 lifecycle get /eacnet/segment_node", "ros2 daemon stop",
+    *(f"ros2 lifecycle set /eacnet/segment_node {t}" for t in ("configure", "activate", "deactivate", "cleanup",
+                                                               "shutdown")),
+)
+
+
+def test_the_ros_guide_shows_the_commands_the_workflow_test_runs():
+    guide = (REPO / "docs" / "ROS.md").read_text()
+    assert [c for c in WORKFLOW_COMMANDS if c not in guide] == []
+    workflow = ast.parse((REPO / "test" / "test_ros2_workflow.py").read_text())
+    (copied,) = [ast.literal_eval(n.value) for n in workflow.body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "PACKAGE_CONTENTS"]
+    assert f"cp -r {' '.join(copied)} ws/src/eacnet_ros/" in guide
+
+
+def test_the_ros_guide_names_every_package_xml_dependency_as_a_rosdep_key(manifest):
+    guide = (REPO / "docs" / "ROS.md").read_text().split("### rosdep keys")[1].split("## ")[0]
+    keys = {e.text for e in manifest if e.tag.endswith("depend")}
+    assert [k for k in sorted(keys) if f"`{k}`" not in guide] == []
+
