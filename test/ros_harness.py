@@ -487,6 +487,38 @@ class Probe:
                        ).current_state.label
 
 
+class Session:
+    """What the real-ROS test modules share: the nodes under test in one context, spun in
+    threads, and a probe in a context of its own. Use it through ``closed_without_leftovers``
+    so a module's nodes are gone, and their shared-memory files with them, when it ends."""
+
+    def __init__(self, probe_name: str = "probe"):
+        self.module = segment_node_module()
+        self.nodes = RosContext()
+        self.probe = Probe(probe_name)
+
+    def start(self, label: str, **params: Any) -> RunningNode:
+        """A SegmentNode in a namespace of its own, with SMALL_MODEL and ``params``."""
+        namespace = unique_namespace(label)
+        overrides = [Parameter(name, value=value) for name, value in {**SMALL_MODEL, **params}.items()]
+        node = self.module.SegmentNode(context=self.nodes.context, namespace=namespace, parameter_overrides=overrides)
+        return RunningNode(namespace, node, self.nodes.spin(node))
+
+    @contextlib.contextmanager
+    def node(self, label: str, **params: Any) -> Iterator[RunningNode]:
+        """``start``, closed again when the block ends."""
+        running = self.start(label, **params)
+        try:
+            yield running
+        finally:
+            running.spun.close()
+            self.nodes.nodes.remove(running.spun)
+
+    def close(self) -> None:
+        self.probe.close()
+        self.nodes.close()
+
+
 @contextlib.contextmanager
 def endpoints(probe: Probe, *entities: Any) -> Iterator[None]:
     """The probe's publishers/subscriptions ``entities``, destroyed when the block ends."""

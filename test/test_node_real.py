@@ -14,8 +14,6 @@ from __future__ import annotations
 import array
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -34,39 +32,9 @@ INPUT_SIZES = ((360, 480), (480, 640), (720, 1280), (1080, 1920))  # (height, wi
 
 # ---------------------------------------------------------------------------- fixtures
 
-class Session:
-    """The module's two contexts: one for the nodes under test, one for the probe."""
-
-    def __init__(self):
-        self.module = h.segment_node_module()
-        self.nodes = h.RosContext()
-        self.probe = h.Probe("real_probe")
-
-    @contextmanager
-    def node(self, label: str, **params: Any) -> Iterator[RunningNode]:
-        running = self.start(label, **params)
-        try:
-            yield running
-        finally:
-            running.spun.close()
-            self.nodes.nodes.remove(running.spun)
-
-    def start(self, label: str, **params: Any) -> RunningNode:
-        namespace = h.unique_namespace(label)
-        values = {**h.SMALL_MODEL, **params}
-        overrides = [h.Parameter(name, value=value) for name, value in values.items()]
-        node = self.module.SegmentNode(context=self.nodes.context, namespace=namespace,
-                                       parameter_overrides=overrides)
-        return RunningNode(namespace, node, self.nodes.spin(node))
-
-    def close(self) -> None:
-        self.probe.close()
-        self.nodes.close()
-
-
 @pytest.fixture(scope="module")
 def session():
-    with h.closed_without_leftovers(Session) as created:
+    with h.closed_without_leftovers(lambda: h.Session("real_probe")) as created:
         yield created
 
 
