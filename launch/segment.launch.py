@@ -126,7 +126,7 @@ def _share_dir() -> str:
         return source_tree
     try:
         return get_package_share_directory(PACKAGE)
-    except PackageNotFoundError:
+    except (PackageNotFoundError, OSError):  # not installed, or no AMENT_PREFIX_PATH at all
         return source_tree
 
 
