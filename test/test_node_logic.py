@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -1049,3 +1050,16 @@ def test_label_info_holds_every_class_name_with_its_mask_id(segmenter):
     assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(CAMVID.class_names))
     assert msg.threshold == 0.0 and msg.header.stamp.sec == 3
 
+
+
+def test_what_libpng_prints_while_decoding_goes_to_the_workers_throttled_warnings(segmenter, capfd):
+    ok, png = cv2.imencode(".png", frame(2))
+    data = bytearray(png.tobytes())
+    idat = data.index(b"IDAT")
+    data[idat + 4 + int.from_bytes(data[idat - 4:idat], "big")] ^= 0xFF  # the IDAT chunk's CRC
+    msg = CompressedImage(header=header(), format="png", data=np.frombuffer(bytes(data), np.uint8))
+    warnings: list[str] = []
+    worker = make_worker(segmenter, warnings=warnings)
+    assert not worker.process_one(msg, time.monotonic())
+    assert any(w.startswith("image library, while decoding a frame: libpng") for w in warnings), warnings
+    assert "libpng" not in capfd.readouterr().err
