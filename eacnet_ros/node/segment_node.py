@@ -122,11 +122,8 @@ def as_declared_types(parameters: list) -> list:
     """rclpy's pre-set callback: an integer for a float parameter (``ros2 param set ...
     overlay_alpha 1``) becomes that float, so the stored type stays the declared one."""
     return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
-            if isinstance(SPECS.get(p.name, _NO_SPEC).default, float) and type(p.value) is int else p
+            if isinstance(getattr(SPECS.get(p.name), "default", None), float) and type(p.value) is int else p
             for p in parameters]
-
-
-_NO_SPEC = ParamSpec("", "", "")
 
 
 def image_qos(reliability: str) -> QoSProfile:
