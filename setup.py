@@ -56,18 +56,20 @@ setup(
             "ros-rclpy==9.1.2", "ros-rcl-interfaces==2.3.0", "ros-sensor-msgs==5.5.1", "ros-std-msgs==5.5.1",
             "ros-diagnostic-msgs==5.5.1", "ros-lifecycle-msgs==2.3.0", "ros-ament-index-python==1.11.0",
             "ros-rmw-fastrtps-cpp==9.3.3")]),
-        # With the ROS wheels, so CI runs the node and the launch file on real rclpy.
-        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0"] + ros,
+        # With the ROS wheels, so CI runs the node and the launch file on real rclpy; colcon and
+        # ament_package (both on the package index) so it also builds the package as a ROS user
+        # does (test/test_ros2_workflow.py, docs/ROS.md).
+        "test": ["pytest>=7", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0",
+                 "colcon-common-extensions>=0.3", "ros-ament-package>=0.17"] + ros,
     },
     zip_safe=True,
     maintainer="eacnet_ros developers",
     maintainer_email="eacnet-ros@example.com",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "eacnet = eacnet_ros.cli:main",
-            "segment_node = eacnet_ros.segment_main:main",
-            "segment_lifecycle_node = eacnet_ros.segment_main:lifecycle_main",
+            "segment_node = eacnet_ros.node.main:main",
+            "segment_lifecycle_node = eacnet_ros.node.main:lifecycle_main",
         ],
     },
 )

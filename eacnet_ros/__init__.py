@@ -1,4 +1,6 @@
-"""ROS 2 layer of EACNet: message conversion, the segmentation node and rosbag2 tools.
+"""ROS 2 layer of EACNet, in rooms by purpose: the segmentation node (``node``), the rosbag2
+tools (``bags``), the benchmarks (``bench``), plus the ``eacnet`` command line (``cli``) and
+the CamVid demo (``demo``).
 
-Only ``segment_node`` and ``segment_lifecycle_node`` (and ``dds_bench``, a benchmark) import
-rclpy; everything else runs without a ROS install."""
+Only ``node.segment_node`` and ``node.segment_lifecycle_node`` (and ``bench.dds``, a
+benchmark) import rclpy; everything else runs without a ROS install."""

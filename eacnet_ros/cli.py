@@ -13,7 +13,11 @@ from eacnet_core import __version__
 from eacnet_core.cli import add_core_commands
 from eacnet_core.options import join_dash_values
 
-from . import bags, dds_bench, demo, pipeline_bench
+from . import demo
+from .bags import cli as bags
+from .bench import bag_replay
+from .bench import dds as dds_bench
+from .bench import pipeline as pipeline_bench
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     pipeline_bench.add_parser(sub)
     dds_bench.add_parser(sub)
+    bag_replay.add_parser(sub)
     return parser
 
 

@@ -29,7 +29,9 @@ from eacnet_core.options import at_least
 from eacnet_core.outputs import write_bytes
 from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
-from . import bag_eval, bag_io, bags
+from .bags import cli as bags
+from .bags import eval as bag_eval
+from .bags import io as bag_io
 
 ENV_DATA = datasets.DATA_ENV
 ENV_URL = "EACNET_CAMVID_URL"

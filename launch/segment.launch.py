@@ -39,7 +39,7 @@ from typing import NamedTuple, Optional
 
 import yaml
 from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessIO, OnProcessStart
+from launch.event_handlers import OnProcessExit, OnProcessIO, OnProcessStart
 from launch.events import matches_action
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
@@ -62,7 +62,7 @@ class Argument(NamedTuple):
     kind: type = str
 
 
-#: One argument per node parameter (eacnet_ros.node_logic.PARAMETERS, listed here rather than
+#: One argument per node parameter (eacnet_ros.node.params.PARAMETERS, listed here rather than
 #: imported: that module needs torch, and the launch file must load without it). The defaults
 #: are those of config/segment.yaml, shown by `ros2 launch --show-args`; they are never applied.
 PARAMETER_ARGUMENTS = (
@@ -126,14 +126,14 @@ def _share_dir() -> str:
         return source_tree
     try:
         return get_package_share_directory(PACKAGE)
-    except PackageNotFoundError:
+    except (PackageNotFoundError, OSError):  # not installed, or no AMENT_PREFIX_PATH at all
         return source_tree
 
 
-def _is_true(text: str) -> bool:
+def _is_true(name: str, text: str) -> bool:
     value = text.strip().lower()
     if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
-        raise ValueError(f"expected true or false, got {text!r}")
+        raise ValueError(f"{name}:={text!r}: expected true or false")
     return value in ("true", "1", "yes", "on")
 
 
@@ -184,7 +184,7 @@ def _overrides(context: LaunchContext, given: set, bag: str) -> dict:
     if bag:
         values["use_sim_time"] = True  # the bag's /clock drives time
     elif "use_sim_time" in given:
-        values["use_sim_time"] = _is_true(LaunchConfiguration("use_sim_time").perform(context))
+        values["use_sim_time"] = _is_true("use_sim_time", LaunchConfiguration("use_sim_time").perform(context))
     return values
 
 
@@ -241,6 +241,20 @@ def _autostart(node: LifecycleNode) -> list:
                                                    entities=[change(Transition.TRANSITION_ACTIVATE)]))]
 
 
+def _fail_when_it_fails(node: Node) -> RegisterEventHandler:
+    """The launch ends with a non-zero exit status when the node exits with one before
+    the launch shuts down (a start-up error such as backbone:=foo): launch itself returns 0
+    for a process that failed, and a supervisor or a CI script could not tell. An error
+    raised from an event handler is launch's documented way to fail: it logs the reason,
+    shuts everything down and makes ``ros2 launch`` exit 1."""
+    def on_exit(event, context: LaunchContext) -> None:
+        if event.returncode and not context.is_shutdown:
+            raise RuntimeError(f"{event.action.name} exited with code {event.returncode} during start-up or "
+                               "operation (its [eacnet] error line above says why); shutting the launch down")
+
+    return RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))
+
+
 def _start_when_ready(node: Node, action: ExecuteProcess) -> RegisterEventHandler:
     """Start ``action`` once, on the node's first output line that holds READY_LOG (ROS
     logs go to stderr by default, to stdout with RCUTILS_LOGGING_USE_STDOUT=1)."""
@@ -264,21 +278,23 @@ def _launch_setup(given: set):
         overrides = _overrides(context, given, bag)
         parameters = [arg("params_file")] + ([overrides] if overrides else [])
         profile = os.path.join(_share_dir(), "config", FASTDDS_PROFILE)
-        environment = {name: profile for name in FASTDDS_PROFILE_VARIABLES} if _is_true(arg("large_frames")) else {}
+        large_frames = _is_true("large_frames", arg("large_frames"))
+        environment = {name: profile for name in FASTDDS_PROFILE_VARIABLES} if large_frames else {}
         cameras = _names("cameras", arg("cameras")) if "cameras" in given else []
         remappings = _camera_remappings(cameras, _names("camera_topics", arg("camera_topics")))
         if not cameras:
             remappings += [("image", image_topic), ("image/compressed", image_topic + "/compressed")]
-        managed = _is_true(arg("managed"))
+        managed = _is_true("managed", arg("managed"))
         node = (LifecycleNode if managed else Node)(
             package=PACKAGE, executable="segment_lifecycle_node" if managed else "segment_node", name="segment_node",
             namespace=namespace, parameters=parameters, output="screen", emulate_tty=True,
             additional_env=environment or None, remappings=remappings)
-        actions = [node] + (_autostart(node) if managed and _is_true(arg("autostart")) else [])
+        actions = [node, _fail_when_it_fails(node)]
+        actions += _autostart(node) if managed and _is_true("autostart", arg("autostart")) else []
         if bag:
             play = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen")
             actions.append(_start_when_ready(node, play))
-        if _is_true(arg("rviz")):
+        if _is_true("rviz", arg("rviz")):
             sim_time = bool(overrides.get("use_sim_time", False))
             if cameras:  # rviz shows the first camera
                 namespace = f"{namespace.strip('/')}/{cameras[0]}"

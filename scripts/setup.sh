@@ -40,3 +40,21 @@ if [ -f "$LAUNCH_SRC/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/nu
   fi
   rm -f "$log"
 fi
+
+# The real `ros2` command line (no wheels either) and colcon (from the package index), so
+# test/test_ros2_workflow.py builds the package with colcon and drives it with `ros2 launch`,
+# `ros2 param`, `ros2 lifecycle`, `ros2 topic`, as docs/ROS.md tells users to. colcon and
+# ament_package come with the test extra; ros2cli from its sources, only when missing.
+ROS2CLI_SRC=${EACNET_ROS2CLI_SRC:-../shared/ros2cli}
+if [ -f "$ROS2CLI_SRC/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/null \
+    && ! "$VENV_PYTHON" -c "import ros2cli, ros2launch" 2>/dev/null; then
+  echo "eacnet setup: installing the ros2 command line from $ROS2CLI_SRC"
+  log=$(mktemp)
+  if ! bash "$ROS2CLI_SRC/install.sh" "$VENV_PYTHON" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "eacnet setup: installing the ros2 command line failed" >&2
+    exit 1
+  fi
+  rm -f "$log"
+fi

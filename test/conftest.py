@@ -20,7 +20,7 @@ from real_data import REAL_CAMVID
 
 import eacnet_core.inference  # noqa: F401 - see PACKAGE_LOGGERS
 import eacnet_core.runtime  # noqa: F401
-import eacnet_ros.bags  # noqa: F401 (and with it bag_io, bag_eval)
+import eacnet_ros.bags.cli  # noqa: F401 (and with it bags.io, bags.eval)
 from eacnet_core.checkpoint import make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID, DatasetInfo
 from eacnet_core.models import build_model

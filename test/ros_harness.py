@@ -1,7 +1,7 @@
 """Real ROS 2 in the loop: helpers for tests that run ``segment_node`` on the real middleware.
 
 Imported by ``test_node_real.py`` (the node in this process) and ``test_node_real_process.py``
-(the node as ``python -m eacnet_ros.segment_node``). Without rclpy the importing test module
+(the node as ``python -m eacnet_ros.node.main``). Without rclpy the importing test module
 is skipped, never reported as passed.
 
 Isolation: on import this sets, for this process and every node process it starts,
@@ -108,12 +108,12 @@ LIFECYCLE_TIMEOUT_S = 120.0
 
 
 def segment_node_module() -> Any:
-    """The real eacnet_ros.segment_node (test_segment_node.py imports it against a double and
+    """The real eacnet_ros.node.segment_node (test_segment_node.py imports it against a double and
     forgets it again; make sure the one used here is bound to the real rclpy)."""
-    module = sys.modules.get("eacnet_ros.segment_node")
+    module = sys.modules.get("eacnet_ros.node.segment_node")
     if module is None or getattr(module, "rclpy", None) is not rclpy:
-        sys.modules.pop("eacnet_ros.segment_node", None)
-        module = importlib.import_module("eacnet_ros.segment_node")
+        sys.modules.pop("eacnet_ros.node.segment_node", None)
+        module = importlib.import_module("eacnet_ros.node.segment_node")
     assert module.rclpy is rclpy
     return module
 
@@ -487,6 +487,38 @@ class Probe:
                        ).current_state.label
 
 
+class Session:
+    """What the real-ROS test modules share: the nodes under test in one context, spun in
+    threads, and a probe in a context of its own. Use it through ``closed_without_leftovers``
+    so a module's nodes are gone, and their shared-memory files with them, when it ends."""
+
+    def __init__(self, probe_name: str = "probe"):
+        self.module = segment_node_module()
+        self.nodes = RosContext()
+        self.probe = Probe(probe_name)
+
+    def start(self, label: str, **params: Any) -> RunningNode:
+        """A SegmentNode in a namespace of its own, with SMALL_MODEL and ``params``."""
+        namespace = unique_namespace(label)
+        overrides = [Parameter(name, value=value) for name, value in {**SMALL_MODEL, **params}.items()]
+        node = self.module.SegmentNode(context=self.nodes.context, namespace=namespace, parameter_overrides=overrides)
+        return RunningNode(namespace, node, self.nodes.spin(node))
+
+    @contextlib.contextmanager
+    def node(self, label: str, **params: Any) -> Iterator[RunningNode]:
+        """``start``, closed again when the block ends."""
+        running = self.start(label, **params)
+        try:
+            yield running
+        finally:
+            running.spun.close()
+            self.nodes.nodes.remove(running.spun)
+
+    def close(self) -> None:
+        self.probe.close()
+        self.nodes.close()
+
+
 @contextlib.contextmanager
 def endpoints(probe: Probe, *entities: Any) -> Iterator[None]:
     """The probe's publishers/subscriptions ``entities``, destroyed when the block ends."""
@@ -549,7 +581,7 @@ class ProcessResult:
 @dataclass
 class NodeProcess:
     """The node's console script (``node_command``; or ``command``, e.g.
-    ``[sys.executable, "-m", "eacnet_ros.segment_node"]``) with ``--ros-args ARGS`` and the
+    ``[sys.executable, "-m", "eacnet_ros.node.main"]``) with ``--ros-args ARGS`` and the
     session's ROS environment.
 
     stdout and stderr are read line by line in threads; ``wait_for_stderr`` waits for a log

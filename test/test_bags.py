@@ -20,9 +20,10 @@ from torch import nn
 
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_ros import bag_eval, bag_io, codec
-from eacnet_ros.bag_eval import EvalOptions, evaluate_bag
-from eacnet_ros.bag_io import (
+from eacnet_ros.bags import eval as bag_eval
+from eacnet_ros.bags import io as bag_io
+from eacnet_ros.bags.eval import EvalOptions, evaluate_bag
+from eacnet_ros.bags.io import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     STORE,
@@ -33,6 +34,7 @@ from eacnet_ros.bag_io import (
     make_bag,
 )
 from eacnet_ros.cli import main
+from eacnet_ros.node import codec
 
 CPU = SegmenterOptions(device="cpu", backend="torch")  # deterministic path; auto is tested in test_inference
 H, W = 32, 48

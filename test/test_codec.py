@@ -1,4 +1,4 @@
-"""eacnet_ros.codec against real sensor_msgs layouts.
+"""eacnet_ros.node.codec against real sensor_msgs layouts.
 
 Every message is built with rosbags' Humble and Jazzy message classes and sent through a
 CDR serialize/deserialize round trip first, so what is decoded has exactly the layout a
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from eacnet_ros import codec
-from eacnet_ros.codec import ImageDecodeError
+from eacnet_ros.node import codec
+from eacnet_ros.node.codec import ImageDecodeError
 
 H, W = 24, 32
 # Four flat patches with distinct B, G and R values, so a swapped channel or a wrong bayer
@@ -372,3 +372,65 @@ def test_frames_over_the_pixel_limit_are_refused_raw_and_compressed(store):
     with pytest.raises(ImageDecodeError, match="max_input_pixels"):
         codec.to_bgr(roundtrip(store, _compressed(store, "jpeg")), max_pixels=limit)
     assert codec.to_bgr(raw, max_pixels=H * W).shape == (H, W, 3)  # at the limit: accepted
+
+
+# ---------------------------------------------------------------------------- hostile compressed frames
+
+def _never_decode(monkeypatch):
+    def refuse(*_):
+        raise AssertionError("decoded although it should have been refused from its header")
+
+    monkeypatch.setattr(codec.cv2, "imdecode", refuse)
+
+
+def test_only_jpeg_and_png_are_decoded_tiff_is_refused_before_decoding(store, monkeypatch):
+    ok, tiff = cv2.imencode(".tiff", reference_image())
+    assert ok and cv2.imdecode(tiff, cv2.IMREAD_COLOR) is not None  # OpenCV itself would decode it
+    _never_decode(monkeypatch)
+    with pytest.raises(ImageDecodeError, match="neither JPEG nor PNG"):
+        codec.to_bgr(roundtrip(store, _compressed(store, "png", tiff.reshape(-1))), max_pixels=10**6)
+
+
+def test_a_jpeg_cut_before_its_size_is_refused_before_decoding(store, monkeypatch):
+    ok, jpeg = cv2.imencode(".jpg", reference_image())
+    _never_decode(monkeypatch)
+    with pytest.raises(ImageDecodeError, match="truncated or malformed"):
+        codec.to_bgr(roundtrip(store, _compressed(store, "jpeg", jpeg.reshape(-1)[:20])))
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 8000), (40, 8)])
+def test_frames_with_a_side_under_the_minimum_are_refused_raw_and_compressed(store, monkeypatch, height, width):
+    pixels = np.zeros((height, width, 3), np.uint8)
+    ok, png = cv2.imencode(".png", pixels)
+    _never_decode(monkeypatch)
+    for msg in (make_image(store, pixels, "bgr8"), _compressed(store, "png", png.reshape(-1))):
+        with pytest.raises(ImageDecodeError, match=f"{width}x{height} is smaller than 16 pixels on a side"):
+            codec.to_bgr(roundtrip(store, msg), min_side=16)
+
+
+def _png_with_a_bad_crc() -> np.ndarray:
+    ok, png = cv2.imencode(".png", reference_image())
+    data = bytearray(png.tobytes())
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4:idat], "big")
+    data[idat + 4 + length] ^= 0xFF  # the IDAT chunk's CRC
+    return np.frombuffer(bytes(data), np.uint8)
+
+
+def test_what_the_image_libraries_print_goes_to_the_callback_not_stderr(store, capfd):
+    messages: list[str] = []
+    msg = roundtrip(store, _compressed(store, "png", _png_with_a_bad_crc()))
+    with pytest.raises(ImageDecodeError):
+        codec.to_bgr(msg, library_messages=messages.append)
+    assert any("libpng" in m and "CRC" in m for m in messages), messages
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_ros_log_lines_written_meanwhile_pass_through_to_stderr(capfd):
+    import os
+
+    seen: list[str] = []
+    with codec._library_messages(seen.append):
+        os.write(2, b"[WARN] [1700000000.1] [eacnet.segment_node]: from another thread\nlibjpeg: odd\n")
+    assert seen == ["libjpeg: odd"]
+    assert "[WARN] [1700000000.1] [eacnet.segment_node]: from another thread" in capfd.readouterr().err

@@ -1,4 +1,4 @@
-"""eacnet_ros.dds_bench: a tiny real run through Fast DDS against segment_node in its own
+"""eacnet_ros.bench.dds: a tiny real run through Fast DDS against segment_node in its own
 process (skipped without ROS 2), plus the pieces that need no ROS: reading the node's
 execution path from its log line and argument checks.
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_ros import dds_bench as db
+from eacnet_ros.bench import dds as db
 
 FRAMES = 3
 

@@ -5,19 +5,17 @@ types, shutdown) is tested for real in test_launch_real.py. What stays here need
 that have no wheels (``ros2 bag play``, rviz2), or is cheaper to check than to launch: the
 argument list against the node's parameters, number parsing, the packaged defaults.
 
-The launch file is loaded against a small recording double of the launch / launch_ros
-classes it uses (not a launch implementation). ``run_launch`` mimics the one piece of
-launch semantics that matters here, as ``ros2 launch`` and IncludeLaunchDescription do it:
-the caller's arguments are set as launch configurations first, then the description's
-entities are visited in order (DeclareLaunchArgument fills in a default only where no
-value is set; an OpaqueFunction returns more actions). Loading it here also proves the
-launch file imports without torch or eacnet_core.
+The launch file runs on the real ``launch`` and ``launch_ros``: a real ``LaunchContext``
+holds the caller's arguments, the real ``DeclareLaunchArgument`` fills in defaults and the
+real ``OpaqueFunction`` returns the actions, which are the real classes (they check their
+arguments). Only their constructor arguments are recorded on the way (``.kwargs``), because
+the real actions keep them private until they execute. Nothing is executed: no process
+starts. Loading it here also proves the launch file imports without torch or eacnet_core.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,14 @@ from typing import Any
 import pytest
 import yaml
 
-from eacnet_ros import node_logic
+from eacnet_ros.node.params import PARAMETERS
+
+launch_actions = pytest.importorskip("launch.actions", reason="launch is not installed (scripts/setup.sh)")
+launch_ros_actions = pytest.importorskip("launch_ros.actions", reason="launch_ros is not installed")
+from launch.event_handlers import OnProcessExit, OnProcessIO, OnProcessStart  # noqa: E402
+from launch.launch_context import LaunchContext  # noqa: E402
+from launch_ros.event_handlers import OnStateTransition  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
@@ -34,176 +39,83 @@ LAUNCH_ONLY = {"image_topic", "namespace", "params_file", "rviz", "use_sim_time"
                "camera_topics", "managed", "autostart"}
 
 
-class Recorded:
-    """Any launch action: keeps its arguments."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
+def recording(real: type) -> type:
+    """``real`` with its constructor arguments kept as ``.kwargs`` (and ``.args``)."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        real.__init__(self, *args, **kwargs)
         self.args, self.kwargs = args, kwargs
 
-
-class DeclareLaunchArgument(Recorded):
-    def __init__(self, name: str, default_value: str = None, description: str = ""):
-        super().__init__(name, default_value=default_value, description=description)
-        self.name, self.default_value = name, default_value
+    return type(real.__name__, (real,), {"__init__": __init__})
 
 
-class OpaqueFunction(Recorded):
-    def __init__(self, function):
-        super().__init__(function=function)
-        self.function = function
-
-
-class LaunchConfiguration:
-    def __init__(self, name: str):
-        self.name = name
-
-    def perform(self, context) -> str:
-        return context.launch_configurations[self.name]
-
-
-class ParameterValue:
-    def __init__(self, value: Any, value_type: type = None):
-        self.value, self.value_type = value, value_type
-
-    def __eq__(self, other):
-        return isinstance(other, ParameterValue) and (self.value, self.value_type) == (other.value, other.value_type)
-
-    def __repr__(self):
-        return f"ParameterValue({self.value!r}, {self.value_type})"
-
-
-class Node(Recorded):
-    pass
-
-
-class LifecycleNode(Node):
-    pass
-
-
-class EmitEvent(Recorded):
-    def __init__(self, event):
-        super().__init__(event=event)
-        self.event = event
-
-
-class ChangeState(Recorded):
-    pass
-
-
-class OnProcessStart(Recorded):
-    pass
-
-
-class OnStateTransition(Recorded):
-    pass
-
-
-def matches_action(action):
-    return lambda candidate: candidate is action
-
-
-#: lifecycle_msgs/msg/Transition's ids (the values of the real message).
-Transition = types.SimpleNamespace(TRANSITION_CONFIGURE=1, TRANSITION_CLEANUP=2, TRANSITION_ACTIVATE=3,
-                                   TRANSITION_DEACTIVATE=4)
-
-
-class ExecuteProcess(Recorded):
-    pass
-
-
-class RegisterEventHandler(Recorded):
-    def __init__(self, event_handler):
-        super().__init__(event_handler)
-        self.event_handler = event_handler
-
-
-class OnProcessIO(Recorded):
-    pass
-
-
-class LaunchDescription(Recorded):
-    def __init__(self, entities):
-        super().__init__(entities)
-        self.entities = list(entities)
-
-
-def _modules() -> dict[str, types.ModuleType]:
-    def module(name: str, **attrs: Any) -> types.ModuleType:
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        return m
-
-    return {
-        "launch": module("launch"),
-        "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
-                                 EmitEvent=EmitEvent, ExecuteProcess=ExecuteProcess, OpaqueFunction=OpaqueFunction,
-                                 RegisterEventHandler=RegisterEventHandler),
-        "launch.event_handlers": module("launch.event_handlers", OnProcessIO=OnProcessIO,
-                                        OnProcessStart=OnProcessStart),
-        "launch.events": module("launch.events", matches_action=matches_action),
-        "launch.launch_context": module("launch.launch_context", LaunchContext=object),
-        "launch.launch_description": module("launch.launch_description", LaunchDescription=LaunchDescription),
-        "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
-        "launch_ros": module("launch_ros"),
-        "launch_ros.actions": module("launch_ros.actions", Node=Node, LifecycleNode=LifecycleNode),
-        "launch_ros.event_handlers": module("launch_ros.event_handlers", OnStateTransition=OnStateTransition),
-        "launch_ros.events": module("launch_ros.events"),
-        "launch_ros.events.lifecycle": module("launch_ros.events.lifecycle", ChangeState=ChangeState),
-        "lifecycle_msgs": module("lifecycle_msgs"),
-        "lifecycle_msgs.msg": module("lifecycle_msgs.msg", Transition=Transition),
-        "launch_ros.parameter_descriptions": module("launch_ros.parameter_descriptions",
-                                                    ParameterValue=ParameterValue),
-        "ament_index_python": None,  # not installed: the launch file falls back to the source tree
-        "ament_index_python.packages": None,
-    }
+DeclareLaunchArgument = recording(launch_actions.DeclareLaunchArgument)
+ExecuteProcess = recording(launch_actions.ExecuteProcess)
+EmitEvent = recording(launch_actions.EmitEvent)
+RegisterEventHandler = recording(launch_actions.RegisterEventHandler)
+Node = recording(launch_ros_actions.Node)
+LifecycleNode = recording(launch_ros_actions.LifecycleNode)
+#: The names the launch file uses, bound to the recording classes once it is loaded.
+RECORDED = {"DeclareLaunchArgument": DeclareLaunchArgument, "ExecuteProcess": ExecuteProcess, "EmitEvent": EmitEvent,
+            "RegisterEventHandler": RegisterEventHandler, "Node": Node, "LifecycleNode": LifecycleNode,
+            "ChangeState": recording(__import__("launch_ros.events.lifecycle", fromlist=["ChangeState"]).ChangeState),
+            "OnProcessExit": recording(OnProcessExit), "OnProcessIO": recording(OnProcessIO),
+            "OnProcessStart": recording(OnProcessStart), "OnStateTransition": recording(OnStateTransition)}
 
 
 @pytest.fixture
 def launch_module(monkeypatch):
-    for name, module in _modules().items():
-        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)  # not installed: the launch file uses the source tree
     spec = importlib.util.spec_from_file_location("segment_launch_under_test", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    for name, cls in RECORDED.items():
+        monkeypatch.setattr(module, name, cls)
+    assert "torch" not in module.__dict__ and not any(m.startswith("eacnet_core") for m in vars(module))
     return module
 
 
-def run_launch(launch_module, **given: str) -> list:
-    """The actions the launch would start, given these command-line arguments."""
-    context = types.SimpleNamespace(launch_configurations=dict(given))
+def run_launch(launch_module, with_exit_handlers: bool = False, **given: str) -> list:
+    """The actions the launch would start, given these command-line arguments (as
+    ``ros2 launch`` sets them: launch configurations first, then the entities in order); the
+    OnProcessExit handler every launch registers for the node only ``with_exit_handlers``."""
+    context = LaunchContext()
+    context.launch_configurations.update(given)
     started = []
     pending = list(launch_module.generate_launch_description().entities)
     while pending:
         entity = pending.pop(0)
-        if isinstance(entity, DeclareLaunchArgument):
-            context.launch_configurations.setdefault(entity.name, entity.default_value)
-        elif isinstance(entity, OpaqueFunction):
-            pending[:0] = entity.function(context) or []
-        else:
+        if isinstance(entity, (launch_actions.DeclareLaunchArgument, launch_actions.OpaqueFunction)):
+            pending[:0] = entity.execute(context) or []
+        elif with_exit_handlers or not isinstance(getattr(entity, "event_handler", None), OnProcessExit):
             started.append(entity)
     return started
 
 
-def segment_node(actions: list) -> Node:
-    (node,) = [a for a in actions if isinstance(a, Node) and a.kwargs.get("name") == "segment_node"]
+def segment_node(actions: list) -> Any:
+    (node,) = [a for a in actions if isinstance(a, launch_ros_actions.Node) and a.kwargs.get("name") == "segment_node"]
     return node
 
 
 def declared(launch_module) -> dict[str, str]:
     """Declared argument -> default, as `ros2 launch --show-args` lists them."""
-    return {e.name: e.default_value for e in launch_module.generate_launch_description().entities
-            if isinstance(e, DeclareLaunchArgument)}
+    return {e.kwargs["name"] if "name" in e.kwargs else e.args[0]: e.kwargs["default_value"]
+            for e in launch_module.generate_launch_description().entities if isinstance(e, DeclareLaunchArgument)}
+
+
+def typed(value: Any) -> tuple[Any, Any]:
+    """A launch_ros ParameterValue as (value, type) (it has no equality of its own)."""
+    return value.value, value.value_type
 
 
 def test_every_node_parameter_is_a_launch_argument(launch_module):
-    assert set(declared(launch_module)) == {spec.name for spec in node_logic.PARAMETERS} | LAUNCH_ONLY
-    assert launch_module.OVERRIDES == {spec.name: type(spec.default) for spec in node_logic.PARAMETERS}
+    assert set(declared(launch_module)) == {spec.name for spec in PARAMETERS} | LAUNCH_ONLY
+    assert launch_module.OVERRIDES == {spec.name: type(spec.default) for spec in PARAMETERS}
 
 
 def test_parameter_arguments_show_the_packaged_yaml_values(launch_module):
     """The YAML lists every parameter, and --show-args shows its values (never applied)."""
     packaged = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
-    assert set(packaged) == {spec.name for spec in node_logic.PARAMETERS}
+    assert set(packaged) == {spec.name for spec in PARAMETERS}
     defaults = declared(launch_module)
     assert {name: defaults[name] for name in packaged} == {name: str(value) for name, value in packaged.items()}
     assert {name: defaults[name] for name in LAUNCH_ONLY} == {
@@ -227,7 +139,7 @@ def test_without_arguments_the_node_gets_the_packaged_yaml_alone(launch_module):
 def test_arguments_take_the_type_of_their_parameter(launch_module, name, text, value):
     """rclpy refuses an int for a float parameter; launch_ros would read '2024' as an int."""
     (override,) = segment_node(run_launch(launch_module, **{name: text})).kwargs["parameters"][1].values()
-    assert override == ParameterValue(value, type(value)) and type(override.value) is type(value)
+    assert typed(override) == (value, type(value)) and type(override.value) is type(value)
 
 
 @pytest.mark.parametrize("name, text, message", [("threads", "two", "threads:='two': expected an integer"),
@@ -294,9 +206,11 @@ def test_rviz_configs_do_not_pile_up_one_per_launch(launch_module, monkeypatch, 
     assert "Value: /cam1/overlay" in path.read_text() and "Value: /cam2/overlay" in other.read_text()
 
 
-def test_bad_boolean_is_an_error(launch_module):
-    with pytest.raises(ValueError, match="expected true or false"):
-        run_launch(launch_module, rviz="maybe")
+@pytest.mark.parametrize("name", ["rviz", "managed", "autostart", "large_frames", "use_sim_time"])
+def test_a_bad_boolean_is_an_error_naming_the_argument(launch_module, name):
+    arguments = {name: "maybe"} if name != "autostart" else {"managed": "true", name: "maybe"}
+    with pytest.raises(ValueError, match=f"{name}:='maybe': expected true or false"):
+        run_launch(launch_module, **arguments)
 
 
 def test_large_frames_gives_the_node_the_packaged_fastdds_profile(launch_module):
@@ -315,7 +229,8 @@ FRONT_LEFT = {"cameras": "[front, left]", "camera_topics": "[/front/camera/image
 
 def test_cameras_are_a_string_list_and_each_input_is_remapped_to_its_topic(launch_module):
     node = segment_node(run_launch(launch_module, **FRONT_LEFT))
-    assert node.kwargs["parameters"][1] == {"cameras": ParameterValue(["front", "left"], list[str])}
+    (cameras,) = node.kwargs["parameters"][1].values()
+    assert typed(cameras) == (["front", "left"], list[str])
     assert node.kwargs["remappings"] == [
         ("front/image", "/front/camera/image_raw"), ("front/image/compressed", "/front/camera/image_raw/compressed"),
         ("left/image", "/left/camera/image_raw"), ("left/image/compressed", "/left/camera/image_raw/compressed")]
@@ -382,3 +297,21 @@ def test_autostart_configures_at_process_start_then_activates_once_inactive(laun
 def test_autostart_without_managed_changes_nothing(launch_module):
     actions = run_launch(launch_module, autostart="true")
     assert len(actions) == 1 and type(segment_node(actions)) is Node
+
+
+@pytest.mark.parametrize("managed", ["false", "true"])
+def test_the_launch_fails_when_the_node_exits_with_an_error(launch_module, managed):
+    """launch returns 0 for a process that failed; an error raised from the exit handler
+    makes `ros2 launch` exit 1 (checked for real in test_ros2_workflow.py)."""
+    actions = run_launch(launch_module, with_exit_handlers=True, managed=managed)
+    (handler,) = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)
+                  and isinstance(a.event_handler, OnProcessExit)]
+    assert handler.kwargs["target_action"] is segment_node(actions)
+    on_exit = handler.kwargs["on_exit"]
+    event = types.SimpleNamespace(returncode=1, action=types.SimpleNamespace(name="segment_node-1"))
+    with pytest.raises(RuntimeError, match="segment_node-1 exited with code 1"):
+        on_exit(event, types.SimpleNamespace(is_shutdown=False))
+    assert on_exit(types.SimpleNamespace(returncode=0, action=event.action), types.SimpleNamespace(is_shutdown=False)) \
+        is None
+    assert on_exit(event, types.SimpleNamespace(is_shutdown=True)) is None  # killed while the launch shuts down
+

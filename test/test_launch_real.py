@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,7 @@ def _probe(results: dict) -> None:
             attempt(results, f"managed_{camera}",
                     lambda c=camera, t=topic, n=sec: _round_trip(probe, t, f"/cams/{c}/mask", "raw", sec=n))
         attempt(results, "managed_state", lambda: probe.lifecycle_state(MANAGED_NODE))
+        attempt(results, "topics", lambda: dict(probe.node.get_topic_names_and_types()))
         attempt(results, "idle_state", lambda: probe.lifecycle_state(IDLE_NODE))
         attempt(results, "idle_publishers", lambda: probe.node.count_publishers("/idle/mask"))
 
@@ -143,7 +145,7 @@ def _round_trip(probe: Probe, image_topic: str, mask_topic: str, kind: str, sec:
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
-    from eacnet_ros import codec
+    from eacnet_ros.node import codec
 
     reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
     header = Header(frame_id=f"probe_{kind}")
@@ -246,4 +248,32 @@ def test_autostart_activates_the_managed_node_and_each_camera_topic_reaches_its_
 def test_managed_without_autostart_waits_unconfigured(launched):
     assert launched.get("idle_state") == "unconfigured"
     assert launched.get("idle_publishers") == 0
+
+
+# ---------------------------------------------------------------------------- rviz
+
+#: The message type each rviz display class shows.
+RVIZ_DISPLAY_TYPES = {"rviz_default_plugins/Image": "sensor_msgs/msg/Image"}
+
+
+def _rviz_displays(path: Path) -> list[tuple[str, str]]:
+    displays = yaml.safe_load(path.read_text())["Visualization Manager"]["Displays"]
+    return [(d["Topic"]["Value"], d["Class"]) for d in displays if d.get("Enabled", True)]
+
+
+def test_every_rviz_display_shows_a_topic_of_its_type_on_the_graph(launched, tmp_path, monkeypatch):
+    """rviz2 cannot run here: the shipped config is parsed instead, for the default launch
+    (config/segment.rviz as installed) and for the several-camera one (the config the launch
+    writes for rviz:=true, showing the first camera), against the running nodes' topics."""
+    topics = launched.get("topics")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    template = REPO / "config" / "segment.rviz"
+    several = Path(_launch_module()._rviz_config(str(template), CAMERA_TOPICS["front"], "cams/front"))
+    for config in (template, several):
+        displays = _rviz_displays(config)
+        assert displays, config
+        for topic, display in displays:
+            assert RVIZ_DISPLAY_TYPES[display] in topics.get(topic, []), (config.name, topic, sorted(topics))
+    assert {topic for topic, _ in _rviz_displays(several)} == {
+        "/front/camera/image_raw", "/cams/front/overlay", "/cams/front/color_mask"}
 

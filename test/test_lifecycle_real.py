@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:Deprecati
 def managed():
     """The lifecycle node (unconfigured) and the probe; torn down at the module's end."""
     h.segment_node_module()  # bound to the real rclpy, not test_segment_node.py's double
-    from eacnet_ros.segment_lifecycle_node import SegmentLifecycleNode
+    from eacnet_ros.node.segment_lifecycle_node import SegmentLifecycleNode
 
     with h.no_shm_leftovers():
         nodes, probe = h.RosContext(), h.Probe("lifecycle_probe")
@@ -56,6 +56,32 @@ def test_it_starts_unconfigured_without_a_model_or_topics(managed):
     assert probe.lifecycle_state(node.fqn) == "unconfigured"
     assert node.node.segmenter is None
     assert probe.node.count_publishers(node.topic("mask")) == 0 and _subscribed(probe, node) == 0
+
+
+def test_every_parameter_has_a_value_over_the_parameter_services(managed):
+    """What ``ros2 param dump`` asks: list, then get all at once; one parameter without a
+    value (``cameras`` declared by type only) made rclpy answer nothing for the whole request."""
+    from eacnet_ros.node.params import PARAMETERS
+
+    node, probe = managed
+    names = [spec.name for spec in PARAMETERS]
+    values = dict(zip(names, probe.get_parameters(node.fqn, *names), strict=True))
+    expected = {spec.name: spec.default for spec in PARAMETERS}
+    expected.update({k: v for k, v in h.SMALL_MODEL.items()}, inference_height=48, inference_width=64)
+    assert values == expected
+    assert values["cameras"] == [] and isinstance(values["overlay_alpha"], float)
+
+
+def test_an_integer_overlay_alpha_is_stored_as_a_float(managed):
+    node, probe = managed
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=1)
+    assert result.successful, result.reason
+    assert probe.get_parameters(node.fqn, "overlay_alpha") == [1.0]
+    assert isinstance(probe.get_parameters(node.fqn, "overlay_alpha")[0], float)
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=2)
+    assert not result.successful and "overlay_alpha" in result.reason
+    (result,) = probe.set_parameters(node.fqn, overlay_alpha=0.5)
+    assert result.successful, result.reason
 
 
 def test_a_configure_that_fails_reports_why_and_is_retried_after_fixing_the_parameter(managed, tmp_path):
@@ -161,3 +187,27 @@ def test_shutdown_finalizes(managed):
     node, probe = managed
     assert probe.change_state(node.fqn, "shutdown") is True
     assert probe.lifecycle_state(node.fqn) == "finalized"
+
+
+def test_a_failing_teardown_step_is_a_warning_and_the_next_steps_still_run():
+    module = h.segment_node_module()
+    done: list[str] = []
+
+    class Failing:
+        def __init__(self, name: str):
+            self.name = name
+
+        def shutdown(self, timeout_sec: float) -> None:
+            raise RuntimeError(f"{self.name} is stuck")
+
+        def destroy_node(self) -> None:
+            done.append("node")
+
+        def try_shutdown(self) -> None:
+            raise RuntimeError("context already gone")
+
+    warnings: list[str] = []
+    module._teardown(Failing("node"), Failing("executor"), Failing("context"), warn=warnings.append)
+    assert done == ["node"]
+    assert warnings == ["teardown: shutting the executor down failed: RuntimeError: executor is stuck",
+                        "teardown: shutting the ROS context down failed: RuntimeError: context already gone"]

@@ -10,48 +10,18 @@ attention, torch, one thread, CPU).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import ros_harness as h  # skips this module without rclpy
 from ros_harness import RunningNode, endpoints
 
-from eacnet_ros import node_logic
-
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")
-
-
-class Session:
-    """A context for the nodes under test and a probe in its own context."""
-
-    def __init__(self):
-        self.node_class = h.segment_node_module().SegmentNode
-        self.nodes = h.RosContext()
-        self.probe = h.Probe("multi_probe")
-
-    @contextmanager
-    def node(self, label: str, cameras: list[str], **params: Any) -> Iterator[RunningNode]:
-        namespace = h.unique_namespace(label)
-        values = {**h.SMALL_MODEL, "cameras": cameras, **params}
-        node = self.node_class(context=self.nodes.context, namespace=namespace,
-                               parameter_overrides=[h.Parameter(k, value=v) for k, v in values.items()])
-        running = RunningNode(namespace, node, self.nodes.spin(node))
-        try:
-            yield running
-        finally:
-            running.spun.close()
-            self.nodes.nodes.remove(running.spun)
-
-    def close(self) -> None:
-        self.probe.close()
-        self.nodes.close()
 
 
 @pytest.fixture(scope="module")
 def session():
-    with h.closed_without_leftovers(Session) as created:
+    with h.closed_without_leftovers(lambda: h.Session("multi_probe")) as created:
         yield created
 
 
@@ -66,7 +36,7 @@ def _camera_endpoints(probe: h.Probe, node: RunningNode, camera: str, outputs=("
 def test_two_cameras_each_get_their_outputs_with_their_own_header_and_size(session):
     probe = session.probe
     sizes = {"front": (48, 64), "left": (60, 80)}
-    with session.node("two", ["front", "left"]) as node:
+    with session.node("two", cameras=["front", "left"]) as node:
         wired = {camera: _camera_endpoints(probe, node, camera, ("mask", "color_mask", "overlay"))
                  for camera in sizes}
         entities = [e for pub, inboxes in wired.values() for e in (pub, *(s for s, _ in inboxes.values()))]
@@ -93,9 +63,10 @@ def test_four_cameras_one_model_with_per_camera_diagnostics_and_a_total(session,
     probe = session.probe
     cameras = ["cam0", "cam1", "cam2", "cam3"]
     loads = []
-    load = node_logic.load_segmenter
-    monkeypatch.setattr(node_logic, "load_segmenter", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
-    with session.node("four", cameras) as node:
+    node_module = h.segment_node_module()
+    load = node_module.load_segmenter
+    monkeypatch.setattr(node_module, "load_segmenter", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
+    with session.node("four", cameras=cameras) as node:
         assert len(loads) == 1, "the model must be loaded once for all cameras"
         wired = {camera: _camera_endpoints(probe, node, camera) for camera in cameras}
         entities = [e for pub, inboxes in wired.values() for e in (pub, inboxes["mask"][0])]
@@ -152,7 +123,7 @@ def test_a_camera_at_1_hz_is_not_starved_by_one_at_30_hz(session, batch):
     """The 30 Hz camera alone keeps the single worker busy (its frames are dropped); each
     1 Hz frame must still be served, before its next one."""
     probe = session.probe
-    with session.node(f"fair_{batch}", ["fast", "slow"], batch_cameras=batch) as node:
+    with session.node(f"fair_{batch}", cameras=["fast", "slow"], batch_cameras=batch) as node:
         node.node.processor.segmenter = _Slowed(node.node.processor.segmenter)
         (fast, fast_in), (slow, slow_in) = (_camera_endpoints(probe, node, c) for c in ("fast", "slow"))
         with endpoints(probe, fast, slow, fast_in["mask"][0], slow_in["mask"][0]):

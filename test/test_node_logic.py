@@ -1,6 +1,6 @@
 """The segmentation node's logic without rclpy: parameters, the per-frame pipeline, drop
 counting, bad frames, diagnostics and labels; several cameras' scheduling, statistics and
-worker (multi_camera).
+worker (scheduler).
 
 Messages are rosbags' sensor_msgs classes (the codec is duck-typed on the fields), the
 model a tiny untrained eacnet_erf at a small inference size, so every test is fast.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,19 +21,32 @@ from eacnet_core.checkpoint import CheckpointError, make_checkpoint, packaged_we
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
-from eacnet_ros import codec, node_logic
-from eacnet_ros.multi_camera import CameraStats, FrameScheduler, MultiCameraWorker
-from eacnet_ros.node_logic import (
+from eacnet_ros.node import codec
+from eacnet_ros.node.model import (
+    choose_device,
+    label_info,
+    label_map,
+    load_segmenter,
+    missing_vision_msgs_text,
+    segmenter_options,
+)
+from eacnet_ros.node.params import (
     PARAMETERS,
     SPECS,
-    FrameProcessor,
-    FrameStats,
-    FrameWorker,
-    LatestFrame,
     NodeConfig,
     ParameterError,
-    Throttle,
+    batch_frames,
+    camera_topic,
+    check_command_line,
+    command_line_overrides,
+    parameter_update_error,
 )
+from eacnet_ros.node.pipeline import OUTPUT_ENCODINGS, FrameProcessor, FrameSizes, encode_frame
+from eacnet_ros.node.process import startup_error_text
+from eacnet_ros.node.qos import endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
+from eacnet_ros.node.scheduler import FrameScheduler, MultiCameraWorker
+from eacnet_ros.node.stats import ERROR, OK, STALL_ERROR_S, WARN, CameraStats, FrameStats, static_diagnostics
+from eacnet_ros.node.worker import FrameWorker, LatestFrame, Throttle
 
 H, W = 24, 32
 TYPES = get_typestore(Stores.ROS2_HUMBLE).types
@@ -179,7 +193,7 @@ def test_accepted_values_are_normalised():
     ("use_sim_time", True, None),  # not ours: accepted untouched
 ])
 def test_run_time_parameter_updates(name, value, words):
-    reason = node_logic.parameter_update_error(name, value)
+    reason = parameter_update_error(name, value)
     assert reason is None if words is None else words in reason
 
 
@@ -197,7 +211,7 @@ def test_run_time_parameter_updates(name, value, words):
     ("auto", "int8", False, 0, ("cpu", "int8"), None),
 ])
 def test_choose_device_falls_back_to_cpu_with_one_warning(device, precision, cuda, count, expected, warns):
-    chosen, new_precision, warning = node_logic.choose_device(device, precision, cuda, count)
+    chosen, new_precision, warning = choose_device(device, precision, cuda, count)
     assert (chosen, new_precision) == expected
     assert warning is None if warns is None else warns in warning
 
@@ -219,7 +233,7 @@ def test_load_segmenter_loads_and_warms_the_checkpoint(checkpoint, monkeypatch):
     warmed = []
     monkeypatch.setattr(Segmenter, "warmup", lambda self, *a, **k: warmed.append(self))
     warnings: list[str] = []
-    seg = node_logic.load_segmenter(_config(weights=str(checkpoint)), warnings.append)
+    seg = load_segmenter(_config(weights=str(checkpoint)), warnings.append)
     assert seg.loaded_from_file and seg.weights == checkpoint and str(seg.device) == "cpu"
     assert warmed == [seg] and warnings == []
     assert seg.segment(frame()).shape == (H, W)
@@ -228,7 +242,7 @@ def test_load_segmenter_loads_and_warms_the_checkpoint(checkpoint, monkeypatch):
 def test_cuda_request_without_cuda_warns_once_and_runs_on_cpu(checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     warnings: list[str] = []
-    seg = node_logic.load_segmenter(_config(weights=str(checkpoint), device="cuda", precision="fp16"),
+    seg = load_segmenter(_config(weights=str(checkpoint), device="cuda", precision="fp16"),
                                     warnings.append)
     assert str(seg.device) == "cpu" and seg.precision == "fp32"
     assert len(warnings) == 1 and "running on CPU" in warnings[0]
@@ -236,24 +250,24 @@ def test_cuda_request_without_cuda_warns_once_and_runs_on_cpu(checkpoint, monkey
 
 def test_missing_weights_file_is_a_clear_start_up_error(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint file not found") as info:
-        node_logic.load_segmenter(_config(weights=str(tmp_path / "nope.pt")), print)
-    line = node_logic.startup_error_text(info.value)
+        load_segmenter(_config(weights=str(tmp_path / "nope.pt")), print)
+    line = startup_error_text(info.value)
     assert "\n" not in line and "nope.pt" in line
 
 
 def test_no_weights_and_no_packaged_default_says_which_file_to_pass(no_packaged_weights):
     with pytest.raises(CheckpointError, match="pass a checkpoint"):
-        node_logic.load_segmenter(_config(backbone="dabnet", attention="eac"), print)
+        load_segmenter(_config(backbone="dabnet", attention="eac"), print)
 
 
 def test_fp16_on_cpu_is_a_start_up_error(checkpoint):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        node_logic.load_segmenter(_config(weights=str(checkpoint), precision="fp16"), print)
+        load_segmenter(_config(weights=str(checkpoint), precision="fp16"), print)
 
 
 def test_startup_error_text_is_one_line_and_names_unexpected_types():
-    assert node_logic.startup_error_text(ValueError("bad\n  thing")) == "bad thing"
-    assert node_logic.startup_error_text(RuntimeError("boom")) == "RuntimeError: boom"
+    assert startup_error_text(ValueError("bad\n  thing")) == "bad thing"
+    assert startup_error_text(RuntimeError("boom")) == "RuntimeError: boom"
 
 
 # ---------------------------------------------------------------------------- per-frame processing
@@ -291,9 +305,9 @@ def test_encoded_outputs_carry_the_input_header(segmenter):
     store = get_typestore(Stores.ROS2_JAZZY)
     src = header(sec=42, frame_id="left")
     out = FrameProcessor(segmenter).process(frame(), True, True)
-    messages = node_logic.encode_frame(out, src, store.types["sensor_msgs/msg/Image"])
+    messages = encode_frame(out, src, store.types["sensor_msgs/msg/Image"])
     assert set(messages) == {"mask", "color_mask", "overlay"}
-    for topic, encoding in node_logic.OUTPUT_ENCODINGS.items():
+    for topic, encoding in OUTPUT_ENCODINGS.items():
         msg = store.deserialize_cdr(store.serialize_cdr(messages[topic], "sensor_msgs/msg/Image"),
                                     "sensor_msgs/msg/Image")
         assert (msg.encoding, msg.height, msg.width) == (encoding, H, W)
@@ -461,7 +475,7 @@ def test_report_gives_fps_latency_percentiles_and_counters():
             stats.on_published(received)
     clock.now = 102.0
     report = stats.report(static=(("device", "cpu"), ("precision", "fp32")))
-    assert report.level == node_logic.OK
+    assert report.level == OK
     assert report.value("fps") == "2.50"  # 5 frames in 2 s
     assert report.value("latency_ms_p50") == "50.0"
     assert float(report.value("latency_ms_p90")) == pytest.approx(82.0)
@@ -477,11 +491,11 @@ def test_report_periods_reset_but_totals_accumulate():
     stats = FrameStats(clock=clock)
     stats.on_received(True)
     stats.report()
-    clock.now += 1.0
+    clock.now += STALL_ERROR_S
     second = stats.report()
     assert second.value("frames_dropped") == "1" and second.value("dropped_last_period") == "0"
     assert second.value("fps") == "0.00"
-    assert (second.level, second.message) == (node_logic.WARN, "no input images")
+    assert (second.level, second.message) == (WARN, "no input images")
     assert second.value("latency_ms_p50") == "nan"
 
 
@@ -490,23 +504,23 @@ def test_report_levels_for_bad_and_failed_frames():
     stats.on_received(False)
     stats.on_bad_frame()
     report = stats.report()
-    assert report.level == node_logic.WARN and "1 undecodable" in report.message
+    assert report.level == WARN and "1 undecodable" in report.message
     assert report.value("frames_bad") == "1"
     stats.on_received(False)
     stats.on_failed_frame()
     report = stats.report()
-    assert report.level == node_logic.ERROR and report.value("frames_failed") == "1"
+    assert report.level == ERROR and report.value("frames_failed") == "1"
 
 
 def test_static_diagnostics_name_model_device_precision(segmenter):
-    values = dict(node_logic.static_diagnostics(segmenter, _config()))
+    values = dict(static_diagnostics(segmenter, _config()))
     assert values["model"] == "eacnet_erf" and values["device"] == "cpu" and values["precision"] == "fp32"
     assert values["backend"] == "torch" and values["inference_size"] == "24x16"
     assert values["weights"] == "untrained"
 
 
 def test_label_map_lists_the_checkpoint_classes(segmenter):
-    labels = node_logic.label_map(segmenter)
+    labels = label_map(segmenter)
     assert labels[0] == (0, "Sky") and labels[-1] == (10, "Bicyclist") and len(labels) == segmenter.num_classes
 
 
@@ -523,14 +537,14 @@ def test_throttle_lets_one_message_per_period_and_counts_the_rest():
 def test_empty_weights_parameter_uses_the_packaged_default():
     if packaged_weights("eacnet_erf") is None:
         pytest.fail("eacnet_erf weights are expected to ship with the package")
-    segmenter = node_logic.load_segmenter(_config(device="cpu", backend="torch"), print)
+    segmenter = load_segmenter(_config(device="cpu", backend="torch"), print)
     assert segmenter.loaded_from_file and segmenter.weights == packaged_weights("eacnet_erf")
 
 
 def test_threads_parameter_reaches_the_segmenter_options():
-    options = node_logic.segmenter_options(_config(threads=1), "cpu", "fp32")
+    options = segmenter_options(_config(threads=1), "cpu", "fp32")
     assert options.threads == 1
-    with pytest.raises(node_logic.ParameterError, match="threads=-1"):
+    with pytest.raises(ParameterError, match="threads=-1"):
         _config(threads=-1)
 
 
@@ -539,32 +553,39 @@ def test_threads_parameter_reaches_the_segmenter_options():
 def test_command_line_overrides_are_parsed_as_yaml_after_ros_args():
     argv = ["segment_node", "-p", "threads:=9", "--ros-args", "-p", "threads:=2", "--param", "overlay_alpha:=0.25",
             "-p", "use_sim_time:=true", "-r", "image:=/cam", "--", "-p", "backbone:=dabnet"]
-    found = node_logic.command_line_overrides(argv)
+    found = command_line_overrides(argv)
     assert found == {"threads": ("threads:=2", 2), "overlay_alpha": ("overlay_alpha:=0.25", 0.25)}
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--ros-args", "-p", "threads:=abc"], r"-p threads:=abc: threads='abc' must be a int"),
     (["--ros-args", "-p", "backbone:=nope"], r"backbone='nope' must be one of: erfnet, dabnet"),
-    (["--ros-args", "-p", "overlay_alpha:=1"], r"must be written as a float \(1.0\)"),
+    (["--ros-args", "-p", "overlay_alpha:=2"], r"overlay_alpha=2 must be a number in \[0.0, 1.0\]"),
 ])
 def test_bad_command_line_values_are_refused_before_rcl_merges_them(argv, words):
     with pytest.raises(ParameterError, match=words):
-        node_logic.check_command_line(argv)
+        check_command_line(argv)
+
+
+def test_an_integer_for_a_float_parameter_is_accepted():
+    check_command_line(["--ros-args", "-p", "overlay_alpha:=1"])
+    check_command_line(["--ros-args", "-p", "overlay_alpha:=1"], {"overlay_alpha": 1.0})
+    with pytest.raises(ParameterError, match="overlay_alpha:=1 was not applied"):
+        check_command_line(["--ros-args", "-p", "overlay_alpha:=1"], {"overlay_alpha": 0.5})
 
 
 def test_a_command_line_value_rcl_dropped_is_refused():
     """rcl keeps a params file's value when -p gives the same parameter another type."""
     argv = ["--ros-args", "--params-file", "p.yaml", "-p", "inference_height:=240"]
-    node_logic.check_command_line(argv, {"inference_height": 240})
+    check_command_line(argv, {"inference_height": 240})
     with pytest.raises(ParameterError, match=r"-p inference_height:=240 was not applied"):
-        node_logic.check_command_line(argv, {"inference_height": 0})
+        check_command_line(argv, {"inference_height": 0})
 
 
 def test_rcl_errors_lose_their_c_source_locations():
     exc = RuntimeError("failed to initialize rcl: Couldn't parse params file: '--params-file /x.yaml'. Error: "
                        "Error opening YAML file, at /project/src/parser.c:271, at /project/src/rcl/arguments.c:415")
-    assert node_logic.startup_error_text(exc) == ("RuntimeError: failed to initialize rcl: Couldn't parse params file: "
+    assert startup_error_text(exc) == ("RuntimeError: failed to initialize rcl: Couldn't parse params file: "
                                                   "'--params-file /x.yaml'. Error: Error opening YAML file")
 
 
@@ -577,20 +598,20 @@ def test_rcl_errors_lose_their_c_source_locations():
     ("best_effort", "best_effort", ["reliable"], "best_effort"),
 ])
 def test_auto_reliability_follows_the_publishers(mode, current, publishers, wanted):
-    assert node_logic.follow_publishers(mode, current, publishers) == wanted
+    assert follow_publishers(mode, current, publishers) == wanted
 
 
 def test_auto_starts_best_effort_and_fixed_modes_start_as_given():
-    assert [node_logic.initial_reliability(m) for m in ("auto", "reliable", "best_effort")] == [
+    assert [initial_reliability(m) for m in ("auto", "reliable", "best_effort")] == [
         "best_effort", "reliable", "best_effort"]
 
 
 def test_incompatible_qos_warning_names_topic_both_sides_and_the_fix():
-    text = node_logic.incompatible_qos_text("/camera/image_raw", "reliability", "reliable, volatile, keep_last 1",
+    text = incompatible_qos_text("/camera/image_raw", "reliability", "reliable, volatile, keep_last 1",
                                             ["/driver: best_effort, volatile"], we_publish=False)
     assert "/camera/image_raw" in text and "reliable, volatile" in text and "/driver: best_effort" in text
     assert "-p reliability:=auto" in text
-    text = node_logic.incompatible_qos_text("/eacnet/mask", "durability", "reliable, volatile, keep_last 5",
+    text = incompatible_qos_text("/eacnet/mask", "durability", "reliable, volatile, keep_last 5",
                                             ["/rviz: reliable, transient_local"], we_publish=True)
     assert "durability" in text and "transient_local" in text and "Volatile" in text
 
@@ -601,18 +622,85 @@ def test_frames_arriving_with_none_published_for_seconds_is_an_error():
     stats.on_received(False)
     stats.on_bad_frame()
     clock.now += 1.0
-    assert stats.report().level == node_logic.WARN  # one bad frame: a warning
+    assert stats.report().level == WARN  # one bad frame: a warning
     for _ in range(3):
         clock.now += 1.0
         stats.on_received(False)
         stats.on_bad_frame()
     report = stats.report()
-    assert report.level == node_logic.ERROR and "none was published for 4 s" in report.message
+    assert report.level == ERROR and "none was published for 4 s" in report.message
     assert report.value("seconds_since_output") == "4.0"
     stats.on_received(False)
     stats.on_published(clock.now)
     clock.now += 1.0
-    assert stats.report().level == node_logic.OK  # one published frame clears it
+    assert stats.report().level == OK  # one published frame clears it
+
+
+def test_a_slow_node_shows_its_real_rate_in_every_report():
+    """One frame every 2 s, reports every second: the rate is over a window of seconds, not
+    the last period (which alternated 0 and 1 fps)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    rates = []
+    for second in range(30):
+        if second % 2 == 0:
+            stats.on_received(False)
+            received = clock.now
+            clock.now += 0.9
+            stats.on_published(received)
+            clock.now += 0.1
+        else:
+            clock.now += 1.0
+        report = stats.report()
+        rates.append(float(report.value("fps")))
+        assert report.level == OK, report.message
+    assert all(0.4 <= rate <= 0.6 for rate in rates[12:]), rates
+
+
+def test_latency_percentiles_follow_the_recent_frames():
+    """200 fast frames, then slow ones for longer than the window: the percentiles show the
+    slow ones (a window of the last 200 frames kept showing the fast ones)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    for _ in range(200):
+        stats.on_received(False)
+        received = clock.now
+        clock.now += 0.19
+        stats.on_published(received)
+        clock.now += 0.01
+    assert float(stats.report().value("latency_ms_p50")) == pytest.approx(190.0)
+    for _ in range(8):
+        stats.on_received(False)
+        received = clock.now
+        clock.now += 1.8
+        stats.on_published(received)
+    report = stats.report()
+    assert float(report.value("latency_ms_p50")) == pytest.approx(1800.0)
+    assert float(report.value("fps")) == pytest.approx(1 / 1.8, rel=0.15)
+
+
+def test_no_stall_once_the_input_stops_on_a_bad_frame():
+    """Bad frames, then nothing: once nothing has arrived for STALL_ERROR_S it is no input,
+    not "frames arrive but none was published" (whose count grew while nothing arrived)."""
+    clock = FakeClock()
+    stats = FrameStats(clock=clock)
+    for _ in range(5):
+        stats.on_received(False)
+        stats.on_bad_frame()
+        clock.now += 1.0
+        stats.report()
+    assert stats.report().level == ERROR  # frames keep arriving, none published: a stall
+    levels = []
+    for _ in range(10):
+        clock.now += 1.0
+        report = stats.report()
+        levels.append((report.level, report.message))
+    assert all(level != ERROR for level, _ in levels[3:]), levels
+    assert levels[-1] == (WARN, "no input images")
+    stats.on_received(False)  # input resumes: a stall is timed from here, not from before the gap
+    stats.on_bad_frame()
+    clock.now += 1.0
+    assert stats.report().level == WARN
 
 
 def test_a_long_idle_gap_is_not_a_stall():
@@ -621,7 +709,7 @@ def test_a_long_idle_gap_is_not_a_stall():
     clock.now += 60.0  # no input for a minute, then one frame that is being processed
     stats.on_received(False)
     clock.now += 0.5
-    assert stats.report().level == node_logic.OK
+    assert stats.report().level == OK
 
 
 def test_frames_over_max_input_pixels_are_bad_frames_and_the_worker_goes_on(segmenter):
@@ -666,14 +754,14 @@ def test_the_worker_thread_survives_any_exception(segmenter, monkeypatch):
 def test_cameras_default_to_the_single_camera_on_the_nodes_own_topics():
     config = NodeConfig.from_values({})
     assert config.cameras == () and config.camera_names == ("",) and config.batch_cameras == "auto"
-    assert config.camera_input("") == "image" and node_logic.camera_topic("", "mask") == "mask"
+    assert config.camera_input("") == "image" and camera_topic("", "mask") == "mask"
 
 
 def test_each_camera_gets_its_topics_under_its_name():
     config = NodeConfig.from_values({"cameras": ["front", "rear/left"], "transport": "compressed"})
     assert config.cameras == ("front", "rear/left") and config.camera_names == config.cameras
     assert config.camera_input("front") == "front/image/compressed"
-    assert node_logic.camera_topic("rear/left", "overlay") == "rear/left/overlay"
+    assert camera_topic("rear/left", "overlay") == "rear/left/overlay"
 
 
 @pytest.mark.parametrize("cameras, words", [
@@ -691,15 +779,15 @@ def test_bad_camera_names_are_refused_with_the_reason(cameras, words):
 
 def test_cameras_on_the_command_line_are_a_yaml_list():
     argv = ["segment_node", "--ros-args", "-p", "cameras:=[front, left]", "-p", "batch_cameras:=never"]
-    assert node_logic.command_line_overrides(argv)["cameras"] == ("cameras:=[front, left]", ["front", "left"])
+    assert command_line_overrides(argv)["cameras"] == ("cameras:=[front, left]", ["front", "left"])
     with pytest.raises(ParameterError, match="batch_cameras='sometimes' must be one of: auto, always, never"):
-        node_logic.check_command_line(["--ros-args", "-p", "batch_cameras:=sometimes"])
+        check_command_line(["--ros-args", "-p", "batch_cameras:=sometimes"])
 
 
 @pytest.mark.parametrize("mode, device, batched", [
     ("auto", "cuda", True), ("auto", "cpu", False), ("always", "cpu", True), ("never", "cuda", False)])
 def test_batching_is_on_for_cuda_or_when_forced(mode, device, batched):
-    assert node_logic.batch_frames(mode, device) is batched
+    assert batch_frames(mode, device) is batched
 
 
 @pytest.mark.parametrize("state, words", [
@@ -708,10 +796,10 @@ def test_batching_is_on_for_cuda_or_when_forced(mode, device, batched):
     ("active", "(it is active"),
 ])
 def test_the_managed_node_takes_start_up_parameters_only_while_unconfigured(state, words):
-    reason = node_logic.parameter_update_error("weights", "/tmp/best.pt", lifecycle_state=state)
+    reason = parameter_update_error("weights", "/tmp/best.pt", lifecycle_state=state)
     assert reason is None if words is None else words in reason
-    assert node_logic.parameter_update_error("overlay_alpha", 0.3, lifecycle_state=state) is None
-    assert "must be one of" in node_logic.parameter_update_error("backbone", "resnet", lifecycle_state="unconfigured")
+    assert parameter_update_error("overlay_alpha", 0.3, lifecycle_state=state) is None
+    assert "must be one of" in parameter_update_error("backbone", "resnet", lifecycle_state="unconfigured")
 
 
 def test_managed_descriptions_say_when_a_change_applies():
@@ -788,9 +876,9 @@ def test_camera_stats_count_per_camera_and_in_total():
         "6", "4", "1")
     assert total.value("model") == "dabnet" and total.value("cameras") == "front, left"
     assert reports["front"].value("fps") == "4.00" and reports["front"].value("frames_dropped") == "1"
-    assert reports["front"].value("camera") == "front" and reports["front"].level == node_logic.OK
-    assert reports["left"].level == node_logic.WARN and reports["left"].value("frames_processed") == "0"
-    assert total.level == node_logic.WARN and total.message.startswith("left: 1 undecodable")
+    assert reports["front"].value("camera") == "front" and reports["front"].level == OK
+    assert reports["left"].level == WARN and reports["left"].value("frames_processed") == "0"
+    assert total.level == WARN and total.message.startswith("left: 1 undecodable")
     assert "2 cameras: " in total.message
 
 
@@ -829,7 +917,7 @@ def test_batched_frames_go_through_one_forward_pass_and_out_on_their_cameras_top
     batches = []
     real = worker.processor.process_batch
     monkeypatch.setattr(worker.processor, "process_batch",
-                        lambda images, wanted: batches.append(len(images)) or real(images, wanted))
+                        lambda images, wanted, sizes: batches.append(len(images)) or real(images, wanted, sizes))
     front, left = camera_msg("front", 1), camera_msg("left", 2, height=30, width=40)
     assert worker.process([("front", front, time.monotonic()), ("left", left, time.monotonic())]) == 2
     assert batches == [2]
@@ -887,3 +975,91 @@ def test_the_worker_thread_serves_every_camera(segmenter, batch):
         sent = worker.pipelines[camera].publishers["mask"].sent
         assert sent and all(m.header.frame_id == f"{camera}_optical" for m in sent)
         assert sent[-1].header.stamp.sec == 20 + i  # the newest frame of each camera is never lost
+
+
+# ---------------------------------------------------------------------------- frames of changing sizes
+
+@pytest.fixture(scope="module")
+def own_size_segmenter() -> Segmenter:
+    """No inference size: the network runs at the frame's size, one engine per size."""
+    torch.manual_seed(0)
+    options = SegmenterOptions(device="cpu", backend="torch")
+    return Segmenter(build_model("eacnet_erf", CAMVID.num_classes), "eacnet_erf", CAMVID, options)
+
+
+def test_odd_sized_frames_run_at_the_cameras_size_so_its_engine_stays(own_size_segmenter):
+    """A publisher of random sizes on the camera's topic: the network only ever sees the
+    camera's size (no engine per odd size to evict the camera's), and every frame still
+    gets a mask at its own size."""
+    seen: list[tuple[int, int]] = []
+
+    def spy(bgr):
+        seen.append(bgr.shape[:2])
+        return Segmenter.segment(own_size_segmenter, bgr)
+
+    worker = make_worker(_Wrapped(own_size_segmenter, segment=spy))
+    rng = np.random.default_rng(3)
+    odd_sizes = [(int(rng.integers(16, 80)), int(rng.integers(16, 80))) for _ in range(12)]
+    for i, odd in enumerate(odd_sizes):
+        for pixels in (frame(i), rng.integers(0, 256, (*odd, 3), dtype=np.uint8)):
+            msg = codec.array_to_image(Image, header(i), pixels, "bgr8")
+            assert worker.process_one(msg, time.monotonic())
+    assert set(seen) == {(H, W)}
+    masks = worker.publishers["mask"].sent
+    assert [(m.height, m.width) for m in masks[1::2]] == odd_sizes
+    assert worker.stats.totals()["processed"] == 2 * len(odd_sizes)
+
+
+def test_the_busiest_recent_size_is_the_cameras():
+    sizes = FrameSizes(history=8)
+    assert sizes.network_size((360, 480)) is None
+    assert sizes.network_size((720, 1280)) == (360, 480)  # a tie: the size seen first
+    assert [sizes.network_size((720, 1280)) for _ in range(2)] == [None, None]  # now the busier one
+    assert sizes.network_size((360, 480)) == (720, 1280)
+    for _ in range(8):  # only the last 8 frames count: a camera switched to 720p takes over
+        sizes.network_size((100, 100)) if _ < 3 else sizes.network_size((720, 1280))
+    assert sizes.network_size((100, 100)) == (720, 1280)
+
+
+def test_the_vision_msgs_warning_fits_how_the_node_was_installed():
+    assert "sudo apt install ros-jazzy-vision-msgs" in missing_vision_msgs_text("jazzy")
+    pip_only = missing_vision_msgs_text(None)
+    assert "apt install" not in pip_only.replace("ros-<distro>-vision-msgs", "")
+    assert "wheels" in pip_only and "label_info" in pip_only and "not published" in pip_only
+
+
+def test_an_endpoint_whose_node_is_not_known_yet_is_not_called_nameless():
+    assert endpoint_owner("_NODE_NAME_UNKNOWN_", "_NODE_NAMESPACE_UNKNOWN_").startswith(
+        "an endpoint whose ROS node is not known yet")
+    assert endpoint_owner("_ros2cli_1234", "/") == "/_ros2cli_1234"
+    assert endpoint_owner("rviz", "/tools/") == "/tools/rviz"
+
+
+def test_label_info_holds_every_class_name_with_its_mask_id(segmenter):
+    """vision_msgs has no wheel: its message definitions, registered with rosbags, stand in
+    for the generated classes, and a CDR round trip shows the wire layout holds them."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    store.register(get_types_from_msg("uint16 class_id\nstring class_name\n", "vision_msgs/msg/VisionClass"))
+    store.register(get_types_from_msg("std_msgs/Header header\nvision_msgs/VisionClass[] class_map\n"
+                                      "float32 threshold\n", "vision_msgs/msg/LabelInfo"))
+    info_type, class_type = store.types["vision_msgs/msg/LabelInfo"], store.types["vision_msgs/msg/VisionClass"]
+    msg = label_info(info_type, class_type, header(3), segmenter)
+    msg = store.deserialize_cdr(store.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(CAMVID.class_names))
+    assert msg.threshold == 0.0 and msg.header.stamp.sec == 3
+
+
+
+def test_what_libpng_prints_while_decoding_goes_to_the_workers_throttled_warnings(segmenter, capfd):
+    ok, png = cv2.imencode(".png", frame(2))
+    data = bytearray(png.tobytes())
+    idat = data.index(b"IDAT")
+    data[idat + 4 + int.from_bytes(data[idat - 4:idat], "big")] ^= 0xFF  # the IDAT chunk's CRC
+    msg = CompressedImage(header=header(), format="png", data=np.frombuffer(bytes(data), np.uint8))
+    warnings: list[str] = []
+    worker = make_worker(segmenter, warnings=warnings)
+    assert not worker.process_one(msg, time.monotonic())
+    assert any(w.startswith("image library, while decoding a frame: libpng") for w in warnings), warnings
+    assert "libpng" not in capfd.readouterr().err

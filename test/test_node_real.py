@@ -14,8 +14,6 @@ from __future__ import annotations
 import array
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,7 @@ import pytest
 import ros_harness as h  # skips this module without rclpy
 from ros_harness import RunningNode, endpoints
 
-from eacnet_ros import node_logic
+from eacnet_ros.node.params import PARAMETERS
 
 # rclpy's default incompatible-QoS handler still calls the deprecated Logger.warn
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")
@@ -34,39 +32,9 @@ INPUT_SIZES = ((360, 480), (480, 640), (720, 1280), (1080, 1920))  # (height, wi
 
 # ---------------------------------------------------------------------------- fixtures
 
-class Session:
-    """The module's two contexts: one for the nodes under test, one for the probe."""
-
-    def __init__(self):
-        self.module = h.segment_node_module()
-        self.nodes = h.RosContext()
-        self.probe = h.Probe("real_probe")
-
-    @contextmanager
-    def node(self, label: str, **params: Any) -> Iterator[RunningNode]:
-        running = self.start(label, **params)
-        try:
-            yield running
-        finally:
-            running.spun.close()
-            self.nodes.nodes.remove(running.spun)
-
-    def start(self, label: str, **params: Any) -> RunningNode:
-        namespace = h.unique_namespace(label)
-        values = {**h.SMALL_MODEL, **params}
-        overrides = [h.Parameter(name, value=value) for name, value in values.items()]
-        node = self.module.SegmentNode(context=self.nodes.context, namespace=namespace,
-                                       parameter_overrides=overrides)
-        return RunningNode(namespace, node, self.nodes.spin(node))
-
-    def close(self) -> None:
-        self.probe.close()
-        self.nodes.close()
-
-
 @pytest.fixture(scope="module")
 def session():
-    with h.closed_without_leftovers(Session) as created:
+    with h.closed_without_leftovers(lambda: h.Session("real_probe")) as created:
         yield created
 
 
@@ -104,14 +72,14 @@ def check_output(out: Any, sent: Any, encoding: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- parameters over the services
 
 def test_parameters_are_declared_with_their_descriptors(main, probe):
-    names = [spec.name for spec in node_logic.PARAMETERS]
+    names = [spec.name for spec in PARAMETERS]
     descriptors = dict(zip(names, probe.describe_parameters(main.fqn, *names), strict=True))
-    for spec in node_logic.PARAMETERS:
+    for spec in PARAMETERS:
         descriptor = descriptors[spec.name]
         assert descriptor.read_only == (not spec.runtime), spec.name
         assert descriptor.description == spec.full_description()
         assert descriptor.additional_constraints == spec.constraints()
-    assert [spec.name for spec in node_logic.PARAMETERS if spec.runtime] == ["overlay_alpha"]
+    assert [spec.name for spec in PARAMETERS if spec.runtime] == ["overlay_alpha"]
     alpha = descriptors["overlay_alpha"].floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     keys = ("reliability", "transport", "max_input_pixels", "backbone")
@@ -195,9 +163,9 @@ def test_colour_mask_and_overlay_are_computed_only_when_subscribed(main, probe, 
     asked = []
     process = main.node.processor.process
 
-    def spy(bgr, want_color, want_overlay):
+    def spy(bgr, want_color, want_overlay, network_hw=None):
         asked.append((want_color, want_overlay))
-        return process(bgr, want_color, want_overlay)
+        return process(bgr, want_color, want_overlay, network_hw)
 
     monkeypatch.setattr(main.node.processor, "process", spy)
     for name in ("color_mask", "overlay"):  # subscriptions of earlier tests are gone from the graph

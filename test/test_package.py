@@ -15,8 +15,7 @@ import pytest
 import setuptools
 import yaml
 
-from eacnet_ros import node_logic
-from eacnet_ros.node_logic import NodeConfig
+from eacnet_ros.node.params import PARAMETERS, NodeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "eacnet_ros"
@@ -79,12 +78,12 @@ def test_setup_installs_launch_config_and_the_ament_marker(setup_kwargs):
 
 
 def test_console_script_points_at_the_light_entry_point(setup_kwargs):
-    """segment_node starts in segment_main, which installs the signal handlers before it
+    """segment_node starts in node.main, which installs the signal handlers before it
     imports anything heavy (rclpy, torch): a SIGTERM during those seconds must exit 0."""
     scripts = dict(s.replace(" ", "").split("=") for s in setup_kwargs["entry_points"]["console_scripts"])
-    assert scripts["segment_node"] == "eacnet_ros.segment_main:main"
-    assert scripts["segment_lifecycle_node"] == "eacnet_ros.segment_main:lifecycle_main"
-    tree = ast.parse((REPO / "eacnet_ros" / "segment_main.py").read_text())
+    assert scripts["segment_node"] == "eacnet_ros.node.main:main"
+    assert scripts["segment_lifecycle_node"] == "eacnet_ros.node.main:lifecycle_main"
+    tree = ast.parse((REPO / "eacnet_ros" / "node" / "main.py").read_text())
     top_level_imports = {alias.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for alias in n.names}
     top_level_imports |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
     assert not top_level_imports & {"rclpy", "torch", "cv2", "numpy", "eacnet_core"}
@@ -98,16 +97,16 @@ def test_ros2_run_finds_the_executables():
 
 
 def test_only_the_nodes_and_the_dds_bench_import_rclpy():
-    """Everything else (codec, node logic, multi_camera, bags, eacnet_core) runs without ROS."""
+    """Everything else (codec, the node's logic, bags, eacnet_core) runs without ROS."""
     importers = []
-    for path in sorted((REPO / "eacnet_ros").glob("*.py")) + sorted((REPO / "eacnet_core").rglob("*.py")):
+    for path in sorted((REPO / "eacnet_ros").rglob("*.py")) + sorted((REPO / "eacnet_core").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             if any(n == "rclpy" or n.startswith("rclpy.") for n in names):
                 importers.append(path.relative_to(REPO).as_posix())
-    assert sorted(set(importers)) == ["eacnet_ros/dds_bench.py", "eacnet_ros/segment_lifecycle_node.py",
-                                      "eacnet_ros/segment_node.py"]
+    assert sorted(set(importers)) == ["eacnet_ros/bench/dds.py", "eacnet_ros/node/segment_lifecycle_node.py",
+                                      "eacnet_ros/node/segment_node.py"]
 
 
 # ---------------------------------------------------------------------------- config files
@@ -115,7 +114,7 @@ def test_only_the_nodes_and_the_dds_bench_import_rclpy():
 def test_yaml_lists_every_parameter_with_its_default():
     data = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())
     params = data["/**"]["ros__parameters"]
-    defaults = {spec.name: spec.default for spec in node_logic.PARAMETERS}
+    defaults = {spec.name: spec.default for spec in PARAMETERS}
     assert params == defaults
     assert {k: type(v) for k, v in params.items()} == {k: type(v) for k, v in defaults.items()}  # 0.5 not 1
     NodeConfig.from_values(params)  # and they validate
@@ -177,3 +176,99 @@ def test_ruff_is_clean_on_launch_node_and_tests():
     result = subprocess.run([ruff, "check", "launch", "eacnet_ros", "test"], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------- layout
+
+#: The rooms of eacnet_ros and their modules (besides ``__init__``).
+ROOMS = {
+    "": {"cli", "demo"},
+    "node": {"main", "process", "segment_node", "segment_lifecycle_node", "params", "model", "qos", "pipeline",
+             "worker", "scheduler", "stats", "codec"},
+    "bags": {"io", "eval", "report", "cli"},
+    "bench": {"pipeline", "dds", "bag_replay"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every eacnet_ros module ``path`` imports, at any level (function bodies included)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("eacnet_ros")}
+
+
+def test_the_ros_side_is_in_rooms_by_purpose():
+    found = {}
+    for path in (REPO / PACKAGE).rglob("*.py"):
+        room = path.parent.relative_to(REPO / PACKAGE).as_posix()
+        found.setdefault("" if room == "." else room, set()).add(path.stem)
+    assert {room: modules - {"__init__"} for room, modules in found.items()} == ROOMS
+    assert all((REPO / PACKAGE / room / "__init__.py").is_file() for room in ROOMS)
+
+
+def test_no_import_cycles_in_the_ros_side():
+    """Function-level imports included: a cycle hidden in a function still ties the modules."""
+    modules = {_module_name(p): p for p in (REPO / PACKAGE).rglob("*.py")}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    for name in graph:  # a package's __init__ is imported with each of its modules: not an edge worth following
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(name):] + [name]))
+        if state.get(name) == 2:
+            return
+        state[name] = 1
+        for target in sorted(graph[name]):
+            visit(target, trail + [name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+# ---------------------------------------------------------------------------- docs/ROS.md
+
+#: What test_ros2_workflow.py runs, as docs/ROS.md must show it.
+WORKFLOW_COMMANDS = (
+    "cp -r package.xml setup.py setup.cfg resource launch config eacnet_core eacnet_ros ws/src/eacnet_ros/",
+    "colcon build --packages-select eacnet_ros", "source install/setup.bash",
+    "export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=", "ros2 launch -n eacnet_ros segment.launch.py",
+    "ros2 node info /eacnet/segment_node --spin-time 3", "ros2 param dump /eacnet/segment_node",
+    "ros2 param get /eacnet/segment_node cameras", "ros2 param set /eacnet/segment_node overlay_alpha",
+    "ros2 param describe /eacnet/segment_node overlay_alpha threads", "ros2 topic echo --once --no-arr /eacnet/mask",
+    "ros2 topic hz /eacnet/mask --window 5", "ros2 lifecycle get /eacnet/segment_node", "ros2 daemon stop",
+    *(f"ros2 lifecycle set /eacnet/segment_node {t}" for t in ("configure", "activate", "deactivate", "cleanup",
+                                                               "shutdown")),
+)
+
+
+def test_the_ros_guide_shows_the_commands_the_workflow_test_runs():
+    guide = (REPO / "docs" / "ROS.md").read_text()
+    assert [c for c in WORKFLOW_COMMANDS if c not in guide] == []
+    workflow = ast.parse((REPO / "test" / "test_ros2_workflow.py").read_text())
+    (copied,) = [ast.literal_eval(n.value) for n in workflow.body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "PACKAGE_CONTENTS"]
+    assert f"cp -r {' '.join(copied)} ws/src/eacnet_ros/" in guide
+
+
+def test_the_ros_guide_names_every_package_xml_dependency_as_a_rosdep_key(manifest):
+    guide = (REPO / "docs" / "ROS.md").read_text().split("### rosdep keys")[1].split("## ")[0]
+    keys = {e.text for e in manifest if e.tag.endswith("depend")}
+    assert [k for k in sorted(keys) if f"`{k}`" not in guide] == []
+

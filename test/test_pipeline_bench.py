@@ -1,4 +1,4 @@
-"""eacnet_ros.pipeline_bench on tiny inputs: every stage is timed, masks are compared with
+"""eacnet_ros.bench.pipeline on tiny inputs: every stage is timed, masks are compared with
 the baseline, the targets are checked and the CLI arguments are validated."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_ros import pipeline_bench as pb
+from eacnet_ros.bench import pipeline as pb
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from eacnet_core.classes import CAMVID
-from eacnet_ros.bag_eval import BagEvalResult, ReportSample
-from eacnet_ros.report import iou_chart, latency_histogram, sample_strip, write_report
+from eacnet_ros.bags.eval import BagEvalResult, ReportSample
+from eacnet_ros.bags.report import iou_chart, latency_histogram, sample_strip, write_report
 
 H, W = 24, 40
 

@@ -31,7 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from eacnet_ros import codec  # noqa: E402
+from eacnet_ros.node import codec  # noqa: E402
 
 NAMESPACE = "eacnet_launch_test"
 IMAGE_TOPIC = "/eacnet_launch_test_camera/image_raw"

@@ -22,15 +22,12 @@ refused, with the reason, in the other states; ``overlay_alpha`` changes at any 
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from . import node_logic
-from .segment_main import SignalStop
+from .process import SignalStop, startup_error_text
 from .segment_node import NODE_NAME, SegmentationMixin, run
 
 UNCONFIGURED, INACTIVE, ACTIVE, FINALIZED = "unconfigured", "inactive", "active", "finalized"
@@ -49,8 +46,7 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
         try:
             self._declare_parameters(command_line)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.destroy_node()
+            self._after_error("destroying the node", self.destroy_node)
             raise
         self.get_logger().info(f"unconfigured: configure loads the model (ros2 lifecycle set "
                                f"{self.get_fully_qualified_name()} configure)")
@@ -86,11 +82,10 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
         try:
             step()
         except Exception as exc:
-            reason = node_logic.startup_error_text(exc)
+            reason = startup_error_text(exc)
             self.get_logger().error(f"{name} failed, staying {self._managed_state}: {reason}")
             if undo is not None:
-                with contextlib.suppress(Exception):
-                    undo()
+                self._after_error(f"undoing the failed {name}", undo)
             return TransitionCallbackReturn.FAILURE
         self._managed_state = reached
         self.get_logger().info(f"{name}: now {reached}")
@@ -113,17 +108,7 @@ class SegmentLifecycleNode(SegmentationMixin, LifecycleNode):
         self._state_machine.destroy_when_not_in_use()
 
 
-def main(args: Optional[list] = None) -> int:
-    """``segment_main.lifecycle_main``: signals are handled from before the heavy imports."""
-    from .segment_main import lifecycle_main
-
-    return lifecycle_main(args)
-
 
 def run_managed(argv: list[str], stop: SignalStop) -> int:
     """``segment_node.run`` with the managed node."""
     return run(argv, stop, SegmentLifecycleNode)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,8 +5,8 @@ accepts: frames as ``sensor_msgs/Image`` bgr8 (or ``CompressedImage``), labels a
 Images carrying their frame's header, stamps spaced at ``--rate``.
 
 bag-eval replays a bag through exactly the ROS node's path, using the node's own code
-(``codec.to_bgr`` -> ``node_logic.FrameProcessor`` (Segmenter.segment, colour mask,
-overlay) -> ``node_logic.encode_frame`` (codec.array_to_image, input header)), pairs
+(``codec.to_bgr`` -> ``node.pipeline.FrameProcessor`` (Segmenter.segment, colour mask,
+overlay) -> ``node.pipeline.encode_frame`` (codec.array_to_image, input header)), pairs
 label images with frames by header stamp and reports mIoU, per-class IoU, latency and
 FPS; optionally it writes the node's outputs into a new bag beside the input frames.
 
@@ -14,7 +14,7 @@ FPS; optionally it writes the node's outputs into a new bag beside the input fra
 
 from __future__ import annotations
 
-# The command line only: bag I/O lives in bag_io, the scoring in bag_eval.
+# The command line only: bag I/O lives in bags.io, the scoring in bags.eval.
 import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,8 +24,8 @@ from eacnet_core.options import at_least, number_in, opacity
 from eacnet_core.outputs import OutputError, check_outputs, real_path, write_json
 from eacnet_core.segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
-from .bag_eval import BagEvalResult, EvalOptions, evaluate_bag, format_result
-from .bag_io import (
+from .eval import BagEvalResult, EvalOptions, evaluate_bag, format_result
+from .io import (
     DEFAULT_IMAGE_TOPIC,
     DEFAULT_LABEL_TOPIC,
     DEFAULT_START_NS,

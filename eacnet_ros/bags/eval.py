@@ -1,5 +1,5 @@
 """Scoring a bag: replay it through exactly the ROS node's path (``codec.to_bgr`` ->
-``node_logic.FrameProcessor`` -> ``node_logic.encode_frame``), pair label images with frames
+``node.pipeline.FrameProcessor`` -> ``node.pipeline.encode_frame``), pair label images with frames
 by header stamp, and gather mIoU, per-class IoU, latency and FPS into a ``BagEvalResult``
 (plain data the JSON and the HTML report are written from); optionally write the node's
 outputs into a new bag beside the input frames."""
@@ -23,8 +23,9 @@ from eacnet_core.inference import Segmenter
 from eacnet_core.metrics import ConfusionMatrix
 from eacnet_core.progress import progress_bar
 
-from . import codec
-from .bag_io import (
+from ..node import codec
+from ..node.pipeline import FrameProcessor, SegmentedFrame, encode_frame
+from .io import (
     BAG_VERSION,
     IMAGE_TYPE,
     OUTPUT_TOPICS,
@@ -41,7 +42,6 @@ from .bag_io import (
     staged_output,
     stamp_ns,
 )
-from .node_logic import FrameProcessor, SegmentedFrame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class _Evaluator:
     # -------------------------------------------------------------- node path
     def node_path(self, msg: Any) -> tuple[np.ndarray, SegmentedFrame, dict[str, Any]]:
         """Exactly what the ROS node's worker does with one frame, through its own code
-        (node_logic): decode, segment, colour mask and overlay (as with both subscribed), encode."""
+        (node.pipeline): decode, segment, colour mask and overlay (as with both subscribed), encode."""
         bgr = codec.to_bgr(msg)
         frame = self.processor.process(bgr, want_color=True, want_overlay=True)
         return bgr, frame, encode_frame(frame, msg.header, Image)

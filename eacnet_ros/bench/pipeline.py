@@ -35,8 +35,8 @@ from eacnet_core.outputs import check_outputs, write_json
 from eacnet_core.runtime import sync
 from eacnet_core.transforms import parse_hw
 
-from . import codec
-from .node_logic import SegmentedFrame, encode_frame
+from ..node import codec
+from ..node.pipeline import SegmentedFrame, encode_frame
 
 STAGES = ("decode", "preprocess", "forward", "postprocess", "colour", "encode")
 DEFAULT_SIZES = ("480x360", "1280x720")

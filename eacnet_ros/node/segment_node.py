@@ -10,7 +10,7 @@ Topics (relative, so ``namespace`` and remapping apply):
   size with the input's header, reliable KEEP_LAST ``OUTPUT_DEPTH``; ``label_info``
   (vision_msgs/LabelInfo, transient_local); ``/diagnostics`` once a second.
 * With ``cameras: [front, left]`` each camera ``C`` has the same topics under ``C/``
-  (``front/image`` -> ``front/mask``, ...), served by one model (``multi_camera``); the
+  (``front/image`` -> ``front/mask``, ...), served by one model (``scheduler``); the
   diagnostics then hold the total and one status per camera.
 
 The process (``main``) owns SIGINT and SIGTERM: either ends it with exit code 0 at any
@@ -18,8 +18,9 @@ moment (while the model loads, at idle, while streaming), tearing down in order 
 node, context). Every start-up error, rcl's own included, is one ``[eacnet] error:`` line
 and exit code 1.
 
-Everything except the ROS wiring lives in ``node_logic`` and ``multi_camera`` (tested
-without ROS); the module docstring of ``node_logic`` explains the threading: the
+Everything except the ROS wiring lives in the ROS-free modules beside this one (``params``,
+``model``, ``qos``, ``pipeline``, ``worker``, ``scheduler``, ``stats``; tested without ROS);
+the module docstring of ``worker`` explains the threading: the
 subscription callback only stores the newest message and counts overwritten ones as
 dropped; a worker thread runs the model.
 
@@ -30,7 +31,6 @@ activate, deactivate, cleanup): ``SegmentNode`` takes the first two in its const
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -51,10 +51,23 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from . import node_logic
-from .multi_camera import CameraStats, FrameScheduler, MultiCameraWorker
-from .node_logic import FrameProcessor, FrameWorker, NodeConfig, ParamSpec
-from .segment_main import SignalStop, Stopped
+from .model import free_model_memory, label_info, load_segmenter, missing_vision_msgs_text
+from .params import (
+    PARAMETERS,
+    SPECS,
+    NodeConfig,
+    ParamSpec,
+    batch_frames,
+    camera_topic,
+    check_command_line,
+    parameter_update_error,
+)
+from .pipeline import FrameProcessor
+from .process import SignalStop, Stopped, startup_error_text
+from .qos import BEST_EFFORT, RELIABLE, endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
+from .scheduler import FrameScheduler, MultiCameraWorker
+from .stats import ERROR, OK, WARN, CameraStats, static_diagnostics
+from .worker import FrameWorker
 
 try:  # Iron and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -84,9 +97,9 @@ OUTPUT_TOPICS = ("mask", "color_mask", "overlay")
 #: 29 of 40 colour masks to a reliable subscriber, because a new sample replaces one still
 #: being repaired; depth 5 lost none. The cost is memory for 5 frames per output.
 OUTPUT_DEPTH = 5
-_POLICY_NAMES = {ReliabilityPolicy.RELIABLE: node_logic.RELIABLE, ReliabilityPolicy.BEST_EFFORT: node_logic.BEST_EFFORT}
-_LEVELS = {node_logic.OK: DiagnosticStatus.OK, node_logic.WARN: DiagnosticStatus.WARN,
-           node_logic.ERROR: DiagnosticStatus.ERROR}
+_POLICY_NAMES = {ReliabilityPolicy.RELIABLE: RELIABLE, ReliabilityPolicy.BEST_EFFORT: BEST_EFFORT}
+_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN,
+           ERROR: DiagnosticStatus.ERROR}
 
 
 def descriptor_for(spec: ParamSpec, managed: bool = False) -> ParameterDescriptor:
@@ -105,9 +118,17 @@ def descriptor_for(spec: ParamSpec, managed: bool = False) -> ParameterDescripto
     return descriptor
 
 
+def as_declared_types(parameters: list) -> list:
+    """rclpy's pre-set callback: an integer for a float parameter (``ros2 param set ...
+    overlay_alpha 1``) becomes that float, so the stored type stays the declared one."""
+    return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            if isinstance(getattr(SPECS.get(p.name), "default", None), float) and type(p.value) is int else p
+            for p in parameters]
+
+
 def image_qos(reliability: str) -> QoSProfile:
     """Newest frame only: the middleware must not queue frames a slow model cannot use."""
-    policy = ReliabilityPolicy.RELIABLE if reliability == node_logic.RELIABLE else ReliabilityPolicy.BEST_EFFORT
+    policy = ReliabilityPolicy.RELIABLE if reliability == RELIABLE else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policy,
                       durability=DurabilityPolicy.VOLATILE)
 
@@ -132,13 +153,6 @@ def _policy_name(kind: Any) -> str:
         return QoSPolicyKind(int(kind)).name.lower()
     except (TypeError, ValueError):
         return str(getattr(kind, "name", kind)).lower()
-
-
-def _endpoint_owner(info: Any) -> str:
-    """The node behind a graph endpoint; rmw reports unknown names for non-ROS DDS writers."""
-    if "UNKNOWN" in info.node_name:
-        return "a publisher/subscriber without a ROS node name"
-    return f"{info.node_namespace.rstrip('/')}/{info.node_name}"
 
 
 def latched_qos() -> QoSProfile:
@@ -206,21 +220,47 @@ class SegmentationMixin:
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self, command_line: Sequence[str]) -> None:
-        """Declare every parameter (refusing bad or dropped ``-p`` values of ``command_line``),
-        then register the on-set callback (rclpy would call it for the declarations too)."""
-        node_logic.check_command_line(command_line)
-        for spec in node_logic.PARAMETERS:
-            # A string array cannot be declared from its empty default (rclpy would type it a byte array).
-            default = Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) else spec.default
-            self.declare_parameter(spec.name, default, descriptor_for(spec, self.MANAGED))
-        node_logic.check_command_line(command_line, self._parameter_values())
+        """Declare every parameter with a value (refusing bad or dropped ``-p`` values of
+        ``command_line``), then register the callbacks (rclpy would call them for the
+        declarations too)."""
+        check_command_line(command_line)
+        for spec in PARAMETERS:
+            self._declare(spec)
+        check_command_line(command_line, self._parameter_values())
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Iron and later
+            self.add_pre_set_parameters_callback(as_declared_types)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    def _declare(self, spec: ParamSpec) -> None:
+        """Declare ``spec`` so that it holds a value from the start: rclpy's get_parameters
+        service answers nothing for a request that names a parameter without one, so
+        ``ros2 param dump``, rqt_reconfigure and Foxglove would see an empty node.
+
+        * A string array: rclpy types an empty list as a byte array, so it is declared by
+          type, writable for a moment, given its default unless ``-p`` set it, and then
+          its real descriptor (read-only for the plain node).
+        * A float: dynamically typed, so ``-p overlay_alpha:=1`` (an integer to rcl) is
+          accepted; an integer is then stored as the float it means."""
+        descriptor = descriptor_for(spec, self.MANAGED)
+        if isinstance(spec.default, list):
+            writable = descriptor_for(spec, self.MANAGED)
+            writable.read_only = False
+            self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, writable)
+            if self.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:  # no -p value
+                self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))])
+            descriptor.type = Parameter.Type.STRING_ARRAY.value
+            self.set_descriptor(spec.name, descriptor)
+        elif isinstance(spec.default, float):
+            descriptor.dynamic_typing = True
+            value = self.declare_parameter(spec.name, spec.default, descriptor).value
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE, float(value))])
+        else:
+            self.declare_parameter(spec.name, spec.default, descriptor)
+
     def _parameter_values(self) -> dict[str, Any]:
-        """The node's parameters now. A string array nobody set has no value in rclpy
-        (declared by type): it takes its default, empty."""
-        return {spec.name: self.get_parameter_or(spec.name, Parameter(spec.name, value=spec.default)).value
-                for spec in node_logic.PARAMETERS}
+        """The node's parameters now."""
+        return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
 
     def _lifecycle_state(self) -> Optional[str]:
         """The managed node's state label for parameter changes; None for the plain node."""
@@ -229,7 +269,7 @@ class SegmentationMixin:
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
         state = self._lifecycle_state()
         for parameter in parameters:
-            reason = node_logic.parameter_update_error(parameter.name, parameter.value, state)
+            reason = parameter_update_error(parameter.name, parameter.value, state)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
@@ -243,7 +283,7 @@ class SegmentationMixin:
         """Validate the parameters, load and warm the model (once, for every camera), create
         the publishers. Raises on any error, having created nothing that outlives it."""
         config = NodeConfig.from_values(self._parameter_values())
-        segmenter = node_logic.load_segmenter(config, warn=self.get_logger().warning)
+        segmenter = load_segmenter(config, warn=self.get_logger().warning)
         self.config, self.segmenter = config, segmenter
         self.get_logger().info(f"loaded {segmenter.describe()}")
         self.processor = FrameProcessor(segmenter, config.overlay_alpha)
@@ -263,7 +303,7 @@ class SegmentationMixin:
         device = str(self.segmenter.device) if self.segmenter is not None else "cpu"
         self.output_publishers, self.diagnostics_publisher, self.label_publisher = {}, None, None
         self.segmenter = self.processor = self.config = None
-        node_logic.free_model_memory(device)
+        free_model_memory(device)
 
     # ------------------------------------------------------------------ activate / deactivate
     def _activate(self) -> None:
@@ -273,13 +313,13 @@ class SegmentationMixin:
         self.stats = CameraStats(config.camera_names)
         self._scheduler = FrameScheduler(config.camera_names)
         pipelines = {camera: self._pipeline(camera) for camera in config.camera_names}
-        batched = node_logic.batch_frames(config.batch_cameras, self.segmenter.device.type)
+        batched = batch_frames(config.batch_cameras, self.segmenter.device.type)
         self._worker = (MultiCameraWorker(self._scheduler, pipelines, self.processor, batched,
                                           warn=self.get_logger().warning)
                         if config.cameras else pipelines[""])
         self._worker.start()
         for camera in config.camera_names:
-            self._subscribe(camera, node_logic.initial_reliability(config.reliability))
+            self._subscribe(camera, initial_reliability(config.reliability))
         # A steady clock: diagnostics keep coming while a replayed bag's /clock is paused.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_timer, clock=steady)
@@ -320,7 +360,7 @@ class SegmentationMixin:
 
     def _output_publisher(self, camera: str, name: str) -> Any:
         events = PublisherEventCallbacks(incompatible_qos=lambda info: self._on_incompatible(info, camera, name))
-        return self.create_publisher(Image, node_logic.camera_topic(camera, name), output_qos(),
+        return self.create_publisher(Image, camera_topic(camera, name), output_qos(),
                                      event_callbacks=events)
 
     def _subscribe(self, camera: str, reliability: str) -> None:
@@ -335,14 +375,10 @@ class SegmentationMixin:
 
     def _publish_label_info(self) -> Optional[Any]:
         if LabelInfo is None:
-            distro = os.environ.get("ROS_DISTRO", "<distro>")
-            self.get_logger().warning("vision_msgs is not installed: label_info is not published "
-                                      f"(install ros-{distro}-vision-msgs for class names)")
+            self.get_logger().warning(missing_vision_msgs_text(os.environ.get("ROS_DISTRO")))
             return None
         publisher = self.create_publisher(LabelInfo, "label_info", latched_qos())
-        classes = [VisionClass(class_id=i, class_name=name) for i, name in node_logic.label_map(self.segmenter)]
-        publisher.publish(LabelInfo(header=self._header_now(), class_map=classes,
-                                    threshold=node_logic.LABEL_THRESHOLD))
+        publisher.publish(label_info(LabelInfo, VisionClass, self._header_now(), self.segmenter))
         return publisher
 
     def _header_now(self) -> Header:
@@ -365,9 +401,9 @@ class SegmentationMixin:
             return  # a fixed reliability never changes: no graph query
         for camera, entry in list(self._inputs.items()):
             topic = entry.subscription.topic_name
-            offered = [_POLICY_NAMES.get(info.qos_profile.reliability, node_logic.BEST_EFFORT)
+            offered = [_POLICY_NAMES.get(info.qos_profile.reliability, BEST_EFFORT)
                        for info in self.get_publishers_info_by_topic(topic)]
-            wanted = node_logic.follow_publishers(self.config.reliability, entry.reliability, offered)
+            wanted = follow_publishers(self.config.reliability, entry.reliability, offered)
             if wanted != entry.reliability:
                 self.get_logger().info(f"input QoS: {topic} now {wanted} (publishers offer {', '.join(offered)})")
                 self._subscribe(camera, wanted)
@@ -389,14 +425,15 @@ class SegmentationMixin:
         self._warned_incompatible.add((resolved, policy))
         ours = describe_qos(endpoint.qos_profile)
         others = (self.get_subscriptions_info_by_topic if we_publish else self.get_publishers_info_by_topic)(resolved)
-        theirs = [f"{_endpoint_owner(info)}: {describe_qos(info.qos_profile, remote=True)}" for info in others]
-        self.get_logger().warning(node_logic.incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
+        theirs = [f"{endpoint_owner(info.node_name, info.node_namespace)}: "
+                  f"{describe_qos(info.qos_profile, remote=True)}" for info in others]
+        self.get_logger().warning(incompatible_qos_text(resolved, policy, ours, theirs, we_publish))
 
     def _publish_diagnostics(self) -> None:
         """The total, then (several cameras) one status per camera: '<node>: segmentation'
         and '<node>: segmentation <camera>'. Rebuilt each time: with backend auto at the
         camera's size, the backend is chosen on the first frame."""
-        reports = self.stats.report(node_logic.static_diagnostics(self.segmenter, self.config))
+        reports = self.stats.report(static_diagnostics(self.segmenter, self.config))
         name = f"{self.get_fully_qualified_name()}: segmentation"
         statuses = [DiagnosticStatus(level=_LEVELS[report.level], name=f"{name} {camera}".rstrip(),
                                      message=report.message, hardware_id=str(self.segmenter.device),
@@ -405,6 +442,14 @@ class SegmentationMixin:
         self.diagnostics_publisher.publish(DiagnosticArray(header=self._header_now(), status=statuses))
 
     # ------------------------------------------------------------------ shutdown
+    def _after_error(self, what: str, step: Callable[[], None]) -> None:
+        """A clean-up step after an error that is the one to report: a failure of its own is
+        logged as a warning and never raised over it."""
+        try:
+            step()
+        except Exception as exc:
+            self.get_logger().warning(f"after the error above, {what} failed too: {type(exc).__name__}: {exc}")
+
     def _release(self) -> None:
         """Stop the worker (before the publishers it uses are destroyed) and detach the
         eacnet_core log bridge; for destroy_node."""
@@ -429,8 +474,7 @@ class SegmentNode(SegmentationMixin, Node):
             self._configure()
             self._activate()
         except BaseException:
-            with contextlib.suppress(Exception):  # the start-up error is the one to report
-                self.destroy_node()
+            self._after_error("destroying the node", self.destroy_node)  # the start-up error is reported
             raise
 
     def destroy_node(self) -> None:
@@ -459,28 +503,32 @@ def _spin(node: Node, executor: SingleThreadedExecutor, stop: SignalStop) -> Non
             node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def _teardown(node: Optional[Node], executor: Optional[SingleThreadedExecutor],
-              context: Optional[Context]) -> None:
+def _teardown(node: Optional[Node], executor: Optional[SingleThreadedExecutor], context: Optional[Context],
+              warn: Optional[Callable[[str], None]] = None) -> None:
     """Worker and node first, then the executor, then the context: nothing is used after
-    the middleware it needs is gone (Fast DDS also removes its shared-memory files)."""
-    with contextlib.suppress(Exception):
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-    with contextlib.suppress(Exception):
-        if node is not None:
-            node.destroy_node()
-    with contextlib.suppress(Exception):
-        if context is not None:
-            context.try_shutdown()
+    the middleware it needs is gone (Fast DDS also removes its shared-memory files). A step
+    that fails is logged as a warning and the next one still runs: the process is ending,
+    but a failure here can leave shared-memory files or a stuck thread behind."""
+    warn = warn or rclpy.logging.get_logger(NODE_NAME).warning
+    steps = (("shutting the executor down", executor, lambda: executor.shutdown(timeout_sec=1.0)),
+             ("destroying the node", node, lambda: node.destroy_node()),
+             ("shutting the ROS context down", context, lambda: context.try_shutdown()))
+    for what, target, step in steps:
+        if target is None:
+            continue
+        try:
+            step()
+        except Exception as exc:
+            warn(f"teardown: {what} failed: {type(exc).__name__}: {exc}")
 
 
 def _error(exc: BaseException) -> int:
-    print(f"[eacnet] error: {node_logic.startup_error_text(exc)}", file=sys.stderr, flush=True)
+    print(f"[eacnet] error: {startup_error_text(exc)}", file=sys.stderr, flush=True)
     return 1
 
 
 def run(argv: list[str], stop: SignalStop, node_class: Optional[Callable[..., Node]] = None) -> int:
-    """The process after the imports (see ``segment_main``): a start-up error is one
+    """The process after the imports (see ``main``): a start-up error is one
     ``[eacnet] error: ...`` line and exit code 1; a signal at any moment ends with 0.
     ``node_class``: SegmentNode, or the managed node of ``segment_lifecycle_node``."""
     context = node = executor = None
@@ -502,14 +550,3 @@ def run(argv: list[str], stop: SignalStop, node_class: Optional[Callable[..., No
         stop.raise_now = False  # a second signal during teardown must not interrupt it
         _teardown(node, executor, context)
     return status
-
-
-def main(args: Optional[list] = None) -> int:
-    """``segment_main.main``: signals are handled from before the heavy imports there."""
-    from .segment_main import main as light_main
-
-    return light_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ from rosbags.typesys import Stores, get_typestore
 from eacnet_core import datasets
 from eacnet_core.progress import progress_bar
 
-from . import codec
+from ..node import codec
 
 #: What a user of the bags should know about them; part of ``eacnet bag-eval --help``.
 FORMAT_NOTES = """Choices worth knowing:
@@ -55,7 +55,7 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_LABEL_TOPIC = "/camera/labels"
 OUTPUT_PREFIX = "/eacnet/"
-#: node_logic.encode_frame's keys -> the topics the node publishes them on (default namespace)
+#: node.pipeline.encode_frame's keys -> the topics the node publishes them on (default namespace)
 OUTPUT_TOPICS = {"mask": "/eacnet/mask", "color_mask": "/eacnet/color_mask", "overlay": "/eacnet/overlay"}
 #: Default first stamp of make-bag (2023-11-14 22:13:20 UTC): fixed so the same input gives the same bag.
 DEFAULT_START_NS = 1_700_000_000 * 10**9

@@ -20,7 +20,7 @@ import numpy as np
 from eacnet_core.outputs import OutputError, write_bytes
 
 if TYPE_CHECKING:
-    from .bag_eval import BagEvalResult, ReportSample
+    from .eval import BagEvalResult, ReportSample
 
 COLUMNS = ("input", "ground truth", "prediction", "overlay")
 

@@ -5,7 +5,7 @@ everything a deployment adds around it: serialization by rclpy, the DDS transfer
 0.5-2.7 MB frame, the subscription callback, the worker hand-off and the way back of the
 mask. This command measures exactly that, per input size and transport:
 
-* The node runs as its own process (``python -m eacnet_ros.segment_main``, the
+* The node runs as its own process (``python -m eacnet_ros.node.main``, the
   ``segment_node`` script), as it would on a robot, so its executor, GIL and threads are
   not shared with the publisher. A fresh node
   per configuration, in a private namespace: transport is a start-up parameter, and
@@ -59,11 +59,11 @@ from eacnet_core.models.registry import model_for
 from eacnet_core.options import add_overwrite, at_least, number_in
 from eacnet_core.outputs import check_outputs, write_json
 
-from . import codec
-from .bag_eval import latency_percentiles
-from .bag_io import camvid_frames
-from .node_logic import SPECS, Scalar
-from .pipeline_bench import (
+from ..bags.eval import latency_percentiles
+from ..bags.io import camvid_frames
+from ..node import codec
+from ..node.params import SPECS, Scalar
+from .pipeline import (
     DEFAULT_SIZES,
     PipelineConfig,
     build_segmenters,
@@ -181,11 +181,11 @@ def resized(frames: Sequence[np.ndarray], size_hw: tuple[int, int]) -> list[np.n
 # ---------------------------------------------------------------------------- the node, as its own process
 
 class NodeProcess:
-    """``python -m eacnet_ros.segment_node`` in ``namespace``; a context manager that waits
+    """``python -m eacnet_ros.node.main`` in ``namespace``; a context manager that waits
     for the ready line and stops the node with SIGINT (its clean shutdown path)."""
 
     def __init__(self, params: Mapping[str, Scalar], namespace: str):
-        self.command = [sys.executable, "-m", "eacnet_ros.segment_main", "--ros-args", "-r", f"__ns:={namespace}"]
+        self.command = [sys.executable, "-m", "eacnet_ros.node.main", "--ros-args", "-r", f"__ns:={namespace}"]
         for name, value in params.items():
             self.command += ["-p", f"{name}:={_ros_arg(value)}"]
         self.lines: list[str] = []
@@ -291,7 +291,7 @@ class DdsClient:
         self._last_stamp_ns = 0
         self._last_mask_at = 0.0
         self.context = Context()
-        rclpy.init(context=self.context)
+        rclpy.init(args=[], context=self.context)  # not sys.argv: the command line is not for rcl
         self.node = rclpy.create_node("eacnet_bench_dds", namespace=namespace, context=self.context)
         camera_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.VOLATILE)

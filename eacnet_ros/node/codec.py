@@ -11,7 +11,13 @@ Decoding always yields a BGR uint8 (H, W, 3) array, the Segmenter's input.
 from __future__ import annotations
 
 import array
-from collections.abc import Callable
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import cv2
@@ -124,26 +130,89 @@ def compressed_dimensions(data: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
-def _check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
+def _check_pixels(width: int, height: int, max_pixels: Optional[int], what: str, min_side: int = 1) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageDecodeError(f"{what} of {width}x{height} = {width * height} pixels is over the limit of "
                                f"{max_pixels} (parameter max_input_pixels); skipped without decoding")
+    if 0 < min(width, height) < min_side:  # zero: image_to_array names it
+        raise ImageDecodeError(f"{what} of {width}x{height} is smaller than {min_side} pixels on a side, too small "
+                               "for the network; skipped without decoding")
 
 
-def compressed_to_bgr(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+#: A log line of the ROS logger (rcutils' default format) from another thread, written while
+#: a decode had stderr: passed through unchanged, never taken for the image library's.
+_ROS_LOG_LINE = re.compile(r"\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[")
+_STDERR_LOCK = threading.Lock()
+_stderr_sink: Optional[Any] = None
+
+
+@contextlib.contextmanager
+def _library_messages(report: Optional[Callable[[str], None]]) -> Iterator[None]:
+    """While the block runs, what is written to the process's stderr (fd 2) is collected;
+    afterwards each line from the image libraries (libpng, libjpeg, OpenCV, which print
+    with C ``fprintf``) goes to ``report`` and anything else back to stderr. This keeps a
+    hostile publisher's frames from writing to the console past the node's throttled log."""
+    global _stderr_sink
+    if report is None:
+        yield
+        return
+    with _STDERR_LOCK:
+        if _stderr_sink is None:
+            _stderr_sink = tempfile.TemporaryFile()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(_stderr_sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            _stderr_sink.seek(0)
+            written = _stderr_sink.read()
+            _stderr_sink.seek(0)
+            _stderr_sink.truncate()
+    passed = []
+    for line in written.decode("utf-8", errors="replace").splitlines():
+        if _ROS_LOG_LINE.match(line):
+            passed.append(line)
+        elif line.strip():
+            report(line.strip())
+    if passed:
+        os.write(2, ("\n".join(passed) + "\n").encode())
+
+
+def _header_problem(data: bytes) -> str:
+    """Why compressed bytes whose size cannot be read are refused: only JPEG and PNG are
+    decoded (the documented formats), and only once the size is known, so every frame is
+    checked against the pixel limit before it is decoded (OpenCV also reads TIFF, WebP,
+    ..., whose headers this module does not parse)."""
+    if data[:8] == _PNG_SIGNATURE or data[:2] == b"\xff\xd8":
+        return "its PNG/JPEG header ends before the image size (truncated or malformed)"
+    return f"the data is neither JPEG nor PNG (starts with {data[:8].hex()}); jpeg and png are supported"
+
+
+def compressed_to_bgr(msg: Any, max_pixels: Optional[int] = None, min_side: int = 1,
+                      library_messages: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png, colour or grey) -> BGR uint8 (H, W, 3).
 
-    Frames whose header claims more than ``max_pixels`` are refused before decoding;
-    OpenCV's own errors (corrupt or absurd headers) become ``ImageDecodeError``."""
+    Only JPEG and PNG are decoded, and only when the size their header claims is within
+    ``max_pixels`` and ``min_side``; OpenCV's own errors (corrupt or absurd headers) become
+    ``ImageDecodeError``. ``library_messages``: receives what the image libraries print
+    while decoding (otherwise it goes to stderr)."""
     buf = _buffer(msg.data)
     fmt = str(getattr(msg, "format", "")) or "unknown"
+    what = f"CompressedImage (format {fmt!r})"
     if buf.size == 0:
         raise ImageDecodeError(f"empty CompressedImage (format {fmt!r})")
-    claimed = compressed_dimensions(buf[:65536].tobytes())
-    if claimed is not None:
-        _check_pixels(*claimed, max_pixels, f"CompressedImage (format {fmt!r})")
+    data = buf.tobytes()
+    claimed = compressed_dimensions(data)
+    if claimed is None:
+        raise ImageDecodeError(f"undecodable CompressedImage of {buf.size} bytes (format {fmt!r}): "
+                               f"{_header_problem(data)}")
+    _check_pixels(*claimed, max_pixels, what, min_side)
     try:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        with _library_messages(library_messages):
+            image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
         reason = " ".join(str(exc).split())[-200:]
         raise ImageDecodeError(f"OpenCV refused a CompressedImage of {buf.size} bytes (format {fmt!r}): "
@@ -151,17 +220,17 @@ def compressed_to_bgr(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     if image is None:
         raise ImageDecodeError(f"undecodable CompressedImage of {buf.size} bytes (format {fmt!r}); "
                                "jpeg and png are supported")
-    if claimed is None:
-        _check_pixels(image.shape[1], image.shape[0], max_pixels, f"CompressedImage (format {fmt!r})")
     return image
 
 
-def to_bgr(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+def to_bgr(msg: Any, max_pixels: Optional[int] = None, min_side: int = 1,
+           library_messages: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """Either message type -> BGR uint8: CompressedImage has ``format``, Image has ``encoding``.
-    Frames over ``max_pixels`` (width x height) raise ``ImageDecodeError`` before decoding."""
+    Frames over ``max_pixels`` (width x height) or with a side under ``min_side`` raise
+    ``ImageDecodeError`` before decoding."""
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
-        return compressed_to_bgr(msg, max_pixels)
-    _check_pixels(int(msg.width), int(msg.height), max_pixels, f"Image ({msg.encoding})")
+        return compressed_to_bgr(msg, max_pixels, min_side, library_messages)
+    _check_pixels(int(msg.width), int(msg.height), max_pixels, f"Image ({msg.encoding})", min_side)
     try:
         return image_to_bgr(msg)
     except cv2.error as exc:

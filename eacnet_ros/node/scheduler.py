@@ -1,7 +1,7 @@
 """Several cameras, one model: scheduling, per-camera statistics and the worker, without rclpy.
 
 With ``cameras: [front, left, ...]`` the node subscribes once per camera and loads one model.
-Each camera keeps only its newest frame (a ``node_logic.LatestFrame``, as the single-camera
+Each camera keeps only its newest frame (a ``worker.LatestFrame``, as the single-camera
 node does), and one worker thread serves them:
 
 * **Fairly.** ``FrameScheduler.take`` walks the cameras round-robin, starting after the one
@@ -13,21 +13,21 @@ node does), and one worker thread serves them:
   cameras (each at most one), and they go through the model in one forward pass
   (``Segmenter.segment_batch``): on this project's 2-core CPU 12-21% more frames, at
   30-130% more latency (docs/RESULTS.md); ``batch_cameras: auto`` batches on CUDA only
-  (``node_logic.batch_frames``).
+  (``params.batch_frames``).
 * **Accounted per camera.** Each camera's ``FrameWorker`` (not started as a thread: it is
   the per-camera decode and publish steps with their own counters and throttled warnings)
-  counts into its camera's ``FrameStats`` and into the total (``CameraStats``).
+  counts into its camera's ``FrameStats`` and into the total (``stats.CameraStats``).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .node_logic import OK, DiagnosticReport, FrameProcessor, FrameStats, FrameWorker, LatestFrame, Throttle
+from .pipeline import FrameProcessor
+from .worker import FrameWorker, LatestFrame, Throttle
 
 #: One frame to process: (camera, message, monotonic receive time).
 Frame = tuple[str, Any, float]
@@ -95,63 +95,6 @@ class FrameScheduler:
         return self._closed
 
 
-class _CountInto:
-    """What one camera's pipeline counts into: its own FrameStats and the total."""
-
-    def __init__(self, *targets: FrameStats):
-        self._targets = targets
-
-    def on_received(self, dropped_previous: bool) -> None:
-        for stats in self._targets:
-            stats.on_received(dropped_previous)
-
-    def on_published(self, received_at: float) -> None:
-        for stats in self._targets:
-            stats.on_published(received_at)
-
-    def on_bad_frame(self) -> None:
-        for stats in self._targets:
-            stats.on_bad_frame()
-
-    def on_failed_frame(self) -> None:
-        for stats in self._targets:
-            stats.on_failed_frame()
-
-
-class CameraStats:
-    """Per-camera counters and their total. For the single camera (name ``""``) there is
-    only the total, so its diagnostics are exactly the single-camera node's."""
-
-    def __init__(self, cameras: Sequence[str], clock: Callable[[], float] = time.monotonic):
-        self.total = FrameStats(clock=clock)
-        self.per_camera = {camera: FrameStats(clock=clock) for camera in cameras if camera}
-
-    def camera(self, name: str) -> Any:
-        """The FrameStats-like sink for ``name``'s callbacks and pipeline."""
-        own = self.per_camera.get(name)
-        return self.total if own is None else _CountInto(own, self.total)
-
-    def report(self, static: Sequence[tuple[str, str]] = ()) -> list[tuple[str, DiagnosticReport]]:
-        """(camera, report) for the period since the last call: the total first (camera
-        ``""``, with ``static``), then one per camera. The total's level is the worst of all,
-        and its message names the worst camera when one is not OK."""
-        cameras = [(name, stats.report((("camera", name),))) for name, stats in self.per_camera.items()]
-        total = self.total.report(static)
-        if cameras:
-            total = _with_cameras(total, cameras)
-        return [("", total), *cameras]
-
-
-def _with_cameras(total: DiagnosticReport, cameras: Sequence[tuple[str, DiagnosticReport]]) -> DiagnosticReport:
-    name, worst = max(cameras, key=lambda item: item[1].level)
-    level = max(total.level, worst.level)
-    message = f"{len(cameras)} cameras: {total.message}"
-    if worst.level > OK:
-        message = f"{name}: {worst.message}; {message}"
-    values = total.values + (("cameras", ", ".join(camera for camera, _ in cameras)),)
-    return DiagnosticReport(level, message, values)
-
-
 @dataclass
 class MultiCameraWorker:
     """One thread that serves every camera's newest frame with one model (see the module
@@ -212,7 +155,8 @@ class MultiCameraWorker:
             return 0
         try:
             wanted = [self.pipelines[camera].wanted() for camera, *_ in decoded]
-            results = self.processor.process_batch([bgr for *_, bgr in decoded], wanted)
+            sizes = [self.pipelines[camera].sizes.network_size(bgr.shape[:2]) for camera, *_, bgr in decoded]
+            results = self.processor.process_batch([bgr for *_, bgr in decoded], wanted, sizes)
         except Exception as exc:  # one batch must never kill the node
             for camera, *_ in decoded:
                 self.pipelines[camera].failed(exc)
