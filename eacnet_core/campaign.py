@@ -31,6 +31,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .options import add_threads, at_least, number_in
+from .runtime import resolve_device
 from .train import LAST, LOG, NonFiniteLoss, Trainer, train_together
 from .train_config import COMPILE_MODES, TrainConfig
 
@@ -38,8 +39,13 @@ STATE = "state.pt"
 #: The schedule every campaign model follows (eacnet_core/weights/eacnet_dab_camvid.md's recipe, 1,000 epochs).
 RECIPE = dict(dataset="camvid", train_split="trainval", epochs=1000, batch_size=16, crop=(360, 480), lr=1e-3,
               optimizer="adam", weight_decay=2e-4, warmup_iters=200, poly_power=0.9, attention_lr_mult=10.0,
-              attention_weight_decay=0.0, loss="weighted-ce", class_weights="enet", class_weight_c=1.10, amp=True,
-              amp_dtype="bf16", channels_last=True, seed=0, val_every=0)
+              attention_weight_decay=0.0, loss="weighted-ce", class_weights="enet", class_weight_c=1.10,
+              channels_last=True, seed=0, val_every=0)
+#: Autocast per device kind, a machine setting like the thread count, not part of the schedule:
+#: bf16 on CUDA; fp32 on the CPU, where bf16 autocast sent dabnet's loss to NaN in epoch 3 of
+#: the schedule from scratch (twice, from two resumes), and fp32 from the same state did not.
+PRECISION_BY_DEVICE = {"cuda": "bf16", "cpu": "fp32"}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: Equal-budget pairs, in the order the campaign trains them.
 PAIRS = (("eacnet_dab", "dabnet"), ("eacnet_erf", "erfnet_enc"))
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -98,14 +104,29 @@ def adopt(run: Path, campaign: Path, moments: str = "bf16", force: bool = False,
     return dest / STATE
 
 
-def checkout(campaign: Path, model: str, work: Path) -> bool:
-    """The model's state as ``work/<model>/last.pt`` (and its history); False when the campaign has none yet."""
+def autocast_options(precision: str, device: str) -> dict:
+    """``TrainConfig``'s ``amp``/``amp_dtype`` for ``precision`` (auto: PRECISION_BY_DEVICE
+    for the device ``device`` resolves to)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        precision = PRECISION_BY_DEVICE.get(resolve_device(device).type, "fp32")
+    return dict(amp=False, amp_dtype="auto") if precision == "fp32" else dict(amp=True, amp_dtype=precision)
+
+
+def checkout(campaign: Path, model: str, work: Path, autocast: Optional[dict] = None) -> bool:
+    """The model's state as ``work/<model>/last.pt`` (and its history), with this machine's
+    ``autocast`` options (``autocast_options``) in its config, since a resumed run keeps its
+    saved config; False when the campaign has none yet."""
     src = campaign / model
     if not (src / STATE).is_file():
         return False
     dest = work / model
     dest.mkdir(parents=True, exist_ok=True)
-    save_atomic(expand(torch.load(src / STATE, map_location="cpu", weights_only=True)), dest / LAST)
+    state = expand(torch.load(src / STATE, map_location="cpu", weights_only=True))
+    if autocast:
+        state["config"] = {**state["config"], **autocast}
+    save_atomic(state, dest / LAST)
     if (src / LOG).is_file():
         shutil.copyfile(src / LOG, dest / LOG)
     return True
@@ -159,11 +180,13 @@ def run_campaign(campaign: Path, work: Path, budget_s: float, models: Optional[t
     if not models:
         log("campaign: every pair is through the schedule")
         return []
-    resumed = [checkout(campaign, m, work) for m in models]
+    autocast = {k: options.pop(k) for k in ("amp", "amp_dtype") if k in options}
+    resumed = [checkout(campaign, m, work, autocast) for m in models]
     if any(resumed) and not all(resumed):
         raise ValueError(f"{', '.join(models)}: some have a campaign state and some not; they train together "
                          "from the same point (adopt or start them together)")
-    cfgs = [TrainConfig(model=m, out=str(work / m), progress=False, tensorboard=False, **{**options, **recipe})
+    cfgs = [TrainConfig(model=m, out=str(work / m), progress=False, tensorboard=False,
+                        **{**options, **autocast, **recipe})
             for m in models]
     deadline = time.monotonic() + budget_s
 
@@ -221,8 +244,8 @@ def add_parser(subparsers) -> None:
     adopt_p.add_argument("run", help="the run folder (or its last.pt)")
     adopt_p.add_argument("--force", action="store_true", help="adopt a run off the recipe or behind the state")
     run_p = sub.add_parser("run", help="continue the next pair (or --models) for --budget-s seconds")
-    run_p.add_argument("--budget-s", type=number_in(0, low_open=True), required=True,
-                       help="seconds of training before stopping")
+    run_p.add_argument("--budget-s", type=number_in(0), required=True,
+                       help="seconds of training before stopping (0: one step)")
     run_p.add_argument("--work", required=True, help="folder for the run folders (last.pt) while training")
     run_p.add_argument("--models", help="comma-separated models trained together (default: the next pair)")
     run_p.add_argument("--data-root", default="", help="CamVid folder (default: the usual lookup)")
@@ -232,6 +255,8 @@ def add_parser(subparsers) -> None:
     run_p.add_argument("--workers", type=at_least(0), default=2)
     add_threads(run_p)
     run_p.add_argument("--compile", nargs="?", const="auto", default="", choices=COMPILE_MODES[1:])
+    run_p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="autocast of this machine's training (auto: bf16 on CUDA, fp32 on the CPU)")
     run_p.add_argument("--limit", type=at_least(0), default=0,
                        help="first N images only (smoke runs; not the campaign)")
     for q in (status, adopt_p, run_p):
@@ -254,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     options = dict(device=args.device, data_root=args.data_root, data_on_device=args.data_on_device,
                    cache=args.cache, workers=args.workers, threads=args.threads, compile=args.compile,
-                   limit=args.limit)
+                   limit=args.limit, **autocast_options(args.precision, args.device))
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     rows = run_campaign(campaign, Path(args.work), args.budget_s, models, args.moments, **options)
     return 0 if rows else 1

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from eacnet_core.campaign import RECIPE, adopt, checkout, compact, expand, run_campaign, standing
+from eacnet_core.campaign import RECIPE, adopt, autocast_options, checkout, compact, expand, run_campaign, standing
 from eacnet_core.checkpoint import load_checkpoint
 from eacnet_core.train import train_together
 from eacnet_core.train_config import TrainConfig
@@ -112,3 +112,23 @@ def test_a_pair_adopted_at_different_points_catches_up(tmp_path, camvid):
         run_campaign(campaign, tmp_path / f"work{window}", 0.0, PAIR, log=_quiet, recipe=TINY, data_root=str(camvid),
                      **MACHINE)
         assert [standing(campaign, m)["iteration"] for m in PAIR] == expected
+
+
+def test_each_machine_trains_at_its_own_precision(tmp_path, camvid):
+    """Autocast is a machine setting: a state saved under bf16 resumes in fp32 on the CPU
+    (a resumed run keeps its saved config, so checkout must write this machine's into it)."""
+    bf16 = {**MACHINE, "amp": True, "amp_dtype": "bf16"}
+    cfgs = [TrainConfig(model="dabnet", out=str(tmp_path / "run" / "dabnet"), data_root=str(camvid), progress=False,
+                        tensorboard=False, **bf16, **TINY)]
+    train_together(cfgs, log=_quiet)
+    campaign = tmp_path / "campaign"
+    adopt(tmp_path / "run" / "dabnet", campaign, recipe=TINY)
+    assert autocast_options("auto", "cpu") == {"amp": False, "amp_dtype": "auto"}
+    assert autocast_options("bf16", "cpu") == {"amp": True, "amp_dtype": "bf16"}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_options("int8", "cpu")
+    assert checkout(campaign, "dabnet", tmp_path / "work", autocast_options("auto", "cpu"))
+    resumed = load_checkpoint(tmp_path / "work" / "dabnet" / "last.pt")["config"]
+    assert (resumed["amp"], resumed["amp_dtype"]) == (False, "auto")
+    assert checkout(campaign, "dabnet", tmp_path / "work2")
+    assert load_checkpoint(tmp_path / "work2" / "dabnet" / "last.pt")["config"]["amp"] is True
