@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # it is then checked against torch at an aligned size and at another unaligned one.
 _EXPORT_HW = (37, 53)
 _CHECK_HW = ((32, 48), (45, 61))
+_NO_DYNAMIC_INT8 = ("precision int8 needs the dynamic-size ONNX graph, which does not match torch for this model: "
+                    "use fp32")
 
 #: (1, 3, h, w) float32 preprocessed batch -> (1, C, h, w) logits.
 Runner = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
@@ -76,10 +78,11 @@ class OrtSessions:
     size is exported on its own, as before."""
 
     def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int,
-                 int8: Optional[Callable[[bytes], bytes]] = None):
+                 int8: Optional[Callable[[bytes], bytes]] = None, source: Optional[OrtSessions] = None):
         self.capacity = capacity
         self._model, self._device, self._threads = model, device, threads
         self._int8 = int8  # turns the checked fp32 dynamic-size graph into the int8 one
+        self._source = source  # int8: the fp32 sessions whose checked graph it quantises (one export)
         self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
         self._per_size = False  # the dynamic graph failed its check: export per size
@@ -110,6 +113,14 @@ class OrtSessions:
         session = self.get(height, width)
         return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch)})[0]
 
+    def dynamic_graph(self) -> Optional[bytes]:
+        """The checked fp32 dynamic-size graph (exported now if needed); None where the model
+        needs one graph per size. What the int8 builders quantise."""
+        if self._int8 is not None:
+            raise RuntimeError("dynamic_graph is the fp32 sessions' graph")
+        self.prepare()
+        return self._graph
+
     def clear(self, keep_graph: bool = False) -> None:
         self._sessions.clear()
         if not keep_graph:
@@ -133,13 +144,17 @@ class OrtSessions:
         return ort_session(_export_bytes(_cpu_copy(self._model), height, width), self._device, self._threads)
 
     def _export_dynamic(self) -> Optional[bytes]:
+        if self._int8 is not None and self._source is not None:
+            fp32 = self._source.dynamic_graph()
+            if fp32 is None:
+                raise RuntimeError(_NO_DYNAMIC_INT8)
+            return self._int8(fp32)
         model = _cpu_copy(self._model)
         graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
         if _graph_matches(graph, model, self._threads):
             return graph if self._int8 is None else self._int8(graph)
         if self._int8 is not None:
-            raise RuntimeError("precision int8 needs the dynamic-size ONNX graph, which does not match torch for "
-                               "this model: use fp32")
+            raise RuntimeError(_NO_DYNAMIC_INT8)
         log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
                     "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
         self._per_size = True
@@ -153,10 +168,17 @@ class OvModels:
     (docs/RESULTS.md); backend=auto times it beside the others. The precision is asked for
     explicitly: on CPUs with bf16 units the plugin otherwise computes "fp32" models in bf16."""
 
-    HINTS = {"fp32": "f32", "bf16": "bf16"}
+    #: precision -> the plugin's inference precision hint; int8 runs NNCF's quantised model,
+    #: its float remainder in f32 (what the accuracy check of precision auto measured).
+    HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
-    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str):
+    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str,
+                 int8: Optional[Callable[[bytes], object]] = None):
+        if precision == "int8" and int8 is None:
+            raise ValueError("OpenVINO int8 needs a builder of the quantised model")
         self._graphs, self._threads, self.capacity, self._precision = graphs, threads, capacity, precision
+        self._int8 = int8  # the checked fp32 dynamic-size graph -> NNCF's int8 openvino.Model
+        self._int8_model = None  # built (or read from its cache) once, reshaped per size
         self._compiled: OrderedDict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = OrderedDict()
 
     @property
@@ -165,6 +187,8 @@ class OvModels:
 
     def prepare(self) -> None:
         self._graphs.prepare()
+        if self._int8 is not None:
+            self._quantised()
 
     def runner(self, height: int, width: int) -> Runner:
         key = (height, width)
@@ -182,17 +206,28 @@ class OvModels:
 
     def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
         core = _ov_core()
-        folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
-        try:  # OpenVINO reads ONNX from a file
-            (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
-            model = core.read_model(str(folder / "model.onnx"))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        if self._int8 is not None:
+            model = self._quantised().clone()
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
+            try:  # OpenVINO reads ONNX from a file
+                (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
+                model = core.read_model(str(folder / "model.onnx"))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         model.reshape([1, 3, height, width])
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
         if self._threads > 0:
             config["INFERENCE_NUM_THREADS"] = self._threads
         return _OvRunner(core.compile_model(model, "CPU", config))
+
+    def _quantised(self):
+        if self._int8_model is None:
+            graph = self._graphs.dynamic_graph()
+            if graph is None:
+                raise RuntimeError(_NO_DYNAMIC_INT8)
+            self._int8_model = self._int8(graph)
+        return self._int8_model
 
 
 class _OvRunner:
@@ -236,6 +271,10 @@ def _malloc_trim():
 
 def _ov_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
+
+
+def _nncf_available() -> bool:
+    return importlib.util.find_spec("nncf") is not None
 
 
 def _ort_available() -> bool:

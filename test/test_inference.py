@@ -18,11 +18,17 @@ from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main
 
-#: What backend=auto times on the CPU: OpenVINO too where it is installed.
-AUTO_PATHS = {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"} | (
-    {"openvino:nchw"} if engines._ov_available() else set())
+#: What backend=auto times on the CPU in fp32: OpenVINO too where it is installed.
+AUTO_PATHS = {"torch:fp32:nhwc", "torch:fp32:nchw", "onnxruntime:fp32"} | (
+    {"openvino:fp32"} if engines._ov_available() else set())
 
 CPU = SegmenterOptions(device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _own_user_cache(monkeypatch, tmp_path):
+    """Choices and int8 models go to this test's own user cache: none is reused across tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +223,7 @@ def test_segment_cli_missing_input_is_one_line(checkpoint, tmp_path, capsys):
 def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoint, frame):
     pytest.importorskip("onnxruntime")
     reference = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch")).segment(frame)
-    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", inference_height=32,
+    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", precision="fp32", inference_height=32,
                                                                  inference_width=48))
     seg.warmup()
     assert set(seg.autotune_ms) == AUTO_PATHS
@@ -225,7 +231,7 @@ def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoin
     best = min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     assert seg.backend in seg.describe()
-    full = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu"))
+    full = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", precision="fp32"))
     full.warmup(45, 61)
     assert (full.segment(frame) == reference).mean() > 0.99
 
@@ -256,8 +262,10 @@ def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tm
 # ---------------------------------------------------------------------------- onnxruntime sessions, auto's timing
 
 def _dabnet(**options) -> Segmenter:
-    """The smallest registry model, untrained, seeded: two calls give the same weights."""
+    """The smallest registry model, untrained, seeded: two calls give the same weights (fp32
+    unless asked: precision auto's choice among precisions has tests of its own)."""
     torch.manual_seed(0)
+    options = {"precision": "fp32", **options}
     return Segmenter.from_name("dabnet", options=SegmenterOptions(device="cpu", threads=1, **options),
                                allow_untrained=True)
 
@@ -337,9 +345,9 @@ def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, 
     timed = []
     real = Segmenter._pick_fastest_cpu_path
 
-    def recording(self, batch, runs=3):
+    def recording(self, batch, runs=3, probes=()):
         timed.append(batch.shape[2:])
-        return real(self, batch, runs)
+        return real(self, batch, runs, probes)
 
     monkeypatch.setattr(Segmenter, "_pick_fastest_cpu_path", recording)
     caplog.set_level(logging.INFO, logger="eacnet_core")
@@ -354,7 +362,7 @@ def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, 
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     seg.segment(_image(24, 32))
     assert timed == [(40, 56)]  # only once: later sizes keep the choice
-    lines = [r for r in caplog.records if r.name.startswith("eacnet_core") and "backend auto" in r.getMessage()]
+    lines = [r for r in caplog.records if r.name.startswith("eacnet_core") and "auto at" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     message = lines[0].getMessage()
     assert "\n" not in message and "56x40" in message and message.endswith(f"-> {best}")
@@ -392,8 +400,8 @@ def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
     monkeypatch.setattr(export, "ort_session", lambda *args, **kwargs: Slow(real_session(*args, **kwargs)))
     seg = _dabnet()
     seg.tune(24, 40)
-    assert seg.autotune_ms["onnxruntime:nchw"] > 50 and seg.backend == "torch"
-    assert seg.onnx_sessions == () and seg._ort._graph is None  # neither sessions nor the graph kept
+    assert seg.autotune_ms["onnxruntime:fp32"] > 50 and seg.backend == "torch"
+    assert seg.onnx_sessions == () and seg.engines == {}  # neither sessions nor the graph kept
 
 
 def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
@@ -411,8 +419,9 @@ def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="eacnet_core")
     seg.tune(24, 40)
     assert len(calls) == 2  # one run per torch layout, not 1 + 3 each
-    assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:nhwc"], seg.autotune_ms["torch:nchw"]) > 200
-    assert "torch:nchw" in caplog.text and caplog.text.count("(first run only)") == 2
+    assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:fp32:nhwc"],
+                                                seg.autotune_ms["torch:fp32:nchw"]) > 200
+    assert "torch:fp32:nchw" in caplog.text and caplog.text.count("(first run only)") == 2
 
 
 # ---------------------------------------------------------------------------- several images in one pass
