@@ -8,8 +8,9 @@ instruction-set flags), the thread count, the network size, the model and a dige
 weights, the candidates offered and the versions of the libraries that run them. A later
 start on the same machine then builds only the chosen engine.
 
-A record holds the choice, every candidate's timing and each reduced precision's mask
-agreement with fp32, so the log of a cached start says what the measured one said.
+A record holds the choice, every candidate's timing (and which were dropped after their first
+run) and each reduced precision's mask agreement with fp32, so the log of a cached start says
+what the measured one said.
 """
 
 from __future__ import annotations
@@ -91,15 +92,17 @@ class ChoiceCache:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("fields") != fields or record.get("choice") not in fields[
-                "candidates"] or not isinstance(record.get("ms"), dict):
+        shape = {"ms": dict, "agreement": dict, "dropped": list}
+        if not isinstance(record, dict) or record.get("fields") != fields \
+                or record.get("choice") not in fields["candidates"] \
+                or not all(isinstance(record.get(k), kind) for k, kind in shape.items()):
             log.debug("choice cache: ignoring %s (it does not match)", path)
             return None
         return record
 
-    def store(self, fields: dict, choice: str, ms: dict, agreement: dict) -> Optional[Path]:
+    def store(self, fields: dict, choice: str, ms: dict, agreement: dict, dropped: list) -> Optional[Path]:
         """Atomically; a read-only cache folder only costs the next start its timing."""
-        record = {"fields": fields, "choice": choice, "ms": ms, "agreement": agreement}
+        record = {"fields": fields, "choice": choice, "ms": ms, "agreement": agreement, "dropped": dropped}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             return write_bytes(self.path(fields), json.dumps(record, indent=1, sort_keys=True).encode())

@@ -135,6 +135,7 @@ class Segmenter:
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
         self.autotune_ms: dict[str, float] = {}  # the last timing: candidate label -> median ms
         self.autotune_agreement: dict[str, float] = {}  # reduced precisions: share of pixels equal to fp32
+        self.autotune_dropped: list[str] = []  # candidates dropped after their first run (not eligible)
         self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
         self._use(Candidate(self.backend, self.precision, options.channels_last))
 
@@ -450,11 +451,14 @@ class Segmenter:
         cache = ChoiceCache.default() if self.options.choice_cache else None
         record = cache.load(fields) if cache else None
         if record is not None:
-            self.autotune_ms, self.autotune_agreement = record["ms"], record.get("agreement", {})
-            self._keep(next(c for c in candidates if c.label == record["choice"]), size, "remembered")
+            self.autotune_ms, self.autotune_agreement = record["ms"], record["agreement"]
+            self.autotune_dropped = record["dropped"]
+            self._keep(next(c for c in candidates if c.label == record["choice"]), size, "remembered",
+                       self.autotune_dropped)
             return
         truth = [self._reference_ids(p) for p in probes] if self._auto_precision and len(candidates) > 1 else []
-        self.autotune_ms, self.autotune_agreement, dropped = {}, {}, []
+        self.autotune_ms, self.autotune_agreement, self.autotune_dropped = {}, {}, []
+        dropped = self.autotune_dropped
         for candidate in candidates:
             try:
                 self._use(candidate)
@@ -477,7 +481,7 @@ class Segmenter:
         best = min(eligible, key=self.autotune_ms.get)
         self._keep(next(c for c in candidates if c.label == best), size, "measured", dropped)
         if cache:
-            cache.store(fields, best, self.autotune_ms, self.autotune_agreement)
+            cache.store(fields, best, self.autotune_ms, self.autotune_agreement, dropped)
 
     def _keep(self, chosen: Candidate, size: tuple[int, int], how: str, dropped: Sequence[str] = ()) -> None:
         """Run ``chosen`` from now on, free the engines it does not need, log the choice."""

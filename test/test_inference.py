@@ -464,3 +464,119 @@ def test_segment_batch_on_onnxruntime_runs_one_image_at_a_time():
     masks = seg.segment_batch(images)
     for mask, image in zip(masks, images, strict=True):
         assert (mask == reference.segment(image)).mean() > 0.99
+
+
+# ---------------------------------------------------------------------------- precision auto on the CPU
+
+@pytest.fixture
+def camera_frames(tmp_path, synthetic):
+    """A folder of camera frames: what precision auto checks reduced precisions on (and calibrates int8 on)."""
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        image, _ = synthetic.pair(rng, 24, 40)
+        synthetic.write_png(tmp_path / "frames" / f"frame_{i}.png", image)
+    return tmp_path / "frames"
+
+
+def _fake_clock(monkeypatch, ms_by_precision: dict[str, float]) -> list[str]:
+    """Every timed run still runs, but reports a fixed time per precision; returns what was timed."""
+    timed = []
+
+    def elapsed(run, *args):
+        run(*args)
+        seg = run.__self__
+        timed.append(f"{seg.backend}:{seg.precision}")
+        return ms_by_precision[seg.precision]
+
+    monkeypatch.setattr(inference, "_elapsed_ms", elapsed)
+    return timed
+
+
+def _probe_agreement(monkeypatch, by_precision: dict[str, float]) -> None:
+    monkeypatch.setattr(Segmenter, "_agreement", lambda self, probes, truth: by_precision[self.precision])
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+def test_precision_auto_keeps_the_fastest_precision_that_agrees_with_fp32(camera_frames, monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 4.0, "int8": 2.0})
+    _probe_agreement(monkeypatch, {"bf16": 0.995, "int8": 0.97})  # int8 fastest, but below the guard
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    seg = _dabnet(precision="auto", backend="openvino", calibration_data=str(camera_frames))
+    seg.tune(24, 40)
+    assert set(seg.autotune_ms) == {"openvino:fp32", "openvino:bf16", "openvino:int8"}
+    assert seg.autotune_agreement == {"openvino:bf16": 0.995, "openvino:int8": 0.97}
+    assert (seg.backend, seg.precision) == ("openvino", "bf16")
+    assert "precision=bf16 (chosen by auto)" in seg.describe()
+    line = next(m for m in caplog.messages if m.startswith("auto at 40x24"))
+    assert "openvino:int8 2 ms agrees 97.00%" in line and line.endswith("-> openvino:bf16")
+
+
+def test_precision_auto_measures_real_agreement_on_the_frames(camera_frames):
+    """Without fakes: bf16/int8 candidates carry their measured agreement, and whatever is chosen
+    either is fp32 or agreed >= 99%; its masks then equal fp32's on that share of a frame."""
+    pytest.importorskip("onnxruntime")
+    seg = _dabnet(precision="auto", calibration_data=str(camera_frames))
+    seg.tune(24, 40)
+    unchecked = {k for k in seg.autotune_ms if ":fp32" not in k and k not in seg.autotune_agreement}
+    assert "onnxruntime:int8" in seg.autotune_ms
+    assert unchecked <= set(seg.autotune_dropped)  # every reduced one timed in full was checked
+    assert all(0.0 <= a <= 1.0 for a in seg.autotune_agreement.values())
+    chosen = f"{seg.backend}:{seg.precision}"
+    assert seg.precision == "fp32" or seg.autotune_agreement[chosen] >= inference.AGREEMENT_MIN
+    frame = _image(24, 40)
+    assert (seg.segment(frame) == _dabnet().segment(frame)).mean() >= (0.99 if seg.precision == "fp32" else 0.95)
+
+
+def test_precision_auto_without_frames_to_check_waits_for_the_first_frame(monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # a reduced precision to check
+    _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 5.0})  # none dropped after its first run
+    seg = _dabnet(precision="auto", inference_height=24, inference_width=40)
+    seg.warmup(runs=0)
+    assert seg.autotune_size is None and "chosen on the first frame" in seg.describe()
+    probes = []
+    monkeypatch.setattr(Segmenter, "_agreement", lambda self, p, truth: probes.append(len(p)) or 1.0)
+    seg.segment(_image(48, 80))
+    assert seg.autotune_size == (24, 40) and probes and set(probes) == {1}  # the camera frame was the probe
+
+
+def test_the_choice_is_remembered_per_size_and_weights(camera_frames, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    timed = _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 5.0, "int8": 5.0})
+    first = _dabnet(backend="auto")
+    first.tune(24, 40)
+    assert timed and first.autotune_size == (24, 40)
+    choice, ms = (first.backend, first.precision, first.channels_last), dict(first.autotune_ms)
+    timed.clear()
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    again = _dabnet(backend="auto")
+    again.tune(24, 40)
+    assert timed == []  # nothing timed: the remembered choice
+    assert (again.backend, again.precision, again.channels_last) == choice and again.autotune_ms == ms
+    assert any(m.startswith("auto at 40x24 (remembered)") for m in caplog.messages)
+    again.tune(32, 48)
+    assert timed  # another size: measured
+    timed.clear()
+    torch.manual_seed(1)
+    other = Segmenter(build_model("dabnet", CAMVID.num_classes), "dabnet", CAMVID,
+                      SegmenterOptions(device="cpu", threads=1, precision="fp32"))
+    other.tune(24, 40)
+    assert timed  # other weights: measured
+    timed.clear()
+    _dabnet(backend="auto", choice_cache=False).tune(24, 40)
+    assert timed  # the cache switched off
+
+
+def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    timed = _fake_clock(monkeypatch, {"fp32": 10.0})
+    _dabnet().tune(24, 40)
+    records = list((tmp_path / "user-cache" / "eacnet" / "choices").glob("dabnet-*.json"))
+    assert len(records) == 1
+    records[0].write_text('{"choice": "nosuch:fp32"')
+    timed.clear()
+    seg = _dabnet()
+    seg.tune(24, 40)
+    assert timed and seg.autotune_size == (24, 40)

@@ -3,6 +3,8 @@ candidate of backend=auto, and clear errors for what it does not run."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,34 @@ def test_backend_auto_times_openvino_beside_the_others():
 def test_openvino_refuses_what_it_does_not_run():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         _segmenter("openvino", "fp16")
+
+
+@pytest.fixture
+def camera_frames(tmp_path, synthetic):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image, _ = synthetic.pair(rng, 32, 48)
+        synthetic.write_png(tmp_path / "frames" / f"frame_{i}.png", image)
+    return tmp_path / "frames"
+
+
+def test_openvino_int8_is_nncfs_model_close_to_fp32_and_cached(camera_frames, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    frame = _frame(32, 48)
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    int8 = _segmenter("openvino", "int8", calibration_data=str(camera_frames), inference_height=32,
+                      inference_width=48)
+    fp32 = _segmenter("torch", channels_last=False, inference_height=32, inference_width=48)
+    a = fp32.logits(fp32.preprocess(frame)).numpy()
+    b = np.asarray(int8.logits(int8.preprocess(frame)))
+    assert a.shape == b.shape and np.abs(a - b).mean() < 0.1 * (a.max() - a.min())
+    assert (a.argmax(1) == b.argmax(1)).mean() > 0.8
+    built = list((tmp_path / "user-cache" / "eacnet" / "int8").glob("dabnet-*.int8.xml"))
+    assert len(built) == 1 and built[0].with_suffix(".bin").is_file()
+    assert any("quantising dabnet with NNCF" in m for m in caplog.messages)
+    caplog.clear()
+    again = _segmenter("openvino", "int8", calibration_data=str(camera_frames), inference_height=32,
+                       inference_width=48)
+    assert np.array_equal(np.asarray(again.logits(again.preprocess(frame))), b)
+    assert any("using" in m for m in caplog.messages) and not any("quantising" in m for m in caplog.messages)
