@@ -275,7 +275,7 @@ class Segmenter:
         did not know the size also settles backend=auto, at this frame's network size."""
         batch = self.preprocess(bgr)
         if self._tune_on_first_frame:
-            self._pick_fastest_cpu_path(batch, probes=[batch])
+            self.settle(batch)
         return self.mask_from_logits(self.logits(batch), bgr.shape[:2])
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -291,7 +291,7 @@ class Segmenter:
         image affects another)."""
         batches = [self.preprocess(bgr) for bgr in images]
         if self._tune_on_first_frame and batches:
-            self._pick_fastest_cpu_path(batches[0], probes=batches[:1])
+            self.settle(batches[0])
         groups: dict[object, list[int]] = {}
         for i, batch in enumerate(batches):
             key = i if self.backend in GRAPH_BACKENDS else batch.shape[2:]
@@ -364,6 +364,16 @@ class Segmenter:
         if self._can_autotune:
             size = self._network_size(height, width)
             self._pick_fastest_cpu_path(self._blank_batch(size), probes=self._calibration_probes(size))
+
+    def settle(self, batch: np.ndarray) -> None:
+        """Make the auto choice now, if it is still open, on this preprocessed frame (1, 3, h, w)
+        at the network size: what the first frame does in ``segment``. The frame, with any
+        calibration frames at hand, is what reduced precisions are checked on. For callers
+        that preprocess themselves (``eacnet eval``)."""
+        if self._can_autotune and self.autotune_size is None:
+            size = (batch.shape[2], batch.shape[3])
+            self._pick_fastest_cpu_path(batch, probes=[batch, *self._calibration_probes(size)])
+        self._tune_on_first_frame = False
 
     def _network_size(self, height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
         """(h, w) the network runs at for images of height x width; None when not known."""
