@@ -266,9 +266,10 @@ def add_parser(subparsers) -> None:
                    help="the model and images cast to this type, as the Segmenter and the node run them "
                         "(auto: fp16 on CUDA; on the CPU fp32 with --backend torch, else the fastest of fp32/bf16/"
                         "int8 that agrees with fp32, as the node chooses; int8: a quantised model on the CPU)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS,
-                   help="torch (default: batched, the network as trained), or the Segmenter's onnxruntime, "
-                        "openvino or auto (the node's default: chosen by timing on the first image)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="torch (default; onnxruntime for --precision int8): batched, the network as trained; or "
+                        "the Segmenter's onnxruntime, openvino or auto (the node's default: chosen by timing on the "
+                        "first image)")
     add_int8_calibration(p, default="the dataset root's train split")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
@@ -306,10 +307,10 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = model_from_checkpoint(ckpt, weights)
-    segmenter = None
-    if precision == "int8" or args.backend != "torch":
+    segmenter, backend = None, args.backend or ("onnxruntime" if precision == "int8" else "torch")
+    if backend != "torch":
         calibration = args.int8_calibration or (str(root) if precision == "int8" else "")
-        options = SegmenterOptions(device=str(device), precision=args.precision, backend=args.backend,
+        options = SegmenterOptions(device=str(device), precision=args.precision, backend=backend,
                                    threads=args.threads, calibration_data=calibration)
         segmenter = Segmenter(model, ckpt["model"], info, options, weights=weights)
         model = segmenter_forward(segmenter)

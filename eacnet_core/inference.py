@@ -238,7 +238,7 @@ class Segmenter:
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
         # backend=auto on CPU chooses in warmup() or on the first frame: before that, say so
         # rather than name the starting path (a description taken early once recorded torch for onnxruntime).
-        precision = self.precision + (" (chosen by auto)" if self._auto_precision and self._can_autotune else "")
+        precision = self.precision  # "(chosen by auto)" after the backend covers both
         if self._can_autotune and self.autotune_size is None:
             backend = "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)"
             precision = "auto" if self._auto_precision else precision

@@ -1,6 +1,7 @@
 """Segmenter: preprocessing, backends, output shapes, weights errors; checkpoints."""
 
 import gc
+import json
 import logging
 import tempfile
 import time
@@ -507,7 +508,7 @@ def test_precision_auto_keeps_the_fastest_precision_that_agrees_with_fp32(camera
     assert set(seg.autotune_ms) == {"openvino:fp32", "openvino:bf16", "openvino:int8"}
     assert seg.autotune_agreement == {"openvino:bf16": 0.995, "openvino:int8": 0.97}
     assert (seg.backend, seg.precision) == ("openvino", "bf16")
-    assert "precision=bf16 (chosen by auto)" in seg.describe()
+    assert "precision=bf16 backend=openvino (chosen by auto)" in seg.describe()
     line = next(m for m in caplog.messages if m.startswith("auto at 40x24"))
     assert "openvino:int8 2 ms agrees 97.00%" in line and line.endswith("-> openvino:bf16")
 
@@ -580,3 +581,20 @@ def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
     seg = _dabnet()
     seg.tune(24, 40)
     assert timed and seg.autotune_size == (24, 40)
+
+
+def test_bench_pipeline_reports_what_auto_chose_beside_explicit_configs(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("rosbags")
+    from eacnet_ros import pipeline_bench as pb
+
+    assert pb.PipelineConfig.parse("auto").label == "auto"
+    out = tmp_path / "bench.json"
+    assert main(["bench-pipeline", "--model", "dabnet", "--sizes", "40x24", "--configs", "torch:fp32:nchw", "auto",
+                 "--runs", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    chosen = rows[1]["config"]
+    assert rows[0]["config"] == "torch:fp32:nchw" and chosen.startswith("auto=")
+    backend, precision = chosen[len("auto="):].split(":")[:2]
+    assert backend in ("torch", "onnxruntime", "openvino") and precision in ("fp32", "bf16", "int8")
+    assert f"| 40x24 | {chosen} |" in capsys.readouterr().out
