@@ -276,7 +276,27 @@ class Segmenter:
         batch = self.preprocess(bgr)
         if self._tune_on_first_frame:
             self.settle(batch)
-        return self.mask_from_logits(self.logits(batch), bgr.shape[:2])
+        return _restore_size(self.class_ids(batch), bgr.shape[:2])
+
+    def class_ids(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (h, w) class ids of a preprocessed (1, 3, h, w) batch at the network size: the
+        engine's own argmax where it has one (``graph_ids``), else the argmax of ``logits``.
+        Both keep the first maximum, so the ids are the same wherever the logits are."""
+        ids = self.graph_ids(batch)
+        return ids if ids is not None else _argmax_classes(self.logits(batch))
+
+    def graph_ids(self, batch: np.ndarray) -> Optional[np.ndarray]:
+        """The class ids computed inside the running engine (its ``ids_runner``); None where
+        the engine has no argmax of its own (torch, onnxruntime)."""
+        if self.backend == "torch":
+            return None
+        ids_runner = getattr(self.engine(self.backend, self.precision), "ids_runner", None)
+        return None if ids_runner is None else ids_runner(batch.shape[2], batch.shape[3])(batch)
+
+    def mask_from_ids(self, ids: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """Class ids at the network size -> the mask at ``size_hw`` (nearest neighbour, only
+        when the sizes differ)."""
+        return _restore_size(ids, size_hw)
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Class-id masks of several images (one per camera of a node), in their order, with
@@ -298,6 +318,9 @@ class Segmenter:
             groups.setdefault(key, []).append(i)
         masks: list[Optional[np.ndarray]] = [None] * len(images)
         for members in groups.values():
+            if self.backend in GRAPH_BACKENDS:  # one image per group: the engine's own argmax where it has one
+                masks[members[0]] = _restore_size(self.class_ids(batches[members[0]]), images[members[0]].shape[:2])
+                continue
             logits = self.logits(_stack([batches[i] for i in members]))
             for row, i in enumerate(members):
                 masks[i] = self.mask_from_logits(logits[row:row + 1], images[i].shape[:2])

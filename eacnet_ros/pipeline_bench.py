@@ -5,8 +5,10 @@ rosbags and sent through a CDR round trip, for several backend/precision configu
 
     decode       message -> BGR (codec.to_bgr)
     preprocess   resize, colour order, normalisation (Segmenter.preprocess)
-    forward      the network (Segmenter.logits; CUDA synchronised)
-    postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits)
+    forward      the network (Segmenter.logits; CUDA synchronised), with the argmax where the
+                 engine computes it in its graph (Segmenter.graph_ids: OpenVINO)
+    postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits), or
+                 only the resize after an in-graph argmax (Segmenter.mask_from_ids)
     colour       colour mask and overlay (Segmenter.colorize / overlay)
     encode       three Image messages (codec) + rosbags CDR serialization, a stand-in for
                  the serialization rclpy does when publishing
@@ -146,10 +148,12 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
     marks.append(time.perf_counter())
     batch = segmenter.preprocess(bgr)
     marks.append(time.perf_counter())
-    logits = segmenter.logits(batch)
+    ids = segmenter.graph_ids(batch)  # engines with the argmax in their graph (OpenVINO): forward includes it
+    logits = segmenter.logits(batch) if ids is None else None
     sync(segmenter.device)
     marks.append(time.perf_counter())
-    mask = segmenter.mask_from_logits(logits, bgr.shape[:2])
+    mask = segmenter.mask_from_logits(logits, bgr.shape[:2]) if ids is None else segmenter.mask_from_ids(
+        ids, bgr.shape[:2])
     marks.append(time.perf_counter())
     colours = segmenter.colorize(mask)
     overlay = segmenter.overlay(bgr, mask, alpha, color_mask=colours)

@@ -92,3 +92,25 @@ def test_openvino_int8_is_nncfs_model_close_to_fp32_and_cached(camera_frames, tm
                        inference_width=48)
     assert np.array_equal(np.asarray(again.logits(again.preprocess(frame))), b)
     assert any("using" in m for m in caplog.messages) and not any("quantising" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_argmax_in_the_graph_gives_the_ids_of_the_logits(precision):
+    """segment() on OpenVINO takes the class ids from the compiled model (no logit planes leave
+    it): bit for bit the argmax of the same engine's logits wherever the top two logits differ,
+    the lower id where they tie."""
+    if precision == "bf16" and not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    seg = _segmenter("openvino", precision)
+    frame = _frame(40, 56)
+    batch = seg.preprocess(frame)
+    ids = seg.graph_ids(batch)
+    logits = np.asarray(seg.logits(batch))[0]
+    assert ids.dtype == np.uint8 and ids.shape == (40, 56)
+    top2 = np.sort(logits, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5
+    assert clear.mean() > 0.9 and np.array_equal(ids[clear], logits.argmax(0)[clear])
+    assert np.array_equal(seg.segment(frame), ids)
+    assert ("openvino", precision) in seg.engines and seg.graph_ids(batch) is not None
+    torch_seg = _segmenter("torch", channels_last=False)
+    assert torch_seg.graph_ids(batch) is None  # torch keeps the argmax of its logits
