@@ -469,11 +469,13 @@ class Segmenter:
         fp32 paths compute the same function to float rounding). Which one wins differs by
         model, size and CPU (docs/RESULTS.md), hence measuring, not guessing.
 
-        Each candidate's first run (allocation, session) is not counted, except that a path
-        whose first run already took over twice the best median so far is dropped there: at
-        720p on a loaded 2-core CPU a torch run took 4 s, and 4 of each made a 48 s first
-        frame. Reduced precisions need ``probes``; without them only fp32 is timed. The
-        result is remembered (``choice.ChoiceCache``): the same situation later reuses it."""
+        Each candidate's first timed run is not counted, except that a path whose first run
+        already took over twice the best median so far is dropped there: at 720p on a loaded
+        2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame. Graph engines
+        get one untimed run before it (their first inference allocates: OpenVINO bf16 and
+        the int8 models were dropped on it on a loaded CPU, though faster afterwards).
+        Reduced precisions need ``probes``; without them only fp32 is timed. The result is
+        remembered (``choice.ChoiceCache``): the same situation later reuses it."""
         self._tune_on_first_frame = False
         size = (batch.shape[2], batch.shape[3])
         reference = "fp32" if self._auto_precision else self.precision
@@ -495,9 +497,9 @@ class Segmenter:
         for candidate in candidates:
             try:
                 self._use(candidate)
-                if candidate.backend != "torch":  # compiling, building, a session: set-up, untimed
-                    self.engine(candidate.backend, candidate.precision).runner(*size)
-                first = _elapsed_ms(self.logits, batch)
+                if candidate.backend != "torch":  # compiling, building, a session and its first run
+                    self.engine(candidate.backend, candidate.precision).runner(*size)(batch)  # (allocations):
+                first = _elapsed_ms(self.logits, batch)  # set-up, untimed; torch's first run is the timed one
             except (RuntimeError, ValueError, OSError) as exc:  # e.g. an int8 model that cannot be had
                 log.warning("auto at %dx%d: %s not timed: %s", size[1], size[0], candidate.label, exc)
                 continue
