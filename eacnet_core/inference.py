@@ -133,7 +133,7 @@ class Segmenter:
         # On the CPU with more than one candidate: time them and keep the fastest (_pick_fastest_cpu_path).
         self._can_autotune = self.device.type == "cpu" and len(self._candidates(int8=False)) > 1
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
-        self.autotune_ms: dict[str, float] = {}  # the last timing: candidate label -> median ms
+        self.autotune_ms: dict[str, float] = {}  # the last timing: candidate label -> least ms of its runs
         self.autotune_agreement: dict[str, float] = {}  # reduced precisions: share of pixels equal to fp32
         self.autotune_dropped: list[str] = []  # candidates dropped after their first run (not eligible)
         self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
@@ -469,9 +469,10 @@ class Segmenter:
         fp32 paths compute the same function to float rounding). Which one wins differs by
         model, size and CPU (docs/RESULTS.md), hence measuring, not guessing.
 
-        Each candidate's first timed run is not counted, except that a path whose first run
-        already took over twice the best median so far is dropped there: at 720p on a loaded
-        2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame. Graph engines
+        Each candidate's first timed run is not counted, except that a path whose first two
+        runs both took over twice the best time so far is dropped there: at 720p on a loaded
+        2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame. The time kept
+        is the least of ``runs`` runs (load from other processes only adds). Graph engines
         get one untimed run before it (their first inference allocates: OpenVINO bf16 and
         the int8 models were dropped on it on a loaded CPU, though faster afterwards).
         Reduced precisions need ``probes``; without them only fp32 is timed. The result is
@@ -503,12 +504,15 @@ class Segmenter:
             except (RuntimeError, ValueError, OSError) as exc:  # e.g. an int8 model that cannot be had
                 log.warning("auto at %dx%d: %s not timed: %s", size[1], size[0], candidate.label, exc)
                 continue
-            if first > 2 * min(self.autotune_ms.values(), default=float("inf")):
-                self.autotune_ms[candidate.label] = first
-                dropped.append(candidate.label)
-                continue
-            self.autotune_ms[candidate.label] = float(np.median([_elapsed_ms(self.logits, batch)
-                                                                 for _ in range(runs)]))
+            limit = 2 * min(self.autotune_ms.values(), default=float("inf"))
+            if first > limit:  # once more: on a shared CPU one run can be hit by another process
+                first = min(first, _elapsed_ms(self.logits, batch))
+                if first > limit:
+                    self.autotune_ms[candidate.label] = first
+                    dropped.append(candidate.label)
+                    continue
+            # the least of a few runs: other processes only ever add time to a run
+            self.autotune_ms[candidate.label] = min(_elapsed_ms(self.logits, batch) for _ in range(runs))
             if candidate.precision != reference and truth:
                 self.autotune_agreement[candidate.label] = self._agreement(probes, truth)
         eligible = [k for k in self.autotune_ms if k not in dropped
@@ -530,7 +534,7 @@ class Segmenter:
             else:  # (onnxruntime's int8 graph, once made, needs the fp32 one no more)
                 self.engines.pop(key).clear()
         self.autotune_size = size
-        timings = ", ".join(f"{k} {v:.0f} ms" + (" (first run only)" if k in dropped else "")
+        timings = ", ".join(f"{k} {v:.0f} ms" + (" (dropped after its first runs)" if k in dropped else "")
                             + (f" agrees {100 * self.autotune_agreement[k]:.2f}%" if k in self.autotune_agreement
                                else "") for k, v in self.autotune_ms.items())
         log.info("auto at %dx%d (%s): %s -> %s", size[1], size[0], how, timings, chosen.label)
