@@ -46,7 +46,7 @@ setup(
     extras_require={
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         # OpenVINO's CPU plugin as a backend (fastest for the DABNet models on our CPU; docs/RESULTS.md).
-        "openvino": ["openvino>=2024.0", "onnx>=1.14", "onnxruntime>=1.16"],
+        "openvino": ["openvino>=2024.0", "nncf>=2.10", "onnx>=1.14", "onnxruntime>=1.16"],
         # ROS 2 (Kilted) from PyPI wheels, for running and testing the node without a ROS install:
         # what segment_node and the launch file import, plus the middleware that rclpy loads at
         # run time (no package depends on it). One release, pinned: the message packages and rclpy

@@ -42,7 +42,7 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
-from .inference import Segmenter, SegmenterOptions, mask_at_size
+from .inference import BACKENDS, Segmenter, SegmenterOptions, mask_at_size
 from .metrics import ConfusionMatrix
 from .models import MODELS
 from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, at_least, hxw
@@ -84,17 +84,18 @@ def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np
     return np.stack([mask_at_size(logits[i:i + 1], label_hw) for i in range(logits.shape[0])])
 
 
-def int8_forward(model: nn.Module, model_name: str, info: DatasetInfo, weights: Path, calibration: str,
-                 threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The int8 onnxruntime graph the Segmenter (and the node) runs, as a batch -> logits
-    function, so ``eacnet eval --precision int8`` scores exactly that model."""
-    options = SegmenterOptions(device="cpu", precision="int8", backend="onnxruntime", threads=threads,
-                               calibration_data=calibration)
-    segmenter = Segmenter(model, model_name, info, options, weights=weights)
+def segmenter_forward(segmenter: Segmenter) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Segmenter's forward pass as a batch -> logits function, one image at a time, so
+    ``eacnet eval --backend/--precision`` scores exactly the path the node runs with those
+    settings: with auto, the choice is made on the first image (as the node's first frame)."""
     segmenter.warmup()
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        rows = [np.asarray(segmenter.logits(batch[i:i + 1].numpy())) for i in range(batch.shape[0])]
+        rows = []
+        for i in range(batch.shape[0]):
+            image = batch[i:i + 1].float().cpu().numpy()
+            segmenter.settle(image)
+            rows.append(torch.as_tensor(segmenter.logits(image)).float().cpu().numpy())
         return torch.from_numpy(np.concatenate(rows))
 
     return forward
@@ -266,8 +267,12 @@ def add_parser(subparsers) -> None:
     add_device(p)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model and images cast to this type, as the Segmenter and the node run them "
-                        "(auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA; int8: the quantised onnxruntime "
-                        "model the node runs with precision int8, on the CPU)")
+                        "(auto: fp16 on CUDA; on the CPU fp32 with --backend torch, else the fastest of fp32/bf16/"
+                        "int8 that agrees with fp32, as the node chooses; int8: a quantised model on the CPU)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="torch (default; onnxruntime for --precision int8): batched, the network as trained; or "
+                        "the Segmenter's onnxruntime, openvino or auto (the node's default: chosen by timing on the "
+                        "first image)")
     add_int8_calibration(p, default="the dataset root's train split")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")
@@ -302,8 +307,13 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     configure_torch(device, args.threads)
     model = model_from_checkpoint(ckpt, weights)
-    if precision == "int8":
-        model = int8_forward(model, ckpt["model"], info, weights, args.int8_calibration or str(root), args.threads)
+    segmenter, backend = None, args.backend or ("onnxruntime" if precision == "int8" else "torch")
+    if backend != "torch":
+        calibration = args.int8_calibration or (str(root) if precision == "int8" else "")
+        options = SegmenterOptions(device=str(device), precision=args.precision, backend=backend,
+                                   threads=args.threads, calibration_data=calibration)
+        segmenter = Segmenter(model, ckpt["model"], info, options, weights=weights)
+        model = segmenter_forward(segmenter)
     else:
         model = model.to(device, dtype=DTYPES[precision])
     hook = prediction_writer(dataset, args.out, info) if args.out else None
@@ -313,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_model(model, loader, info, device, progress=not args.no_progress, on_predictions=hook)
     except DatasetError as exc:  # raised inside a worker: keep the one line that names the file
         raise DatasetError.clean(exc) from None
+    if segmenter is not None:
+        print(f"eval: ran {segmenter.describe()}")
     _print_result(result, ckpt["model"], dataset.name)
     if args.json:
         write_json(args.json, report_json(result, ckpt["model"], args.dataset, args.split, str(weights)))

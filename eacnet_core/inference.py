@@ -11,16 +11,10 @@ upsampling C logit planes and taking the argmax there. See ``_restore_size``.
 
 from __future__ import annotations
 
-import copy
-import ctypes
 import functools
-import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +26,19 @@ import torch
 from torch import nn
 
 from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
+from .choice import ChoiceCache, choice_fields
 from .classes import CAMVID, DatasetInfo, generic
+from .engines import (
+    Engine,
+    OrtSessions,
+    OvModels,
+    _nncf_available,
+    _ort_available,
+    _ov_available,
+    return_freed_memory,  # noqa: F401  (the node imports it from here)
+)
 from .models import build_model
-from .runtime import DTYPES, configure_torch, resolve_device, resolve_precision
+from .runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision
 from .transforms import normalisation_lut
 
 log = logging.getLogger(__name__)
@@ -44,11 +48,24 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_BACKENDS = ("onnxruntime", "openvino")
 
 _WARMUP_HW = (360, 480)  # start-up warm-up frames when the camera's size is not known yet
-# The dynamic-size ONNX graph is traced at an odd size, which no output stride divides, so the
-# input padding branch (pad_to_stride) stays in the graph with amounts computed from the input;
-# it is then checked against torch at an aligned size and at another unaligned one.
-_EXPORT_HW = (37, 53)
-_CHECK_HW = ((32, 48), (45, 61))
+#: precision auto keeps a reduced precision only if its masks equal fp32's on this share of pixels
+AGREEMENT_MIN = 0.99
+#: calibration frames (beside any camera frame) on which precision auto compares masks with fp32
+PROBE_FRAMES = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the network on the CPU: backend, precision and (torch) memory layout."""
+
+    backend: str
+    precision: str
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        layout = (":nhwc" if self.channels_last else ":nchw") if self.backend == "torch" else ""
+        return f"{self.backend}:{self.precision}{layout}"
 
 
 @dataclass(frozen=True)
@@ -64,8 +81,10 @@ class SegmenterOptions:
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = library default
     ort_sessions: int = 4  # onnxruntime sessions kept, one per input size (25-50 MB each); LRU beyond
     # precision int8: frames that calibrate the quantisation (a CamVid folder: its train/ split, or a
-    # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present
+    # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present. precision auto
+    # builds int8 models only from frames given here; without them it uses cached ones.
     calibration_data: str = ""
+    choice_cache: bool = True  # remember auto's choice in the user cache (eacnet_core.choice)
 
 
 class Segmenter:
@@ -73,9 +92,13 @@ class Segmenter:
 
     ``segment(bgr)`` returns a uint8 (H, W) class-id mask at the input image's size.
 
-    backend=auto on CPU (fp32) times its execution paths and keeps the fastest, at the size
-    the network will run at: in ``warmup()`` when that size is known (an inference size, or
-    the size passed), else on the first frame after ``warmup()``; ``tune()`` forces it.
+    On the CPU, backend=auto and precision=auto time their candidates (``Candidate``: torch,
+    onnxruntime, OpenVINO; fp32, bf16 where the CPU runs it natively, int8 where its model is
+    cached or calibration frames are given) and keep the fastest, at the size the network will
+    run at: in ``warmup()`` when that size is known (an inference size, or the size passed),
+    else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced precision is
+    eligible only if its masks equal fp32's on >= 99% of the pixels of calibration frames
+    and/or the first camera frame. The choice is remembered (``eacnet_core.choice``).
     """
 
     def __init__(self, model: nn.Module, model_name: str, dataset: DatasetInfo,
@@ -91,6 +114,8 @@ class Segmenter:
         self.options = options
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
+        # precision auto on the CPU chooses among fp32, bf16 and int8 by measurement, fp32 the reference
+        self._auto_precision = (options.precision or "auto").lower() == "auto" and self.device.type == "cpu"
         self.backend = _resolve_backend(options.backend, self.precision)
         if self.backend == "openvino" and self.device.type != "cpu":
             raise ValueError(f"backend openvino runs on the CPU; got device {self.device}")
@@ -100,15 +125,18 @@ class Segmenter:
         self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
         self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
         self._model = model.eval()
-        int8 = self._int8_builder() if self.precision == "int8" else None
-        self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions, int8)
-        self._ov = OvModels(self._ort, options.threads, options.ort_sessions, self.precision)
-        # backend=auto on CPU in fp32: time the exact CPU paths and keep the fastest (_pick_fastest_cpu_path).
-        self._can_autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
+        #: every backend but torch, by (backend, precision) (engines.Engine), made on first use:
+        #: ``logits`` runs ``engines[(backend, precision)]``
+        self.engines: dict[tuple[str, str], Engine] = {}
+        self._weights_digest: Optional[str] = None
+        # On the CPU with more than one candidate: time them and keep the fastest (_pick_fastest_cpu_path).
+        self._can_autotune = self.device.type == "cpu" and len(self._candidates(int8=False)) > 1
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
-        self.autotune_ms: dict[str, float] = {}  # the last timing: path -> median ms
+        self.autotune_ms: dict[str, float] = {}  # the last timing: candidate label -> least ms of its runs
+        self.autotune_agreement: dict[str, float] = {}  # reduced precisions: share of pixels equal to fp32
+        self.autotune_dropped: list[str] = []  # candidates dropped after their first run (not eligible)
         self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
-        self._use(self.backend, options.channels_last)
+        self._use(Candidate(self.backend, self.precision, options.channels_last))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -135,16 +163,47 @@ class Segmenter:
         log.warning("model %s has no trained weights: its output is noise", model_name)
         return cls(build_model(model_name, num_classes), model_name, info, options)
 
-    def _int8_builder(self) -> Callable[[bytes], bytes]:
-        """fp32 dynamic-size graph -> the int8 graph for these weights (cached; see quantize.py)."""
-        from .quantize import CalibrationSpec, file_digest, int8_graph, state_digest
+    def _int8_builder(self, backend: str) -> Callable[[bytes], object]:
+        """fp32 dynamic-size graph -> the int8 model of ``backend`` for these weights (cached;
+        see quantize.py). precision auto builds only from frames given (``calibration_data``):
+        building takes a while, so it is never started by default; cached models serve."""
+        from .quantize import CalibrationSpec, int8_graph, openvino_int8_model
 
-        digest = file_digest(self.weights) if self.weights else state_digest(self._model.state_dict())
-        root = self.options.calibration_data or _default_calibration_root()
+        root = self.options.calibration_data or ("" if self._auto_precision else _default_calibration_root())
         height, width = self._network_size(None, None) or _WARMUP_HW
         spec = CalibrationSpec(root, height=height, width=width) if root else None
-        return functools.partial(int8_graph, self.model_name, weights=self.weights, weights_digest=digest,
+        build = int8_graph if backend == "onnxruntime" else openvino_int8_model
+        return functools.partial(build, self.model_name, weights=self.weights, weights_digest=self.weights_digest,
                                  spec=spec, mean=self.dataset.mean, std=self.dataset.std)
+
+    @property
+    def weights_digest(self) -> str:
+        """sha256 of the weights file (or of the in-memory weights); keys the caches."""
+        if self._weights_digest is None:
+            from .quantize import file_digest, state_digest
+
+            self._weights_digest = (file_digest(self.weights) if self.weights
+                                    else state_digest(self._model.state_dict()))
+        return self._weights_digest
+
+    def engine(self, backend: str, precision: str) -> Engine:
+        """The engine running ``backend`` at ``precision``, made on first use (OpenVINO and
+        onnxruntime's int8 start from onnxruntime's checked fp32 graph: one export)."""
+        key = (backend, precision)
+        if key not in self.engines:
+            threads, capacity = self.options.threads, self.options.ort_sessions
+            if backend == "onnxruntime" and precision == "fp32":
+                made: Engine = OrtSessions(self._model, self.device, threads, capacity)
+            elif backend == "onnxruntime" and precision == "int8":
+                made = OrtSessions(self._model, self.device, threads, capacity, self._int8_builder(backend),
+                                   source=self.engine("onnxruntime", "fp32"))
+            elif backend == "openvino":
+                int8 = self._int8_builder(backend) if precision == "int8" else None
+                made = OvModels(self.engine("onnxruntime", "fp32"), threads, capacity, precision, int8)
+            else:
+                raise ValueError(f"no engine runs {backend} at {precision}")
+            self.engines[key] = made
+        return self.engines[key]
 
     @property
     def loaded_from_file(self) -> bool:
@@ -156,17 +215,21 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
-    def _use(self, backend: str, channels_last: bool) -> None:
-        """Switch execution path; the model's memory format follows the torch layout."""
-        self.backend, self.channels_last = backend, channels_last and backend == "torch"
-        if backend == "torch":
+    def _use(self, candidate: Candidate) -> None:
+        """Switch execution path; the model's memory format follows the torch layout. Under
+        precision auto the torch model stays fp32 (a round trip through bf16 would round it)."""
+        self.backend, self.precision = candidate.backend, candidate.precision
+        self.channels_last = candidate.channels_last and candidate.backend == "torch"
+        if candidate.backend == "torch":
             layout = torch.channels_last if self.channels_last else torch.contiguous_format
             self._model.to(self.device, dtype=DTYPES[self.precision], memory_format=layout)
 
     @property
     def onnx_sessions(self) -> tuple[tuple[int, int], ...]:
-        """(height, width) of each live onnxruntime session, least recently used first."""
-        return self._ort.sizes
+        """(height, width) of each live onnxruntime session at the running precision (fp32
+        when another backend runs), least recently used first."""
+        engine = self.engines.get(("onnxruntime", self.precision if self.backend == "onnxruntime" else "fp32"))
+        return engine.sizes if engine is not None else ()
 
     def describe(self) -> str:
         size = (f"{self.options.inference_width}x{self.options.inference_height}"
@@ -174,13 +237,15 @@ class Segmenter:
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
         # backend=auto on CPU chooses in warmup() or on the first frame: before that, say so
         # rather than name the starting path (a description taken early once recorded torch for onnxruntime).
+        precision = self.precision  # "(chosen by auto)" after the backend covers both
         if self._can_autotune and self.autotune_size is None:
             backend = "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)"
+            precision = "auto" if self._auto_precision else precision
         else:
             backend = (self.backend + (" channels_last" if self.channels_last else "")
                        + (" (chosen by auto)" if self._can_autotune else ""))
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
-                f"precision={self.precision} backend={backend} inference={size} weights={weights}")
+                f"precision={precision} backend={backend} inference={size} weights={weights}")
 
     # ------------------------------------------------------------------ the pipeline
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
@@ -195,11 +260,8 @@ class Segmenter:
     def logits(self, batch: np.ndarray) -> np.ndarray | torch.Tensor:
         """Forward pass on a preprocessed (N, 3, h, w) batch; returns (N, C, h, w) logits.
         onnxruntime's graphs take N = 1 only (``segment_batch`` runs them one by one)."""
-        if self.backend == "onnxruntime":
-            batch = np.ascontiguousarray(batch)
-            return self._ort.get(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
-        if self.backend == "openvino":
-            return self._ov.get(batch.shape[2], batch.shape[3])(np.ascontiguousarray(batch))
+        if self.backend != "torch":
+            return self.engine(self.backend, self.precision).runner(batch.shape[2], batch.shape[3])(batch)
         # from_numpy keeps preprocess's strides: for channels_last that layout is already
         # right and no copy is made; otherwise the one copy happens here.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -212,8 +274,28 @@ class Segmenter:
         did not know the size also settles backend=auto, at this frame's network size."""
         batch = self.preprocess(bgr)
         if self._tune_on_first_frame:
-            self._pick_fastest_cpu_path(batch)
-        return self.mask_from_logits(self.logits(batch), bgr.shape[:2])
+            self.settle(batch)
+        return _restore_size(self.class_ids(batch), bgr.shape[:2])
+
+    def class_ids(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (h, w) class ids of a preprocessed (1, 3, h, w) batch at the network size: the
+        engine's own argmax where it has one (``graph_ids``), else the argmax of ``logits``.
+        Both keep the first maximum, so the ids are the same wherever the logits are."""
+        ids = self.graph_ids(batch)
+        return ids if ids is not None else _argmax_classes(self.logits(batch))
+
+    def graph_ids(self, batch: np.ndarray) -> Optional[np.ndarray]:
+        """The class ids computed inside the running engine (its ``ids_runner``); None where
+        the engine has no argmax of its own (torch, onnxruntime)."""
+        if self.backend == "torch":
+            return None
+        ids_runner = getattr(self.engine(self.backend, self.precision), "ids_runner", None)
+        return None if ids_runner is None else ids_runner(batch.shape[2], batch.shape[3])(batch)
+
+    def mask_from_ids(self, ids: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """Class ids at the network size -> the mask at ``size_hw`` (nearest neighbour, only
+        when the sizes differ)."""
+        return _restore_size(ids, size_hw)
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Class-id masks of several images (one per camera of a node), in their order, with
@@ -228,13 +310,16 @@ class Segmenter:
         image affects another)."""
         batches = [self.preprocess(bgr) for bgr in images]
         if self._tune_on_first_frame and batches:
-            self._pick_fastest_cpu_path(batches[0])
+            self.settle(batches[0])
         groups: dict[object, list[int]] = {}
         for i, batch in enumerate(batches):
             key = i if self.backend in GRAPH_BACKENDS else batch.shape[2:]
             groups.setdefault(key, []).append(i)
         masks: list[Optional[np.ndarray]] = [None] * len(images)
         for members in groups.values():
+            if self.backend in GRAPH_BACKENDS:  # one image per group: the engine's own argmax where it has one
+                masks[members[0]] = _restore_size(self.class_ids(batches[members[0]]), images[members[0]].shape[:2])
+                continue
             logits = self.logits(_stack([batches[i] for i in members]))
             for row, i in enumerate(members):
                 masks[i] = self.mask_from_logits(logits[row:row + 1], images[i].shape[:2])
@@ -273,12 +358,15 @@ class Segmenter:
         are its warm-up."""
         size = self._network_size(height, width)
         if self._can_autotune and self.autotune_size is None:
-            if size:
-                self._pick_fastest_cpu_path(self._blank_batch(size))
-            else:
+            probes = self._calibration_probes(size) if size else []
+            if size and (probes or not self._wants_probes()):
+                self._pick_fastest_cpu_path(self._blank_batch(size), probes=probes)
+            else:  # the size, or frames to check reduced precisions on, come with the first frame
                 self._tune_on_first_frame = True
-        if self.backend in GRAPH_BACKENDS or (self._tune_on_first_frame and _ort_available()):
-            self._ort.prepare()  # the export does not depend on the size: pay it now
+        if self.backend in GRAPH_BACKENDS:
+            self.engine(self.backend, self.precision).prepare()  # size-independent: pay it now
+        elif self._tune_on_first_frame and _ort_available():
+            self.engine("onnxruntime", "fp32").prepare()  # the export does not depend on the size
         if size is None and (self._tune_on_first_frame or self.backend in GRAPH_BACKENDS):
             return  # timing or a session at a guessed size would be for the wrong shapes
         batch = self._blank_batch(size or _WARMUP_HW)
@@ -286,15 +374,28 @@ class Segmenter:
             self.logits(batch)
 
     def tune(self, height: int, width: int) -> None:
-        """backend=auto on CPU: time the execution paths for ``height`` x ``width`` camera
-        images (at the inference size when one is set) and keep the fastest, now.
+        """On the CPU with backend or precision auto: time the candidates for ``height`` x
+        ``width`` camera images (at the inference size when one is set) and keep the fastest,
+        now. Reduced precisions are checked on calibration frames; without any at hand they
+        wait (fp32 only now) unless a camera frame comes through ``segment`` later.
 
         For a caller that knows the camera's size before its first frame; a no-op for an
-        explicit backend or a GPU. Logs the timings on the ``eacnet_core`` logger (INFO)."""
+        explicit backend and precision or a GPU. Logs the timings on the ``eacnet_core`` logger (INFO)."""
         if height < 1 or width < 1:
             raise ValueError(f"tune needs a positive image size; got height={height} width={width}")
         if self._can_autotune:
-            self._pick_fastest_cpu_path(self._blank_batch(self._network_size(height, width)))
+            size = self._network_size(height, width)
+            self._pick_fastest_cpu_path(self._blank_batch(size), probes=self._calibration_probes(size))
+
+    def settle(self, batch: np.ndarray) -> None:
+        """Make the auto choice now, if it is still open, on this preprocessed frame (1, 3, h, w)
+        at the network size: what the first frame does in ``segment``. The frame, with any
+        calibration frames at hand, is what reduced precisions are checked on. For callers
+        that preprocess themselves (``eacnet eval``)."""
+        if self._can_autotune and self.autotune_size is None:
+            size = (batch.shape[2], batch.shape[3])
+            self._pick_fastest_cpu_path(batch, probes=[batch, *self._calibration_probes(size)])
+        self._tune_on_first_frame = False
 
     def _network_size(self, height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
         """(h, w) the network runs at for images of height x width; None when not known."""
@@ -306,258 +407,155 @@ class Segmenter:
         """A preprocessed black frame at the network size (timing and warm-up input)."""
         return self.preprocess(np.zeros((*size_hw, 3), np.uint8))
 
-    def _pick_fastest_cpu_path(self, batch: np.ndarray, runs: int = 3) -> None:
-        """backend=auto on CPU: time torch (channels-last and NCHW) and onnxruntime on this
-        machine, model and size, and keep the fastest. All three compute the same fp32
-        function (masks agree to float rounding), so the choice is safe; which one wins
-        differs by model, size and CPU (on our 2-core EPYC onnxruntime for eacnet_erf, eager
-        NCHW torch for eacnet_dab; see docs/RESULTS.md), hence measuring, not guessing.
+    # ------------------------------------------------------------------ the auto choice
+    def _candidates(self, int8: bool = True) -> list[Candidate]:
+        """What backend/precision auto may run here, in timing order. Under precision auto:
+        fp32; bf16 where the CPU runs it natively; int8 (``int8``) where its model can be had."""
+        backends = ["onnxruntime", "torch", "openvino"] if self.options.backend == "auto" else [self.options.backend]
+        precisions = [self.precision]
+        if self._auto_precision:
+            precisions = ["fp32"] + (["bf16"] if cpu_supports_bf16() else []) + (["int8"] if int8 else [])
+        graphs = _ort_available()
+        found = []
+        for precision in precisions:
+            for backend in backends:
+                if backend == "torch" and (precision == "fp32" or not self._auto_precision) and precision != "int8":
+                    layouts = [True, False] if self.options.backend == "auto" else [self.options.channels_last]
+                    found += [Candidate("torch", precision, layout) for layout in layouts]
+                elif backend == "onnxruntime" and graphs and precision in ("fp32", "int8"):
+                    found.append(Candidate(backend, precision))
+                elif (backend == "openvino" and graphs and _ov_available() and precision in OvModels.HINTS
+                      and (precision != "int8" or _nncf_available())):
+                    found.append(Candidate(backend, precision))
+        return found
 
-        Each path's first run (allocation, session) is not counted, except that a path whose
-        first run already took over twice the best median so far is dropped there: at 720p
-        on a loaded 2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame."""
+    def _wants_probes(self) -> bool:
+        """Some candidate has a reduced precision, to be checked against fp32 on real frames."""
+        if not self._auto_precision:
+            return False
+        return any(c.precision != "fp32" for c in self._candidates(int8=False)) or self._int8_at_hand()
+
+    def _int8_at_hand(self) -> bool:
+        """precision auto times int8 only where its model needs no long build now: calibration
+        frames were given (the build is then the user's request), or a model is cached."""
+        from .quantize import Int8Cache
+
+        if self.options.calibration_data:
+            return True
+        cache = Int8Cache.beside(self.weights)
+        return cache.folder.is_dir() and any(cache.folder.glob(f"{self.model_name}-*.int8.*"))
+
+    def _calibration_probes(self, size_hw: tuple[int, int]) -> list[np.ndarray]:
+        """A few calibration frames (never val or test) at the network size, preprocessed: what
+        reduced precisions are compared with fp32 on. [] when no frames are at hand."""
+        from .quantize import calibration_images
+
+        root = self.options.calibration_data or _default_calibration_root()
+        if not root or not self._auto_precision:
+            return []
+        probes = []
+        for path in calibration_images(root, PROBE_FRAMES):
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is not None:
+                probes.append(self.preprocess(cv2.resize(bgr, (size_hw[1], size_hw[0]),
+                                                         interpolation=cv2.INTER_LINEAR)))
+        return probes
+
+    def _pick_fastest_cpu_path(self, batch: np.ndarray, runs: int = 3,
+                               probes: Sequence[np.ndarray] = ()) -> None:
+        """On the CPU: time the candidates on this machine, model and size, and keep the
+        fastest whose masks agree with fp32 (>= ``AGREEMENT_MIN`` of the pixels of ``probes``;
+        fp32 paths compute the same function to float rounding). Which one wins differs by
+        model, size and CPU (docs/RESULTS.md), hence measuring, not guessing.
+
+        Each candidate's first timed run is not counted, except that a path whose first two
+        runs both took over twice the best time so far is dropped there: at 720p on a loaded
+        2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame. The time kept
+        is the least of ``runs`` runs (load from other processes only adds). Graph engines
+        get one untimed run before it (their first inference allocates: OpenVINO bf16 and
+        the int8 models were dropped on it on a loaded CPU, though faster afterwards).
+        Reduced precisions need ``probes``; without them only fp32 is timed. The result is
+        remembered (``choice.ChoiceCache``): the same situation later reuses it."""
         self._tune_on_first_frame = False
-        candidates = ([("onnxruntime", False)] if _ort_available() else []) + [("torch", True), ("torch", False)]
-        if _ov_available() and _ort_available():  # OpenVINO compiles the graph onnx exports
-            candidates.append(("openvino", False))
-        self.autotune_ms, dropped = {}, []
-        for backend, channels_last in candidates:
-            self._use(backend, channels_last)
-            path = backend + (":nhwc" if channels_last else ":nchw")
-            if backend == "openvino":  # compiling (~0.2 s) is set-up, not a run: do it untimed
-                self._ov.get(batch.shape[2], batch.shape[3])
-            first = _elapsed_ms(self.logits, batch)
-            if first > 2 * min(self.autotune_ms.values(), default=float("inf")):
-                self.autotune_ms[path] = first
-                dropped.append(path)
+        size = (batch.shape[2], batch.shape[3])
+        reference = "fp32" if self._auto_precision else self.precision
+        int8 = self._auto_precision and bool(probes) and self._int8_at_hand()
+        candidates = [c for c in self._candidates(int8=int8) if c.precision == reference or probes]
+        labels = [c.label for c in candidates]
+        fields = choice_fields(self.model_name, self.weights_digest, size, self._threads(), labels, bool(probes))
+        cache = ChoiceCache.default() if self.options.choice_cache else None
+        record = cache.load(fields) if cache else None
+        if record is not None:
+            self.autotune_ms, self.autotune_agreement = record["ms"], record["agreement"]
+            self.autotune_dropped = record["dropped"]
+            self._keep(next(c for c in candidates if c.label == record["choice"]), size, "remembered",
+                       self.autotune_dropped)
+            return
+        truth = [self._reference_ids(p) for p in probes] if self._auto_precision and len(candidates) > 1 else []
+        self.autotune_ms, self.autotune_agreement, self.autotune_dropped = {}, {}, []
+        dropped = self.autotune_dropped
+        for candidate in candidates:
+            try:
+                self._use(candidate)
+                if candidate.backend != "torch":  # compiling, building, a session and its first run
+                    self.engine(candidate.backend, candidate.precision).runner(*size)(batch)  # (allocations):
+                first = _elapsed_ms(self.logits, batch)  # set-up, untimed; torch's first run is the timed one
+            except (RuntimeError, ValueError, OSError) as exc:  # e.g. an int8 model that cannot be had
+                log.warning("auto at %dx%d: %s not timed: %s", size[1], size[0], candidate.label, exc)
                 continue
-            self.autotune_ms[path] = float(np.median([_elapsed_ms(self.logits, batch) for _ in range(runs)]))
-        best = min(self.autotune_ms, key=self.autotune_ms.get)
-        self._use(best.split(":")[0], best.endswith(":nhwc"))
-        if self.backend != "openvino":
-            self._ov.clear()
-        if self.backend not in GRAPH_BACKENDS:
-            self._ort.clear()  # not used: free its sessions and graph
-        elif self.backend == "openvino":
-            self._ort.clear(keep_graph=True)  # OpenVINO compiles other sizes from the graph
-        self.autotune_size = (batch.shape[2], batch.shape[3])
-        timings = ", ".join(f"{k} {v:.0f} ms" + (" (first run only)" if k in dropped else "")
-                            for k, v in self.autotune_ms.items())
-        log.info("backend auto at %dx%d: %s -> %s", batch.shape[3], batch.shape[2], timings, best)
+            limit = 2 * min(self.autotune_ms.values(), default=float("inf"))
+            if first > limit:  # once more: on a shared CPU one run can be hit by another process
+                first = min(first, _elapsed_ms(self.logits, batch))
+                if first > limit:
+                    self.autotune_ms[candidate.label] = first
+                    dropped.append(candidate.label)
+                    continue
+            # the least of a few runs: other processes only ever add time to a run
+            self.autotune_ms[candidate.label] = min(_elapsed_ms(self.logits, batch) for _ in range(runs))
+            if candidate.precision != reference and truth:
+                self.autotune_agreement[candidate.label] = self._agreement(probes, truth)
+        eligible = [k for k in self.autotune_ms if k not in dropped
+                    and self.autotune_agreement.get(k, 1.0) >= AGREEMENT_MIN] or list(self.autotune_ms)
+        best = min(eligible, key=self.autotune_ms.get)
+        self._keep(next(c for c in candidates if c.label == best), size, "measured", dropped)
+        if cache:
+            cache.store(fields, best, self.autotune_ms, self.autotune_agreement, dropped)
 
+    def _keep(self, chosen: Candidate, size: tuple[int, int], how: str, dropped: Sequence[str] = ()) -> None:
+        """Run ``chosen`` from now on, free the engines it does not need, log the choice."""
+        self._use(chosen)
+        graph_source = ("onnxruntime", "fp32")
+        for key in list(self.engines):
+            if key == (chosen.backend, chosen.precision):
+                continue
+            if key == graph_source and chosen.backend == "openvino":
+                self.engines[key].clear(keep_graph=True)  # OpenVINO compiles other sizes from the graph
+            else:  # (onnxruntime's int8 graph, once made, needs the fp32 one no more)
+                self.engines.pop(key).clear()
+        self.autotune_size = size
+        timings = ", ".join(f"{k} {v:.0f} ms" + (" (dropped after its first runs)" if k in dropped else "")
+                            + (f" agrees {100 * self.autotune_agreement[k]:.2f}%" if k in self.autotune_agreement
+                               else "") for k, v in self.autotune_ms.items())
+        log.info("auto at %dx%d (%s): %s -> %s", size[1], size[0], how, timings, chosen.label)
 
-class OrtSessions:
-    """onnxruntime sessions by input size, at most ``capacity``: the least recently used is
-    dropped (with it its 25-50 MB at 480x360: weights copy, memory arena), so a stream whose size
-    changes cannot grow the process without bound.
+    def _reference_ids(self, probe: np.ndarray) -> np.ndarray:
+        """fp32 class ids of a probe (torch, NCHW): what reduced precisions must reproduce."""
+        self._use(Candidate("torch", "fp32"))
+        return _argmax_classes(self.logits(probe))
 
-    The model is exported once, with dynamic height and width (~0.5 s); each size then gets a
-    session from those bytes with H and W fixed (free-dimension overrides), ~0.02 s instead of
-    a 0.3-2 s re-export per size (4 s under load). Fixed per-session sizes let onnxruntime
-    optimise for a static shape as a per-size export did (measured: same speed within noise;
-    one fully dynamic session was 6% slower for eacnet_erf at 720p in one run). If the graph
-    fails its check against torch (a size-dependent Python branch frozen by tracing), each
-    size is exported on its own, as before."""
+    def _agreement(self, probes: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
+        """Share of the probes' pixels whose class id equals fp32's, on the running path."""
+        equal = sum(int((_argmax_classes(self.logits(p)) == t).sum()) for p, t in zip(probes, truth, strict=True))
+        return equal / sum(t.size for t in truth)
 
-    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int,
-                 int8: Optional[Callable[[bytes], bytes]] = None):
-        self.capacity = capacity
-        self._model, self._device, self._threads = model, device, threads
-        self._int8 = int8  # turns the checked fp32 dynamic-size graph into the int8 one
-        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
-        self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
-        self._per_size = False  # the dynamic graph failed its check: export per size
-
-    @property
-    def sizes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._sessions)
-
-    def prepare(self) -> None:
-        """Export the dynamic-size graph now, so that no frame pays for it."""
-        if self._graph is None and not self._per_size:
-            self._graph = self._export_dynamic()
-
-    def get(self, height: int, width: int):
-        """The session for this input size, created (and the oldest dropped) if needed."""
-        key = (height, width)
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        if len(self._sessions) >= self.capacity:  # drop first: never more than capacity alive
-            dropped = self._sessions.popitem(last=False)[0]  # keep no reference: its memory goes now
-            return_freed_memory()
-            log.debug("onnxruntime: dropped the %dx%d session (keeping %d)", dropped[1], dropped[0], self.capacity)
-        self._sessions[key] = self._create(height, width)
-        return self._sessions[key]
-
-    def clear(self, keep_graph: bool = False) -> None:
-        self._sessions.clear()
-        if not keep_graph:
-            self._graph = None
-        return_freed_memory()
-
-    def graph(self, height: int, width: int) -> bytes:
-        """The fp32 ONNX graph that runs at ``height`` x ``width`` (the dynamic one, else a
-        per-size export); what OpenVINO compiles."""
-        self.prepare()
-        if self._graph is not None and self._int8 is None:
-            return self._graph
-        return _export_bytes(_cpu_copy(self._model), height, width)
-
-    def _create(self, height: int, width: int):
-        from .export import ort_session  # onnx is an optional extra
-
-        self.prepare()
-        if self._graph is not None:
-            return ort_session(self._graph, self._device, self._threads, size=(height, width))
-        return ort_session(_export_bytes(_cpu_copy(self._model), height, width), self._device, self._threads)
-
-    def _export_dynamic(self) -> Optional[bytes]:
-        model = _cpu_copy(self._model)
-        graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
-        if _graph_matches(graph, model, self._threads):
-            return graph if self._int8 is None else self._int8(graph)
-        if self._int8 is not None:
-            raise RuntimeError("precision int8 needs the dynamic-size ONNX graph, which does not match torch for "
-                               "this model: use fp32")
-        log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
-                    "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
-        self._per_size = True
-        return None
-
-
-class OvModels:
-    """OpenVINO's CPU plugin: one compiled model per input size from the ONNX graph that
-    onnxruntime runs (``OrtSessions.graph``), at most ``capacity`` kept, least recently used
-    dropped. Offered because it measured clearly faster for the DABNet models on our CPU
-    (docs/RESULTS.md); backend=auto times it beside the others. The precision is asked for
-    explicitly: on CPUs with bf16 units the plugin otherwise computes "fp32" models in bf16."""
-
-    HINTS = {"fp32": "f32", "bf16": "bf16"}
-
-    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str):
-        self._graphs, self._threads, self.capacity, self._precision = graphs, threads, capacity, precision
-        self._compiled: OrderedDict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = OrderedDict()
-
-    @property
-    def sizes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._compiled)
-
-    def get(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
-        key = (height, width)
-        if key not in self._compiled:
-            if len(self._compiled) >= self.capacity:
-                self._compiled.popitem(last=False)
-            self._compiled[key] = self._compile(height, width)
-        self._compiled.move_to_end(key)
-        return self._compiled[key]
-
-    def clear(self) -> None:
-        if self._compiled:
-            self._compiled.clear()
-            return_freed_memory()
-
-    def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
-        core = _ov_core()
-        folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
-        try:  # OpenVINO reads ONNX from a file
-            (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
-            model = core.read_model(str(folder / "model.onnx"))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        model.reshape([1, 3, height, width])
-        config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
-        if self._threads > 0:
-            config["INFERENCE_NUM_THREADS"] = self._threads
-        return _OvRunner(core.compile_model(model, "CPU", config))
-
-
-class _OvRunner:
-    """A compiled model and its infer request, kept together: a request that outlived its
-    compiled model crashed the process (SIGSEGV) when the garbage collector freed them out
-    of order, tests later."""
-
-    def __init__(self, compiled):
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        # The request reuses its output buffer: copy, so logits outlive the next call.
-        return np.array(self._request.infer({0: batch})[0], copy=True)
-
-
-@functools.cache
-def _ov_core():
-    """One OpenVINO Core per process, never freed before the models compiled with it."""
-    import openvino as ov
-
-    return ov.Core()
-
-
-def return_freed_memory() -> None:
-    """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
-    the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
-    settled at ~610 MB without this and ~490 MB with it. A no-op without glibc."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except (OSError, TypeError):  # no C library to open this way (Windows)
-        return None
+    def _threads(self) -> int:
+        return self.options.threads if self.options.threads > 0 else torch.get_num_threads()
 
 
 def _elapsed_ms(run: Callable[..., object], *args: object) -> float:
     start = time.perf_counter()
     run(*args)
     return 1000 * (time.perf_counter() - start)
-
-
-def _ov_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-def _ort_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    """fp32 NCHW copy on the CPU to export, leaving the running model (layout, device) alone."""
-    return copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
-
-
-def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool = False) -> bytes:
-    """The model's ONNX graph as bytes; the temporary file is removed at once."""
-    from .export import export_onnx
-
-    folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
-    try:
-        return export_onnx(model, folder / "model.onnx", height, width, dynamic_size=dynamic_size).read_bytes()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
-    """Does the dynamic-size graph compute ``model`` at sizes it was not traced at? Checked on
-    the CPU provider at tiny sizes (milliseconds); the graph, not the provider, is in question."""
-    from .export import ort_session
-
-    for height, width in _CHECK_HW:
-        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            expected = model(x).numpy()
-        try:
-            got = ort_session(graph, "cpu", threads, size=(height, width)).run(None, {"image": x.numpy()})[0]
-        except Exception as exc:  # onnxruntime's errors derive from Exception only
-            log.debug("onnxruntime: dynamic-size graph failed at %dx%d: %s", width, height, exc)
-            return False
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
-            return False
-    return True
 
 
 def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
@@ -614,20 +612,23 @@ def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _resolve_backend(backend: str, precision: str) -> str:
-    """'auto' starts as torch, which runs every float precision; on CPU in fp32, warmup(),
-    tune() or the first frame then measures the alternatives (``_pick_fastest_cpu_path``).
-    int8 is onnxruntime's (a statically quantised graph)."""
+    """'auto' starts as torch, which runs every float precision; on CPU, warmup(), tune() or
+    the first frame then measures the alternatives (``_pick_fastest_cpu_path``). int8 starts
+    as onnxruntime's (a statically quantised graph); OpenVINO's (NNCF) is the other."""
     if precision == "int8":
-        if backend not in ("auto", "onnxruntime"):
-            raise ValueError(f"precision int8 runs on onnxruntime, not {backend}: use backend auto or onnxruntime")
+        if backend not in ("auto", "onnxruntime", "openvino"):
+            raise ValueError(f"precision int8 runs on onnxruntime or openvino, not {backend}: use backend auto, "
+                             "onnxruntime or openvino")
         if not _ort_available():
             raise ValueError("precision int8 needs onnx and onnxruntime (pip install onnx onnxruntime)")
-        return "onnxruntime"
+        if backend == "openvino" and not (_ov_available() and _nncf_available()):
+            raise ValueError("precision int8 on openvino needs openvino and nncf (the package's openvino extra)")
+        return "onnxruntime" if backend == "auto" else backend
     if backend == "onnxruntime" and precision != "fp32":
         raise ValueError(f"the onnxruntime backend runs fp32 and int8; got precision {precision}")
     if backend == "openvino":
         if precision not in OvModels.HINTS:
-            raise ValueError(f"the openvino backend runs fp32 and bf16 (on the CPU); got precision {precision}")
+            raise ValueError(f"the openvino backend runs fp32, bf16 and int8 (on the CPU); got precision {precision}")
         if not (_ov_available() and _ort_available()):
             raise ValueError("backend openvino needs openvino, onnx and onnxruntime (pip install openvino onnx "
                              "onnxruntime, or the package's openvino extra)")

@@ -15,6 +15,11 @@ Why: on a 2-4 core robot CPU the fp32 forward pass is near the silicon's float r
 
 One artefact serves every input size: the graph is exported with dynamic height and width
 (what ``OrtSessions`` runs) and activation scales do not depend on the frame size.
+
+OpenVINO has its own int8 (``openvino_int8_model``): NNCF's post-training quantisation of the
+same fp32 graph read by OpenVINO, calibrated on the same frames and cached the same way (an
+OpenVINO IR with the metadata in its rt_info). OpenVINO does not run onnxruntime's QDQ graph
+(it crashed on it), so each engine quantises with its own pipeline.
 """
 
 from __future__ import annotations
@@ -198,10 +203,11 @@ class Int8Cache:
 
     @classmethod
     def beside(cls, weights: Optional[Path]) -> Int8Cache:
-        if weights is not None and os.access(weights.parent, os.W_OK):
+        """Beside the user's own writable checkpoint; the user cache for weights without a
+        file, read-only ones and the package's own (an install or source tree is no cache)."""
+        if weights is not None and os.access(weights.parent, os.W_OK) and not _package_owned(weights):
             return cls(weights.parent / "int8-cache")
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cls(base / "eacnet" / "int8")
+        return cls(user_cache_dir() / "int8")
 
     def path(self, model_name: str, fields: dict) -> Path:
         return self.folder / f"{model_name}-{cache_key(fields)}.int8.onnx"
@@ -232,6 +238,12 @@ class Int8Cache:
             if meta is not None and {k: v for k, v in meta.items() if k != "calibration"} == wanted:
                 return path, graph
         return None
+
+    def openvino_candidates(self, model_name: str) -> list[Path]:
+        """Cached OpenVINO int8 IRs of ``model_name``, newest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob(f"{model_name}-*.int8.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
 
     def store(self, model_name: str, fields: dict, graph: bytes) -> Path:
         """Atomically (outputs.write_bytes): concurrent builders or a crash never leave half a file."""
@@ -270,6 +282,102 @@ def int8_graph(model_name: str, fp32_graph: bytes, weights: Optional[Path], weig
     return graph
 
 
+def openvino_fields(weights_digest: str, calibration: dict) -> dict:
+    """What an OpenVINO int8 artefact depends on (its cache key is a digest of this)."""
+    import nncf
+    import openvino
+
+    return {"builder": BUILDER_VERSION, "weights_sha256": weights_digest, "calibration": calibration,
+            "openvino": openvino.__version__, "nncf": nncf.__version__, "format": "OpenVINO IR, NNCF post-training"}
+
+
+def openvino_int8_model(model_name: str, fp32_graph: bytes, weights: Optional[Path], weights_digest: str,
+                        spec: Optional[CalibrationSpec], mean: Sequence[float], std: Sequence[float],
+                        cache: Optional[Int8Cache] = None):
+    """OpenVINO's int8 model (an ``openvino.Model`` with dynamic height and width) for these
+    weights: from the cache when its metadata matches, else quantised by NNCF on the
+    calibration frames and cached. Without calibration frames only a cached one serves."""
+    import openvino as ov
+
+    cache = cache or Int8Cache.beside(weights)
+    core = ov.Core()
+    if spec is None:
+        wanted = {k: v for k, v in openvino_fields(weights_digest, {}).items() if k != "calibration"}
+        for path in cache.openvino_candidates(model_name):
+            model, meta = _read_openvino(core, path)
+            if meta is not None and {k: v for k, v in meta.items() if k != "calibration"} == wanted:
+                log.info("int8 (OpenVINO): no calibration frames given; using %s", path)
+                return model
+        raise ValueError(f"OpenVINO int8 needs calibration frames to build {model_name}'s int8 model")
+    fields = openvino_fields(weights_digest, describe_calibration(spec))
+    path = cache.folder / f"{model_name}-{cache_key(fields)}.int8.xml"
+    if path.is_file():
+        model, meta = _read_openvino(core, path)
+        if meta == fields:
+            log.info("int8 (OpenVINO): using %s", path)
+            return model
+        log.warning("int8 (OpenVINO): %s does not match what it should have been built from: rebuilding it", path)
+    log.info("int8 (OpenVINO): quantising %s with NNCF (%d calibration frames at %dx%d) ...", model_name,
+             spec.frames, spec.width, spec.height)
+    started = time.perf_counter()
+    model = _nncf_quantize(core, fp32_graph, list(calibration_batches(spec, mean, std)))
+    model.set_rt_info(json.dumps(fields, sort_keys=True), METADATA_KEY)
+    _save_openvino(model, path)
+    log.info("int8 (OpenVINO): built in %.1f s -> %s", time.perf_counter() - started, path)
+    return core.read_model(str(path))
+
+
+def _nncf_quantize(core, fp32_graph: bytes, batches: list[np.ndarray]):
+    """NNCF post-training quantisation (mixed preset: asymmetric activations, as the QDQ
+    recipe's uint8 ones) of the fp32 ONNX graph, as OpenVINO reads it."""
+    import nncf
+
+    with tempfile.TemporaryDirectory(prefix="eacnet-ov-int8-") as folder:
+        source = Path(folder) / "fp32.onnx"
+        source.write_bytes(fp32_graph)
+        model = core.read_model(str(source))
+    with _quiet_root_logger():
+        return nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=len(batches), fast_bias_correction=True)
+
+
+def _read_openvino(core, path: Path):
+    """(model, its eacnet metadata or None) of a cached IR; (None, None) when unreadable."""
+    try:
+        model = core.read_model(str(path))
+        if not model.has_rt_info(METADATA_KEY):
+            return model, None
+        return model, json.loads(model.get_rt_info(METADATA_KEY).astype(str))
+    except Exception as exc:  # a truncated IR: OpenVINO raises RuntimeError, JSON ValueError
+        log.debug("int8 (OpenVINO): cannot read %s: %s", path, exc)
+        return None, None
+
+
+def _save_openvino(model, path: Path) -> None:
+    """Write the IR so that a reader never sees half of it: both files are written under a
+    temporary folder, then moved in, the weights before the graph that names them."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".eacnet-ov-", dir=path.parent) as folder:
+        staged = Path(folder) / path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/eacnet``, else ``~/.cache/eacnet``: where built artefacts go."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eacnet"
+
+
+def _package_owned(path: Path) -> bool:
+    """Weights shipped with the package (its own folder, or any installed package)."""
+    resolved = path.resolve()
+    package = Path(__file__).resolve().parent
+    return package in resolved.parents or any(p in ("site-packages", "dist-packages") for p in resolved.parts)
+
+
 def file_digest(path: Path) -> str:
     return _digest(path.read_bytes())
 
@@ -287,5 +395,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-__all__ = ["CalibrationSpec", "Int8Cache", "int8_graph", "quantize_graph", "read_metadata", "cache_key",
+__all__ = ["CalibrationSpec", "Int8Cache", "int8_graph", "openvino_int8_model", "user_cache_dir",
+           "quantize_graph", "read_metadata", "cache_key",
            "artefact_fields", "calibration_images", "cpu_has_vnni", "file_digest", "state_digest"]

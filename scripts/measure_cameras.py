@@ -61,8 +61,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from eacnet_ros.node import codec  # noqa: E402
 from eacnet_ros.bench.dds import NodeProcess, resized, source_frames  # noqa: E402
+from eacnet_ros.node import codec  # noqa: E402
 
 SETUPS = ("one", "batched", "separate")
 TAIL_S = 3.0  # after the window, for the last masks (and diagnostics newer than the last frame) to come back

@@ -91,6 +91,26 @@ def test_eval_precision_int8_scores_the_quantised_graph_the_segmenter_runs(tiny_
     assert json.loads(out.read_text())["pixel_acc"] == pytest.approx(expected.pixel_accuracy, abs=1e-12)
 
 
+def test_eval_backend_scores_the_segmenters_path(shared_checkpoint, tmp_path, synthetic, capsys, monkeypatch):
+    """--backend runs the Segmenter's engine: onnxruntime's fp32 masks are torch's, so the scores
+    match; with auto the path is chosen on the first image and named."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 2})
+    weights = shared_checkpoint
+    scores = {}
+    for backend in ("torch", "onnxruntime", "auto"):
+        out = tmp_path / f"{backend}.json"
+        assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--json", str(out),
+                         "--workers", "0", "--no-progress", "--precision", "fp32", "--backend", backend]) == 0
+        scores[backend] = json.loads(out.read_text())["pixel_acc"]
+    assert scores["onnxruntime"] == pytest.approx(scores["torch"], abs=1e-4)
+    assert scores["auto"] == pytest.approx(scores["torch"], abs=1e-4)
+    printed = capsys.readouterr().out
+    assert "eval: ran model=dabnet" in printed and "(chosen by auto)" in printed
+    assert "backend=onnxruntime inference" in printed
+
+
 def test_eval_json_plot_and_predictions(shared_checkpoint, tmp_path, synthetic):
     root = synthetic.camvid(tmp_path / "CamVid", {"val": 3})
     weights = shared_checkpoint
@@ -108,7 +128,8 @@ def test_eval_json_plot_and_predictions(shared_checkpoint, tmp_path, synthetic):
     written = sorted(p.name for p in (tmp_path / "pred").iterdir())
     assert written == ["val_000.png", "val_000_color.png", "val_001.png", "val_001_color.png"]
     mask = cv2.imread(str(tmp_path / "pred" / "val_000.png"), cv2.IMREAD_UNCHANGED)
-    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", channels_last=False))
+    seg = Segmenter.from_checkpoint(weights, SegmenterOptions(device="cpu", precision="fp32", backend="torch",
+                                                              channels_last=False))
     assert np.array_equal(mask, seg.segment(cv2.imread(str(root / "val" / "val_000.png"))))
     colour = cv2.imread(str(tmp_path / "pred" / "val_000_color.png"))
     assert np.array_equal(colour, seg.colorize(mask))

@@ -1,6 +1,7 @@
 """Segmenter: preprocessing, backends, output shapes, weights errors; checkpoints."""
 
 import gc
+import json
 import logging
 import tempfile
 import time
@@ -11,18 +12,24 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core import export, inference
+from eacnet_core import engines, export, inference
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main
 
-#: What backend=auto times on the CPU: OpenVINO too where it is installed.
-AUTO_PATHS = {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"} | (
-    {"openvino:nchw"} if inference._ov_available() else set())
+#: What backend=auto times on the CPU in fp32: OpenVINO too where it is installed.
+AUTO_PATHS = {"torch:fp32:nhwc", "torch:fp32:nchw", "onnxruntime:fp32"} | (
+    {"openvino:fp32"} if engines._ov_available() else set())
 
 CPU = SegmenterOptions(device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _own_user_cache(monkeypatch, tmp_path):
+    """Choices and int8 models go to this test's own user cache: none is reused across tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +224,7 @@ def test_segment_cli_missing_input_is_one_line(checkpoint, tmp_path, capsys):
 def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoint, frame):
     pytest.importorskip("onnxruntime")
     reference = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", backend="torch")).segment(frame)
-    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", inference_height=32,
+    seg = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", precision="fp32", inference_height=32,
                                                                  inference_width=48))
     seg.warmup()
     assert set(seg.autotune_ms) == AUTO_PATHS
@@ -225,7 +232,7 @@ def test_auto_backend_on_cpu_measures_and_keeps_the_fastest_exact_path(checkpoin
     best = min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     assert seg.backend in seg.describe()
-    full = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu"))
+    full = Segmenter.from_checkpoint(checkpoint, SegmenterOptions(device="cpu", precision="fp32"))
     full.warmup(45, 61)
     assert (full.segment(frame) == reference).mean() > 0.99
 
@@ -256,8 +263,10 @@ def test_slim_checkpoint_halves_size_and_keeps_predictions(checkpoint, frame, tm
 # ---------------------------------------------------------------------------- onnxruntime sessions, auto's timing
 
 def _dabnet(**options) -> Segmenter:
-    """The smallest registry model, untrained, seeded: two calls give the same weights."""
+    """The smallest registry model, untrained, seeded: two calls give the same weights (fp32
+    unless asked: precision auto's choice among precisions has tests of its own)."""
     torch.manual_seed(0)
+    options = {"precision": "fp32", **options}
     return Segmenter.from_name("dabnet", options=SegmenterOptions(device="cpu", threads=1, **options),
                                allow_untrained=True)
 
@@ -321,7 +330,7 @@ def test_onnxruntime_sessions_are_a_bounded_lru_over_one_export(counted_onnx):
 
 
 def test_onnxruntime_exports_per_size_when_the_dynamic_graph_fails_its_check(counted_onnx, monkeypatch, caplog):
-    monkeypatch.setattr("eacnet_core.inference._graph_matches", lambda *args: False)
+    monkeypatch.setattr("eacnet_core.engines._graph_matches", lambda *args: False)
     seg = _dabnet(backend="onnxruntime", ort_sessions=1)
     reference = _dabnet(backend="torch", channels_last=False)
     with caplog.at_level(logging.WARNING, logger="eacnet_core"):
@@ -337,9 +346,9 @@ def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, 
     timed = []
     real = Segmenter._pick_fastest_cpu_path
 
-    def recording(self, batch, runs=3):
+    def recording(self, batch, runs=3, probes=()):
         timed.append(batch.shape[2:])
-        return real(self, batch, runs)
+        return real(self, batch, runs, probes)
 
     monkeypatch.setattr(Segmenter, "_pick_fastest_cpu_path", recording)
     caplog.set_level(logging.INFO, logger="eacnet_core")
@@ -354,7 +363,7 @@ def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, 
     assert (seg.backend, seg.channels_last) == (best.split(":")[0], best.endswith("nhwc"))
     seg.segment(_image(24, 32))
     assert timed == [(40, 56)]  # only once: later sizes keep the choice
-    lines = [r for r in caplog.records if r.name.startswith("eacnet_core") and "backend auto" in r.getMessage()]
+    lines = [r for r in caplog.records if r.name.startswith("eacnet_core") and "auto at" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     message = lines[0].getMessage()
     assert "\n" not in message and "56x40" in message and message.endswith(f"-> {best}")
@@ -381,19 +390,19 @@ def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
     monkeypatch.setattr(inference, "_ov_available", lambda: False)  # torch against onnxruntime alone
     real_session = export.ort_session
 
-    class Slow:  # a session that always loses the timing
+    class Slow:  # a session that always loses the timing (torch took up to 0.2 s here on a loaded CPU)
         def __init__(self, session):
             self._session = session
 
         def run(self, *args):
-            time.sleep(0.05)
+            time.sleep(0.4)
             return self._session.run(*args)
 
     monkeypatch.setattr(export, "ort_session", lambda *args, **kwargs: Slow(real_session(*args, **kwargs)))
     seg = _dabnet()
     seg.tune(24, 40)
-    assert seg.autotune_ms["onnxruntime:nchw"] > 50 and seg.backend == "torch"
-    assert seg.onnx_sessions == () and seg._ort._graph is None  # neither sessions nor the graph kept
+    assert seg.autotune_ms["onnxruntime:fp32"] > 400 and seg.backend == "torch"
+    assert seg.onnx_sessions == () and seg.engines == {}  # neither sessions nor the graph kept
 
 
 def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
@@ -410,9 +419,10 @@ def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
     monkeypatch.setattr(seg._model, "forward", slow_forward)
     caplog.set_level(logging.INFO, logger="eacnet_core")
     seg.tune(24, 40)
-    assert len(calls) == 2  # one run per torch layout, not 1 + 3 each
-    assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:nhwc"], seg.autotune_ms["torch:nchw"]) > 200
-    assert "torch:nchw" in caplog.text and caplog.text.count("(first run only)") == 2
+    assert len(calls) == 4  # two runs per torch layout (one may be hit by another process), not 1 + 3 each
+    assert seg.backend == "onnxruntime" and min(seg.autotune_ms["torch:fp32:nhwc"],
+                                                seg.autotune_ms["torch:fp32:nchw"]) > 200
+    assert "torch:fp32:nchw" in caplog.text and caplog.text.count("(dropped after its first runs)") == 2
 
 
 # ---------------------------------------------------------------------------- several images in one pass
@@ -455,3 +465,136 @@ def test_segment_batch_on_onnxruntime_runs_one_image_at_a_time():
     masks = seg.segment_batch(images)
     for mask, image in zip(masks, images, strict=True):
         assert (mask == reference.segment(image)).mean() > 0.99
+
+
+# ---------------------------------------------------------------------------- precision auto on the CPU
+
+@pytest.fixture
+def camera_frames(tmp_path, synthetic):
+    """A folder of camera frames: what precision auto checks reduced precisions on (and calibrates int8 on)."""
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        image, _ = synthetic.pair(rng, 24, 40)
+        synthetic.write_png(tmp_path / "frames" / f"frame_{i}.png", image)
+    return tmp_path / "frames"
+
+
+def _fake_clock(monkeypatch, ms_by_precision: dict[str, float]) -> list[str]:
+    """Every timed run still runs, but reports a fixed time per precision; returns what was timed."""
+    timed = []
+
+    def elapsed(run, *args):
+        run(*args)
+        seg = run.__self__
+        timed.append(f"{seg.backend}:{seg.precision}")
+        return ms_by_precision[seg.precision]
+
+    monkeypatch.setattr(inference, "_elapsed_ms", elapsed)
+    return timed
+
+
+def _probe_agreement(monkeypatch, by_precision: dict[str, float]) -> None:
+    monkeypatch.setattr(Segmenter, "_agreement", lambda self, probes, truth: by_precision[self.precision])
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+def test_precision_auto_keeps_the_fastest_precision_that_agrees_with_fp32(camera_frames, monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 4.0, "int8": 2.0})
+    _probe_agreement(monkeypatch, {"bf16": 0.995, "int8": 0.97})  # int8 fastest, but below the guard
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    seg = _dabnet(precision="auto", backend="openvino", calibration_data=str(camera_frames))
+    seg.tune(24, 40)
+    assert set(seg.autotune_ms) == {"openvino:fp32", "openvino:bf16", "openvino:int8"}
+    assert seg.autotune_agreement == {"openvino:bf16": 0.995, "openvino:int8": 0.97}
+    assert (seg.backend, seg.precision) == ("openvino", "bf16")
+    assert "precision=bf16 backend=openvino (chosen by auto)" in seg.describe()
+    line = next(m for m in caplog.messages if m.startswith("auto at 40x24"))
+    assert "openvino:int8 2 ms agrees 97.00%" in line and line.endswith("-> openvino:bf16")
+
+
+def test_precision_auto_measures_real_agreement_on_the_frames(camera_frames):
+    """Without fakes: bf16/int8 candidates carry their measured agreement, and whatever is chosen
+    either is fp32 or agreed >= 99%; its masks then equal fp32's on that share of a frame."""
+    pytest.importorskip("onnxruntime")
+    seg = _dabnet(precision="auto", calibration_data=str(camera_frames))
+    seg.tune(24, 40)
+    unchecked = {k for k in seg.autotune_ms if ":fp32" not in k and k not in seg.autotune_agreement}
+    assert "onnxruntime:int8" in seg.autotune_ms
+    assert unchecked <= set(seg.autotune_dropped)  # every reduced one timed in full was checked
+    assert all(0.0 <= a <= 1.0 for a in seg.autotune_agreement.values())
+    chosen = f"{seg.backend}:{seg.precision}"
+    assert seg.precision == "fp32" or seg.autotune_agreement[chosen] >= inference.AGREEMENT_MIN
+    frame = _image(24, 40)
+    assert (seg.segment(frame) == _dabnet().segment(frame)).mean() >= (0.99 if seg.precision == "fp32" else 0.95)
+
+
+def test_precision_auto_without_frames_to_check_waits_for_the_first_frame(monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # a reduced precision to check
+    _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 5.0})  # none dropped after its first run
+    seg = _dabnet(precision="auto", inference_height=24, inference_width=40)
+    seg.warmup(runs=0)
+    assert seg.autotune_size is None and "chosen on the first frame" in seg.describe()
+    probes = []
+    monkeypatch.setattr(Segmenter, "_agreement", lambda self, p, truth: probes.append(len(p)) or 1.0)
+    seg.segment(_image(48, 80))
+    assert seg.autotune_size == (24, 40) and probes and set(probes) == {1}  # the camera frame was the probe
+
+
+def test_the_choice_is_remembered_per_size_and_weights(camera_frames, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    timed = _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 5.0, "int8": 5.0})
+    first = _dabnet(backend="auto")
+    first.tune(24, 40)
+    assert timed and first.autotune_size == (24, 40)
+    choice, ms = (first.backend, first.precision, first.channels_last), dict(first.autotune_ms)
+    timed.clear()
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    again = _dabnet(backend="auto")
+    again.tune(24, 40)
+    assert timed == []  # nothing timed: the remembered choice
+    assert (again.backend, again.precision, again.channels_last) == choice and again.autotune_ms == ms
+    assert any(m.startswith("auto at 40x24 (remembered)") for m in caplog.messages)
+    again.tune(32, 48)
+    assert timed  # another size: measured
+    timed.clear()
+    torch.manual_seed(1)
+    other = Segmenter(build_model("dabnet", CAMVID.num_classes), "dabnet", CAMVID,
+                      SegmenterOptions(device="cpu", threads=1, precision="fp32"))
+    other.tune(24, 40)
+    assert timed  # other weights: measured
+    timed.clear()
+    _dabnet(backend="auto", choice_cache=False).tune(24, 40)
+    assert timed  # the cache switched off
+
+
+def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    timed = _fake_clock(monkeypatch, {"fp32": 10.0})
+    _dabnet().tune(24, 40)
+    records = list((tmp_path / "user-cache" / "eacnet" / "choices").glob("dabnet-*.json"))
+    assert len(records) == 1
+    records[0].write_text('{"choice": "nosuch:fp32"')
+    timed.clear()
+    seg = _dabnet()
+    seg.tune(24, 40)
+    assert timed and seg.autotune_size == (24, 40)
+
+
+def test_bench_pipeline_reports_what_auto_chose_beside_explicit_configs(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("rosbags")
+    from eacnet_ros import pipeline_bench as pb
+
+    assert pb.PipelineConfig.parse("auto").label == "auto"
+    out = tmp_path / "bench.json"
+    assert main(["bench-pipeline", "--model", "dabnet", "--sizes", "40x24", "--configs", "torch:fp32:nchw", "auto",
+                 "--runs", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    chosen = rows[1]["config"]
+    assert rows[0]["config"] == "torch:fp32:nchw" and chosen.startswith("auto=")
+    backend, precision = chosen[len("auto="):].split(":")[:2]
+    assert backend in ("torch", "onnxruntime", "openvino") and precision in ("fp32", "bf16", "int8")
+    assert f"| 40x24 | {chosen} |" in capsys.readouterr().out

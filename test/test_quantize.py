@@ -153,3 +153,16 @@ def test_cache_lives_in_the_user_cache_without_a_weights_file(tmp_path, monkeypa
     assert quantize.Int8Cache.beside(None).folder == tmp_path / "xdg" / "eacnet" / "int8"
     weights = _weights(tmp_path, 0)
     assert quantize.Int8Cache.beside(weights).folder == tmp_path / "int8-cache"
+
+
+def test_package_owned_weights_cache_in_the_user_cache(tmp_path, monkeypatch):
+    """An install or source tree is no cache, even where it is writable."""
+    from eacnet_core.checkpoint import WEIGHTS_DIR
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    packaged = next(WEIGHTS_DIR.glob("*.pt"))
+    assert quantize.Int8Cache.beside(packaged).folder == tmp_path / "xdg" / "eacnet" / "int8"
+    installed = tmp_path / "lib" / "site-packages" / "eacnet_core" / "weights"
+    installed.mkdir(parents=True)
+    (installed / "w.pt").write_bytes(b"")
+    assert quantize.Int8Cache.beside(installed / "w.pt").folder == tmp_path / "xdg" / "eacnet" / "int8"

@@ -86,8 +86,9 @@ MAX_DISTINCT_FRAMES = 30  # frames are cycled beyond this: 30 720p frames are al
 READY_LINE = "listening on "  # what segment_node logs once it takes frames (segment.launch.py waits for it too)
 LOADED_PATTERN = re.compile(r"loaded model=(?P<model>\S+) .*?device=(?P<device>\S+) precision=(?P<precision>\S+) "
                             r"backend=(?P<backend>\S+)(?P<nhwc> channels_last)?")
-#: Segmenter's INFO line when backend=auto settles on the first frame, e.g. "... -> torch:nhwc".
-CHOICE_PATTERN = re.compile(r"backend auto at \d+x\d+: .* -> (?P<backend>\w+):(?P<layout>nhwc|nchw)")
+#: Segmenter's INFO line when auto settles on the first frame, e.g. "... -> torch:fp32:nhwc", "-> openvino:bf16".
+CHOICE_PATTERN = re.compile(r"auto at \d+x\d+ \(\w+\): .* -> (?P<backend>\w+):(?P<precision>\w+)"
+                            r"(?::(?P<layout>nhwc|nchw))?$")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class NodeRuntime:
         match = CHOICE_PATTERN.search(log_line)
         if match is None:
             return None
-        return replace(self, backend=match["backend"], channels_last=match["layout"] == "nhwc")
+        return replace(self, backend=match["backend"], precision=match["precision"],
+                       channels_last=match["layout"] == "nhwc")
 
     @property
     def label(self) -> str:

@@ -5,8 +5,10 @@ rosbags and sent through a CDR round trip, for several backend/precision configu
 
     decode       message -> BGR (codec.to_bgr)
     preprocess   resize, colour order, normalisation (Segmenter.preprocess)
-    forward      the network (Segmenter.logits; CUDA synchronised)
-    postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits)
+    forward      the network (Segmenter.logits; CUDA synchronised), with the argmax where the
+                 engine computes it in its graph (Segmenter.graph_ids: OpenVINO)
+    postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits), or
+                 only the resize after an in-graph argmax (Segmenter.mask_from_ids)
     colour       colour mask and overlay (Segmenter.colorize / overlay)
     encode       three Image messages (codec) + rosbags CDR serialization, a stand-in for
                  the serialization rclpy does when publishing
@@ -33,6 +35,7 @@ from eacnet_core.models import MODELS
 from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, at_least, wxh
 from eacnet_core.outputs import check_outputs, write_json
 from eacnet_core.runtime import sync
+from eacnet_core.segmenter_args import add_int8_calibration
 from eacnet_core.transforms import parse_hw
 
 from ..node import codec
@@ -57,16 +60,29 @@ class PipelineConfig:
 
     @classmethod
     def parse(cls, text: str) -> PipelineConfig:
+        if text == "auto":  # the default path: backend and precision chosen as the node chooses them
+            return cls("auto", "auto")
         parts = text.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("nchw", "nhwc")):
             raise ValueError(f"configuration {text!r} must look like backend:precision[:nchw|nhwc], "
-                             "e.g. torch:fp32, torch:fp32:nchw, onnxruntime:fp32, onnxruntime:int8, torch:bf16")
+                             "e.g. auto, torch:fp32, torch:fp32:nchw, onnxruntime:fp32, onnxruntime:int8, "
+                             "openvino:bf16")
         return cls(parts[0], parts[1], len(parts) == 2 or parts[2] == "nhwc")
 
     @property
     def label(self) -> str:
+        if (self.backend, self.precision) == ("auto", "auto"):
+            return "auto"
         layout = "" if self.backend != "torch" else (":nhwc" if self.channels_last else ":nchw")
         return f"{self.backend}:{self.precision}{layout}"
+
+
+def running_label(config: PipelineConfig, segmenter: Segmenter) -> str:
+    """The configuration's label; for a choice left to auto, also what it chose."""
+    if "auto" not in (config.backend, config.precision):
+        return config.label
+    layout = (":nhwc" if segmenter.channels_last else ":nchw") if segmenter.backend == "torch" else ""
+    return f"{config.label}={segmenter.backend}:{segmenter.precision}{layout}"
 
 
 @dataclass
@@ -133,10 +149,12 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
     marks.append(time.perf_counter())
     batch = segmenter.preprocess(bgr)
     marks.append(time.perf_counter())
-    logits = segmenter.logits(batch)
+    ids = segmenter.graph_ids(batch)  # engines with the argmax in their graph (OpenVINO): forward includes it
+    logits = segmenter.logits(batch) if ids is None else None
     sync(segmenter.device)
     marks.append(time.perf_counter())
-    mask = segmenter.mask_from_logits(logits, bgr.shape[:2])
+    mask = segmenter.mask_from_logits(logits, bgr.shape[:2]) if ids is None else segmenter.mask_from_ids(
+        ids, bgr.shape[:2])
     marks.append(time.perf_counter())
     colours = segmenter.colorize(mask)
     overlay = segmenter.overlay(bgr, mask, alpha, color_mask=colours)
@@ -148,7 +166,7 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
 
 
 def build_segmenters(model: str, weights: Optional[str], configs: Sequence[PipelineConfig], device: str,
-                     inference_hw: tuple[int, int], threads: int) -> list[Segmenter]:
+                     inference_hw: tuple[int, int], threads: int, calibration: str = "") -> list[Segmenter]:
     import torch
 
     segmenters = []
@@ -156,7 +174,7 @@ def build_segmenters(model: str, weights: Optional[str], configs: Sequence[Pipel
         torch.manual_seed(0)  # untrained weights: the same random init for every configuration
         options = SegmenterOptions(device=device, precision=config.precision, backend=config.backend,
                                    inference_height=inference_hw[0], inference_width=inference_hw[1],
-                                   channels_last=config.channels_last, threads=threads)
+                                   channels_last=config.channels_last, threads=threads, calibration_data=calibration)
         segmenters.append(Segmenter.from_name(model, weights, options, allow_untrained=True))
     return segmenters
 
@@ -175,7 +193,10 @@ def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig
     of the next engine's time when every run alternated (onnxruntime int8 after fp32: 24.6 ms
     against 20.0 ms alone). Alternating blocks still spreads machine drift over all of them."""
     store, image_type = message_types()
-    msg = input_message(store, image_type, synthetic_frame(*size_hw))
+    frame = synthetic_frame(*size_hw)
+    msg = input_message(store, image_type, frame)
+    for segmenter in segmenters:  # auto chooses on its first frame, as in the node (untimed here)
+        segmenter.settle(segmenter.preprocess(frame))
     samples: list[list[dict[str, float]]] = [[] for _ in configs]
     masks: list[Optional[np.ndarray]] = [None] * len(configs)
     while any(len(s) < runs for s in samples):
@@ -189,7 +210,7 @@ def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig
     results = []
     for config, segmenter, runs_ms, mask in zip(configs, segmenters, samples, masks, strict=True):
         median = {s: float(np.median([r[s] for r in runs_ms])) for s in STAGES}
-        results.append(StageTimes(label, config.label, str(segmenter.device), median,
+        results.append(StageTimes(label, running_label(config, segmenter), str(segmenter.device), median,
                                   float((mask == masks[0]).mean())))
     return results
 
@@ -255,12 +276,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weights", help="checkpoint (default: packaged weights, else random init; fine for timing)")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="input sizes WxH (default: %(default)s)")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                   help="backend:precision[:nchw] (default: %(default)s); the first is the baseline")
+                   help="backend:precision[:nchw], or auto (the node's default path; the table names what it "
+                        "chose) (default: %(default)s); the first is the baseline")
     add_device(p)
     add_resize(p, aliases=[Alias("--inference-size", wxh, "same WxH meaning here")], what="each input")
     p.add_argument("--runs", type=at_least(1), default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=at_least(0), default=2, help="untimed rounds first (default 2)")
     add_threads(p)
+    add_int8_calibration(p)
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
     p.set_defaults(func=run)
@@ -274,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--runs must be >= 1 and --warmup >= 0")
     if args.json:
         check_outputs([args.json], overwrite=args.overwrite)
-    segmenters = build_segmenters(args.model, args.weights, configs, args.device, inference_hw, args.threads)
+    segmenters = build_segmenters(args.model, args.weights, configs, args.device, inference_hw, args.threads,
+                                  args.int8_calibration or "")
     results = [r for size in sizes for r in bench_size(segmenters, configs, size, args.runs, args.warmup)]
     print(f"model {args.model}, device {segmenters[0].device}, {args.runs} runs (median ms), baseline "
           f"{configs[0].label}; inference at "
