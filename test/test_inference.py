@@ -586,7 +586,7 @@ def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
 def test_bench_pipeline_reports_what_auto_chose_beside_explicit_configs(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("rosbags")
-    from eacnet_ros import pipeline_bench as pb
+    from eacnet_ros.bench import pipeline as pb
 
     assert pb.PipelineConfig.parse("auto").label == "auto"
     out = tmp_path / "bench.json"

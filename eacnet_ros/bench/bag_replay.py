@@ -33,7 +33,7 @@ import numpy as np
 
 from eacnet_core.classes import CAMVID
 from eacnet_core.metrics import ConfusionMatrix
-from eacnet_core.options import add_overwrite
+from eacnet_core.options import add_overwrite, at_least, number_in
 from eacnet_core.outputs import check_outputs, write_json
 
 from ..bags.eval import latency_percentiles
@@ -260,8 +260,9 @@ def add_parser(subparsers) -> None:
                    help="a node parameter, as -p gives it (repeatable), e.g. --param backbone:=dabnet")
     p.add_argument("--pace", choices=PACES, default="closed", help="closed (default): the next frame once the mask "
                                                                    "is back; recorded: the bag's own rate")
-    p.add_argument("--limit", type=int, default=0, help="replay at most N frames (default all)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one mask (default 30)")
+    p.add_argument("--limit", type=at_least(0), default=0, help="replay at most N frames (default all)")
+    p.add_argument("--timeout", type=number_in(0, low_open=True), default=30.0,
+                   help="seconds to wait for one mask (default 30)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     add_overwrite(p)
     p.set_defaults(func=run)
