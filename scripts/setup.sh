@@ -23,38 +23,31 @@ fi
 echo "eacnet setup: installing eacnet_ros and its dependencies"
 "${PIP[@]}" install -e ".[test]"
 
-# launch and launch_ros have no wheels; with the ROS wheels (the test extra) in place, install
-# them from their sources beside the repository (see its README.md) so the real launch tests
-# (test/test_launch_real.py) run. Only when missing, and quiet unless it fails.
-LAUNCH_SRC=${EACNET_ROS_LAUNCH_SRC:-../shared/ros-launch}
 VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
-if [ -f "$LAUNCH_SRC/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/null \
-    && ! "$VENV_PYTHON" -c "import launch_ros" 2>/dev/null; then
-  echo "eacnet setup: installing launch and launch_ros from $LAUNCH_SRC"
-  log=$(mktemp)
-  if ! bash "$LAUNCH_SRC/install.sh" "$VENV_PYTHON" >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    echo "eacnet setup: installing launch and launch_ros failed" >&2
-    exit 1
-  fi
-  rm -f "$log"
-fi
 
-# The real `ros2` command line (no wheels either) and colcon (from the package index), so
-# test/test_ros2_workflow.py builds the package with colcon and drives it with `ros2 launch`,
-# `ros2 param`, `ros2 lifecycle`, `ros2 topic`, as docs/ROS.md tells users to. colcon and
-# ament_package come with the test extra; ros2cli from its sources, only when missing.
-ROS2CLI_SRC=${EACNET_ROS2CLI_SRC:-../shared/ros2cli}
-if [ -f "$ROS2CLI_SRC/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/null \
-    && ! "$VENV_PYTHON" -c "import ros2cli, ros2launch" 2>/dev/null; then
-  echo "eacnet setup: installing the ros2 command line from $ROS2CLI_SRC"
-  log=$(mktemp)
-  if ! bash "$ROS2CLI_SRC/install.sh" "$VENV_PYTHON" >"$log" 2>&1; then
-    cat "$log" >&2
+# install_from_source WHAT SRC MODULES: where the ROS wheels (the test extra) are in place and
+# MODULES do not import yet, run SRC/install.sh for the venv; quiet unless it fails.
+install_from_source() {
+  local what=$1 src=$2 modules=$3 log
+  if [ -f "$src/install.sh" ] && "$VENV_PYTHON" -c "import rclpy" 2>/dev/null \
+      && ! "$VENV_PYTHON" -c "import $modules" 2>/dev/null; then
+    echo "eacnet setup: installing $what from $src"
+    log=$(mktemp)
+    if ! bash "$src/install.sh" "$VENV_PYTHON" >"$log" 2>&1; then
+      cat "$log" >&2
+      rm -f "$log"
+      echo "eacnet setup: installing $what failed" >&2
+      exit 1
+    fi
     rm -f "$log"
-    echo "eacnet setup: installing the ros2 command line failed" >&2
-    exit 1
   fi
-  rm -f "$log"
-fi
+}
+
+# launch and launch_ros have no wheels: from their sources beside the repository (see its
+# README.md), so the real launch tests (test/test_launch_real.py) run.
+install_from_source "launch and launch_ros" "${EACNET_ROS_LAUNCH_SRC:-../shared/ros-launch}" launch_ros
+# The real `ros2` command line (no wheels either), so test/test_ros2_workflow.py builds the
+# package with colcon (from the package index, in the test extra with ament_package) and
+# drives it with `ros2 launch`, `ros2 param`, `ros2 lifecycle`, `ros2 topic`, as docs/ROS.md
+# tells users to.
+install_from_source "the ros2 command line" "${EACNET_ROS2CLI_SRC:-../shared/ros2cli}" "ros2cli, ros2launch"
