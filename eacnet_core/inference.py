@@ -11,16 +11,10 @@ upsampling C logit planes and taking the argmax there. See ``_restore_size``.
 
 from __future__ import annotations
 
-import copy
-import ctypes
 import functools
-import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +27,14 @@ from torch import nn
 
 from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .classes import CAMVID, DatasetInfo, generic
+from .engines import (
+    Engine,
+    OrtSessions,
+    OvModels,
+    _ort_available,
+    _ov_available,
+    return_freed_memory,  # noqa: F401  (the node imports it from here)
+)
 from .models import build_model
 from .runtime import DTYPES, resolve_device, resolve_precision
 from .transforms import normalisation_lut
@@ -44,11 +46,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_BACKENDS = ("onnxruntime", "openvino")
 
 _WARMUP_HW = (360, 480)  # start-up warm-up frames when the camera's size is not known yet
-# The dynamic-size ONNX graph is traced at an odd size, which no output stride divides, so the
-# input padding branch (pad_to_stride) stays in the graph with amounts computed from the input;
-# it is then checked against torch at an aligned size and at another unaligned one.
-_EXPORT_HW = (37, 53)
-_CHECK_HW = ((32, 48), (45, 61))
 
 
 @dataclass(frozen=True)
@@ -104,6 +101,8 @@ class Segmenter:
         int8 = self._int8_builder() if self.precision == "int8" else None
         self._ort = OrtSessions(self._model, self.device, options.threads, options.ort_sessions, int8)
         self._ov = OvModels(self._ort, options.threads, options.ort_sessions, self.precision)
+        #: every backend but torch, by name (engines.Engine): ``logits`` runs ``engines[backend]``
+        self.engines: dict[str, Engine] = {"onnxruntime": self._ort, "openvino": self._ov}
         # backend=auto on CPU in fp32: time the exact CPU paths and keep the fastest (_pick_fastest_cpu_path).
         self._can_autotune = options.backend == "auto" and self.device.type == "cpu" and self.precision == "fp32"
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
@@ -196,11 +195,9 @@ class Segmenter:
     def logits(self, batch: np.ndarray) -> np.ndarray | torch.Tensor:
         """Forward pass on a preprocessed (N, 3, h, w) batch; returns (N, C, h, w) logits.
         onnxruntime's graphs take N = 1 only (``segment_batch`` runs them one by one)."""
-        if self.backend == "onnxruntime":
-            batch = np.ascontiguousarray(batch)
-            return self._ort.get(batch.shape[2], batch.shape[3]).run(None, {"image": batch})[0]
-        if self.backend == "openvino":
-            return self._ov.get(batch.shape[2], batch.shape[3])(np.ascontiguousarray(batch))
+        engine = self.engines.get(self.backend)
+        if engine is not None:
+            return engine.runner(batch.shape[2], batch.shape[3])(batch)
         # from_numpy keeps preprocess's strides: for channels_last that layout is already
         # right and no copy is made; otherwise the one copy happens here.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -326,7 +323,7 @@ class Segmenter:
             self._use(backend, channels_last)
             path = backend + (":nhwc" if channels_last else ":nchw")
             if backend == "openvino":  # compiling (~0.2 s) is set-up, not a run: do it untimed
-                self._ov.get(batch.shape[2], batch.shape[3])
+                self._ov.runner(batch.shape[2], batch.shape[3])
             first = _elapsed_ms(self.logits, batch)
             if first > 2 * min(self.autotune_ms.values(), default=float("inf")):
                 self.autotune_ms[path] = first
@@ -347,218 +344,10 @@ class Segmenter:
         log.info("backend auto at %dx%d: %s -> %s", batch.shape[3], batch.shape[2], timings, best)
 
 
-class OrtSessions:
-    """onnxruntime sessions by input size, at most ``capacity``: the least recently used is
-    dropped (with it its 25-50 MB at 480x360: weights copy, memory arena), so a stream whose size
-    changes cannot grow the process without bound.
-
-    The model is exported once, with dynamic height and width (~0.5 s); each size then gets a
-    session from those bytes with H and W fixed (free-dimension overrides), ~0.02 s instead of
-    a 0.3-2 s re-export per size (4 s under load). Fixed per-session sizes let onnxruntime
-    optimise for a static shape as a per-size export did (measured: same speed within noise;
-    one fully dynamic session was 6% slower for eacnet_erf at 720p in one run). If the graph
-    fails its check against torch (a size-dependent Python branch frozen by tracing), each
-    size is exported on its own, as before."""
-
-    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int,
-                 int8: Optional[Callable[[bytes], bytes]] = None):
-        self.capacity = capacity
-        self._model, self._device, self._threads = model, device, threads
-        self._int8 = int8  # turns the checked fp32 dynamic-size graph into the int8 one
-        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
-        self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
-        self._per_size = False  # the dynamic graph failed its check: export per size
-
-    @property
-    def sizes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._sessions)
-
-    def prepare(self) -> None:
-        """Export the dynamic-size graph now, so that no frame pays for it."""
-        if self._graph is None and not self._per_size:
-            self._graph = self._export_dynamic()
-
-    def get(self, height: int, width: int):
-        """The session for this input size, created (and the oldest dropped) if needed."""
-        key = (height, width)
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        if len(self._sessions) >= self.capacity:  # drop first: never more than capacity alive
-            dropped = self._sessions.popitem(last=False)[0]  # keep no reference: its memory goes now
-            return_freed_memory()
-            log.debug("onnxruntime: dropped the %dx%d session (keeping %d)", dropped[1], dropped[0], self.capacity)
-        self._sessions[key] = self._create(height, width)
-        return self._sessions[key]
-
-    def clear(self, keep_graph: bool = False) -> None:
-        self._sessions.clear()
-        if not keep_graph:
-            self._graph = None
-        return_freed_memory()
-
-    def graph(self, height: int, width: int) -> bytes:
-        """The fp32 ONNX graph that runs at ``height`` x ``width`` (the dynamic one, else a
-        per-size export); what OpenVINO compiles."""
-        self.prepare()
-        if self._graph is not None and self._int8 is None:
-            return self._graph
-        return _export_bytes(_cpu_copy(self._model), height, width)
-
-    def _create(self, height: int, width: int):
-        from .export import ort_session  # onnx is an optional extra
-
-        self.prepare()
-        if self._graph is not None:
-            return ort_session(self._graph, self._device, self._threads, size=(height, width))
-        return ort_session(_export_bytes(_cpu_copy(self._model), height, width), self._device, self._threads)
-
-    def _export_dynamic(self) -> Optional[bytes]:
-        model = _cpu_copy(self._model)
-        graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
-        if _graph_matches(graph, model, self._threads):
-            return graph if self._int8 is None else self._int8(graph)
-        if self._int8 is not None:
-            raise RuntimeError("precision int8 needs the dynamic-size ONNX graph, which does not match torch for "
-                               "this model: use fp32")
-        log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
-                    "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
-        self._per_size = True
-        return None
-
-
-class OvModels:
-    """OpenVINO's CPU plugin: one compiled model per input size from the ONNX graph that
-    onnxruntime runs (``OrtSessions.graph``), at most ``capacity`` kept, least recently used
-    dropped. Offered because it measured clearly faster for the DABNet models on our CPU
-    (docs/RESULTS.md); backend=auto times it beside the others. The precision is asked for
-    explicitly: on CPUs with bf16 units the plugin otherwise computes "fp32" models in bf16."""
-
-    HINTS = {"fp32": "f32", "bf16": "bf16"}
-
-    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str):
-        self._graphs, self._threads, self.capacity, self._precision = graphs, threads, capacity, precision
-        self._compiled: OrderedDict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = OrderedDict()
-
-    @property
-    def sizes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._compiled)
-
-    def get(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
-        key = (height, width)
-        if key not in self._compiled:
-            if len(self._compiled) >= self.capacity:
-                self._compiled.popitem(last=False)
-            self._compiled[key] = self._compile(height, width)
-        self._compiled.move_to_end(key)
-        return self._compiled[key]
-
-    def clear(self) -> None:
-        if self._compiled:
-            self._compiled.clear()
-            return_freed_memory()
-
-    def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
-        core = _ov_core()
-        folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
-        try:  # OpenVINO reads ONNX from a file
-            (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
-            model = core.read_model(str(folder / "model.onnx"))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        model.reshape([1, 3, height, width])
-        config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
-        if self._threads > 0:
-            config["INFERENCE_NUM_THREADS"] = self._threads
-        return _OvRunner(core.compile_model(model, "CPU", config))
-
-
-class _OvRunner:
-    """A compiled model and its infer request, kept together: a request that outlived its
-    compiled model crashed the process (SIGSEGV) when the garbage collector freed them out
-    of order, tests later."""
-
-    def __init__(self, compiled):
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        # The request reuses its output buffer: copy, so logits outlive the next call.
-        return np.array(self._request.infer({0: batch})[0], copy=True)
-
-
-@functools.cache
-def _ov_core():
-    """One OpenVINO Core per process, never freed before the models compiled with it."""
-    import openvino as ov
-
-    return ov.Core()
-
-
-def return_freed_memory() -> None:
-    """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
-    the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
-    settled at ~610 MB without this and ~490 MB with it. A no-op without glibc."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except (OSError, TypeError):  # no C library to open this way (Windows)
-        return None
-
-
 def _elapsed_ms(run: Callable[..., object], *args: object) -> float:
     start = time.perf_counter()
     run(*args)
     return 1000 * (time.perf_counter() - start)
-
-
-def _ov_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-def _ort_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    """fp32 NCHW copy on the CPU to export, leaving the running model (layout, device) alone."""
-    return copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
-
-
-def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool = False) -> bytes:
-    """The model's ONNX graph as bytes; the temporary file is removed at once."""
-    from .export import export_onnx
-
-    folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
-    try:
-        return export_onnx(model, folder / "model.onnx", height, width, dynamic_size=dynamic_size).read_bytes()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
-    """Does the dynamic-size graph compute ``model`` at sizes it was not traced at? Checked on
-    the CPU provider at tiny sizes (milliseconds); the graph, not the provider, is in question."""
-    from .export import ort_session
-
-    for height, width in _CHECK_HW:
-        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            expected = model(x).numpy()
-        try:
-            got = ort_session(graph, "cpu", threads, size=(height, width)).run(None, {"image": x.numpy()})[0]
-        except Exception as exc:  # onnxruntime's errors derive from Exception only
-            log.debug("onnxruntime: dynamic-size graph failed at %dx%d: %s", width, height, exc)
-            return False
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
-            return False
-    return True
 
 
 def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:

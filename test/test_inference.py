@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core import export, inference
+from eacnet_core import engines, export, inference
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
@@ -20,7 +20,7 @@ from eacnet_ros.cli import main
 
 #: What backend=auto times on the CPU: OpenVINO too where it is installed.
 AUTO_PATHS = {"torch:nhwc", "torch:nchw", "onnxruntime:nchw"} | (
-    {"openvino:nchw"} if inference._ov_available() else set())
+    {"openvino:nchw"} if engines._ov_available() else set())
 
 CPU = SegmenterOptions(device="cpu")
 
@@ -321,7 +321,7 @@ def test_onnxruntime_sessions_are_a_bounded_lru_over_one_export(counted_onnx):
 
 
 def test_onnxruntime_exports_per_size_when_the_dynamic_graph_fails_its_check(counted_onnx, monkeypatch, caplog):
-    monkeypatch.setattr("eacnet_core.inference._graph_matches", lambda *args: False)
+    monkeypatch.setattr("eacnet_core.engines._graph_matches", lambda *args: False)
     seg = _dabnet(backend="onnxruntime", ort_sessions=1)
     reference = _dabnet(backend="torch", channels_last=False)
     with caplog.at_level(logging.WARNING, logger="eacnet_core"):

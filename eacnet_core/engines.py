@@ -1,0 +1,278 @@
+"""Execution engines beside the Segmenter: the exported-graph backends (onnxruntime,
+OpenVINO) and what they keep (graphs, per-size sessions and compiled models).
+
+The Segmenter does the image work (preprocess, mask, colour) and runs the network itself
+with torch; any other way of running it is an *engine* with one small interface
+(``Engine``), so a new backend plugs in without touching the Segmenter's pipeline:
+
+* ``prepare()`` -- size-independent set-up (e.g. the ONNX export), so no frame pays for it;
+* ``runner(height, width)`` -- a callable for that network size, created on first use and
+  kept (at most ``capacity`` sizes, least recently used dropped): it takes the
+  preprocessed batch ``Segmenter.preprocess`` returns, a float32 (1, 3, h, w) numpy array
+  (any strides), and returns the (1, C, h, w) logits (numpy, or a torch tensor);
+* ``sizes`` -- the (height, width) of each live runner, least recently used first;
+* ``clear()`` -- drop every runner (and what is not needed any more) and return the memory.
+
+The Segmenter keeps its engines by backend name (``Segmenter.engines``) and calls
+``engines[backend].runner(h, w)(batch)`` for every backend but torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import functools
+import importlib.util
+import logging
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# The dynamic-size ONNX graph is traced at an odd size, which no output stride divides, so the
+# input padding branch (pad_to_stride) stays in the graph with amounts computed from the input;
+# it is then checked against torch at an aligned size and at another unaligned one.
+_EXPORT_HW = (37, 53)
+_CHECK_HW = ((32, 48), (45, 61))
+
+#: (1, 3, h, w) float32 preprocessed batch -> (1, C, h, w) logits.
+Runner = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
+
+
+class Engine(Protocol):
+    """What the Segmenter needs of a way to run the network (see the module docstring)."""
+
+    capacity: int
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]: ...
+
+    def prepare(self) -> None: ...
+
+    def runner(self, height: int, width: int) -> Runner: ...
+
+    def clear(self) -> None: ...
+
+
+class OrtSessions:
+    """onnxruntime sessions by input size, at most ``capacity``: the least recently used is
+    dropped (with it its 25-50 MB at 480x360: weights copy, memory arena), so a stream whose size
+    changes cannot grow the process without bound.
+
+    The model is exported once, with dynamic height and width (~0.5 s); each size then gets a
+    session from those bytes with H and W fixed (free-dimension overrides), ~0.02 s instead of
+    a 0.3-2 s re-export per size (4 s under load). Fixed per-session sizes let onnxruntime
+    optimise for a static shape as a per-size export did (measured: same speed within noise;
+    one fully dynamic session was 6% slower for eacnet_erf at 720p in one run). If the graph
+    fails its check against torch (a size-dependent Python branch frozen by tracing), each
+    size is exported on its own, as before."""
+
+    def __init__(self, model: nn.Module, device: torch.device, threads: int, capacity: int,
+                 int8: Optional[Callable[[bytes], bytes]] = None):
+        self.capacity = capacity
+        self._model, self._device, self._threads = model, device, threads
+        self._int8 = int8  # turns the checked fp32 dynamic-size graph into the int8 one
+        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self._graph: Optional[bytes] = None  # the dynamic-size ONNX, once exported
+        self._per_size = False  # the dynamic graph failed its check: export per size
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._sessions)
+
+    def prepare(self) -> None:
+        """Export the dynamic-size graph now, so that no frame pays for it."""
+        if self._graph is None and not self._per_size:
+            self._graph = self._export_dynamic()
+
+    def get(self, height: int, width: int):
+        """The session for this input size, created (and the oldest dropped) if needed."""
+        key = (height, width)
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        if len(self._sessions) >= self.capacity:  # drop first: never more than capacity alive
+            dropped = self._sessions.popitem(last=False)[0]  # keep no reference: its memory goes now
+            return_freed_memory()
+            log.debug("onnxruntime: dropped the %dx%d session (keeping %d)", dropped[1], dropped[0], self.capacity)
+        self._sessions[key] = self._create(height, width)
+        return self._sessions[key]
+
+    def runner(self, height: int, width: int) -> Runner:
+        session = self.get(height, width)
+        return lambda batch: session.run(None, {"image": np.ascontiguousarray(batch)})[0]
+
+    def clear(self, keep_graph: bool = False) -> None:
+        self._sessions.clear()
+        if not keep_graph:
+            self._graph = None
+        return_freed_memory()
+
+    def graph(self, height: int, width: int) -> bytes:
+        """The fp32 ONNX graph that runs at ``height`` x ``width`` (the dynamic one, else a
+        per-size export); what OpenVINO compiles."""
+        self.prepare()
+        if self._graph is not None and self._int8 is None:
+            return self._graph
+        return _export_bytes(_cpu_copy(self._model), height, width)
+
+    def _create(self, height: int, width: int):
+        from .export import ort_session  # onnx is an optional extra
+
+        self.prepare()
+        if self._graph is not None:
+            return ort_session(self._graph, self._device, self._threads, size=(height, width))
+        return ort_session(_export_bytes(_cpu_copy(self._model), height, width), self._device, self._threads)
+
+    def _export_dynamic(self) -> Optional[bytes]:
+        model = _cpu_copy(self._model)
+        graph = _export_bytes(model, *_EXPORT_HW, dynamic_size=True)
+        if _graph_matches(graph, model, self._threads):
+            return graph if self._int8 is None else self._int8(graph)
+        if self._int8 is not None:
+            raise RuntimeError("precision int8 needs the dynamic-size ONNX graph, which does not match torch for "
+                               "this model: use fp32")
+        log.warning("onnxruntime: the dynamic-size ONNX graph does not match torch at %s; exporting one graph "
+                    "per input size instead", ", ".join(f"{w}x{h}" for h, w in _CHECK_HW))
+        self._per_size = True
+        return None
+
+
+class OvModels:
+    """OpenVINO's CPU plugin: one compiled model per input size from the ONNX graph that
+    onnxruntime runs (``OrtSessions.graph``), at most ``capacity`` kept, least recently used
+    dropped. Offered because it measured clearly faster for the DABNet models on our CPU
+    (docs/RESULTS.md); backend=auto times it beside the others. The precision is asked for
+    explicitly: on CPUs with bf16 units the plugin otherwise computes "fp32" models in bf16."""
+
+    HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+    def __init__(self, graphs: OrtSessions, threads: int, capacity: int, precision: str):
+        self._graphs, self._threads, self.capacity, self._precision = graphs, threads, capacity, precision
+        self._compiled: OrderedDict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = OrderedDict()
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._compiled)
+
+    def prepare(self) -> None:
+        self._graphs.prepare()
+
+    def runner(self, height: int, width: int) -> Runner:
+        key = (height, width)
+        if key not in self._compiled:
+            if len(self._compiled) >= self.capacity:
+                self._compiled.popitem(last=False)
+            self._compiled[key] = self._compile(height, width)
+        self._compiled.move_to_end(key)
+        return self._compiled[key]
+
+    def clear(self) -> None:
+        if self._compiled:
+            self._compiled.clear()
+            return_freed_memory()
+
+    def _compile(self, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
+        core = _ov_core()
+        folder = Path(tempfile.mkdtemp(prefix="eacnet-openvino-"))
+        try:  # OpenVINO reads ONNX from a file
+            (folder / "model.onnx").write_bytes(self._graphs.graph(height, width))
+            model = core.read_model(str(folder / "model.onnx"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        model.reshape([1, 3, height, width])
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[self._precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self._threads > 0:
+            config["INFERENCE_NUM_THREADS"] = self._threads
+        return _OvRunner(core.compile_model(model, "CPU", config))
+
+
+class _OvRunner:
+    """A compiled model and its infer request, kept together: a request that outlived its
+    compiled model crashed the process (SIGSEGV) when the garbage collector freed them out
+    of order, tests later."""
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # The request reuses its output buffer: copy, so logits outlive the next call.
+        return np.array(self._request.infer({0: np.ascontiguousarray(batch)})[0], copy=True)
+
+
+@functools.cache
+def _ov_core():
+    """One OpenVINO Core per process, never freed before the models compiled with it."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def return_freed_memory() -> None:
+    """Have glibc hand freed heap pages back to the OS. A dropped session's arena is freed, but
+    the allocator kept it: cycling 10 sizes through 4 sessions (eacnet_erf, ~480x360) the RSS
+    settled at ~610 MB without this and ~490 MB with it. A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to open this way (Windows)
+        return None
+
+
+def _ov_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _ort_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """fp32 NCHW copy on the CPU to export, leaving the running model (layout, device) alone."""
+    return copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool = False) -> bytes:
+    """The model's ONNX graph as bytes; the temporary file is removed at once."""
+    from .export import export_onnx
+
+    folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
+    try:
+        return export_onnx(model, folder / "model.onnx", height, width, dynamic_size=dynamic_size).read_bytes()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
+    """Does the dynamic-size graph compute ``model`` at sizes it was not traced at? Checked on
+    the CPU provider at tiny sizes (milliseconds); the graph, not the provider, is in question."""
+    from .export import ort_session
+
+    for height, width in _CHECK_HW:
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        try:
+            got = ort_session(graph, "cpu", threads, size=(height, width)).run(None, {"image": x.numpy()})[0]
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            log.debug("onnxruntime: dynamic-size graph failed at %dx%d: %s", width, height, exc)
+            return False
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
+            return False
+    return True
+
