@@ -24,13 +24,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "inductor", "graphs", "inductor+graphs")
+#: torch.compile's backend. Tests set "aot_eager" (the same tracing, no C++/Triton build: seconds
+#: instead of minutes on a small CPU) to check the bookkeeping around it.
+COMPILER = "inductor"
 #: Untimed runs before a CUDA graph is captured: the first runs choose cuDNN algorithms and
 #: allocate workspaces, neither of which may happen during capture.
 _CAPTURE_WARMUP = 3
@@ -57,11 +62,10 @@ class CompiledForward:
     With CUDA graphs the returned logits are the graph's output buffer: the next call
     overwrites them, so a caller that keeps logits clones them (``Segmenter.logits`` does).
 
-    ``backend`` is torch.compile's backend ("inductor"); tests pass "aot_eager" to check the
-    bookkeeping without a C++/Triton build."""
+    ``backend``: torch.compile's backend, ``COMPILER`` by default."""
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 mode: str = "auto", capacity: int = 4, backend: str = "inductor"):
+                 mode: str = "auto", capacity: int = 4, backend: Optional[str] = None):
         if capacity < 1:
             raise ValueError(f"compiled shapes kept must be >= 1, got {capacity}")
         self.mode = resolve_compile_mode(mode, device)
@@ -69,7 +73,7 @@ class CompiledForward:
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self._model = model
         self._forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(model, backend=backend, dynamic=False) if "inductor" in self.mode else model)
+            torch.compile(model, backend=backend or COMPILER, dynamic=False) if "inductor" in self.mode else model)
         self._runners: OrderedDict[Shape, Callable[[torch.Tensor], torch.Tensor]] = OrderedDict()
         self.prepare_seconds: dict[Shape, float] = {}  # the set-up time of each live shape
 
@@ -78,9 +82,7 @@ class CompiledForward:
         """(batch, height, width) of each live compiled shape, least recently used first."""
         return tuple(self._runners)
 
-    def prepare(self, batch: int, height: int, width: int) -> float:
-        """Compile (and capture) for this input shape now; seconds it took (0 when ready)."""
-        key = (batch, height, width)
+    def _prepare_shape(self, key: Shape) -> float:
         if key in self._runners:
             self._runners.move_to_end(key)
             return 0.0
@@ -89,7 +91,7 @@ class CompiledForward:
             self.prepare_seconds.pop(dropped, None)
             log.info("compiled forward: dropped %s (keeping %d shapes)", _describe(dropped), self.capacity)
         start = time.perf_counter()
-        example = torch.zeros((batch, 3, height, width), device=self.device, dtype=self.dtype)
+        example = torch.zeros((key[0], 3, key[1], key[2]), device=self.device, dtype=self.dtype)
         example = example.contiguous(memory_format=self.layout)
         with torch.inference_mode():
             runner = _GraphRunner(self._forward, example) if "graphs" in self.mode else self._warm(example)
@@ -104,9 +106,32 @@ class CompiledForward:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(x.shape)}")
         key = (x.shape[0], x.shape[2], x.shape[3])
-        self.prepare(*key)
+        self._prepare_shape(key)
         with torch.inference_mode():
             return self._runners[key](x.to(self.device, self.dtype).contiguous(memory_format=self.layout))
+
+    # ------------------------------------------------------------------ engines.Engine
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """(height, width) of the live shapes (any batch), least recently used first."""
+        return tuple(dict.fromkeys((h, w) for _, h, w in self._runners))
+
+    def prepare(self, batch: int = 0, height: int = 0, width: int = 0) -> float:
+        """Compile (and capture) for this input shape now; seconds it took (0 when ready).
+        Without a shape (the engine interface's size-independent set-up) there is nothing to do."""
+        return self._prepare_shape((batch, height, width)) if batch else 0.0
+
+    def runner(self, height: int, width: int) -> Callable[[np.ndarray | torch.Tensor], torch.Tensor]:
+        """For the Segmenter's numpy batches: logits it may keep (a CUDA graph's output buffer
+        is cloned, since the next replay overwrites it)."""
+        del height, width  # the shape is read from each batch (its batch size too)
+
+        def run(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+            x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+            logits = self(x)
+            return logits.clone() if "graphs" in self.mode else logits
+
+        return run
 
     def clear(self) -> None:
         self._runners.clear()

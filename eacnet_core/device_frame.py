@@ -73,6 +73,16 @@ class PendingFrames:
         return results
 
 
+class ReadyFrames:
+    """Results already at hand (the CPU path): ``result()`` as ``PendingFrames``'."""
+
+    def __init__(self, results: list[FrameResult]):
+        self._results = results
+
+    def result(self) -> list[FrameResult]:
+        return self._results
+
+
 class DeviceFrames:
     """Pre/post-processing of camera frames on ``device`` around a forward pass.
 

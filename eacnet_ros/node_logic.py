@@ -499,18 +499,14 @@ class FrameProcessor:
         self._alpha = float(value)
 
     def process(self, bgr: np.ndarray, want_color: bool, want_overlay: bool) -> SegmentedFrame:
-        return self._outputs(bgr, self.segmenter.segment(bgr), want_color, want_overlay)
+        return self.process_batch([bgr], [(want_color, want_overlay)])[0]
 
     def process_batch(self, images: Sequence[np.ndarray], wanted: Sequence[tuple[bool, bool]]) -> list[SegmentedFrame]:
         """Several frames (one per camera) through one forward pass per network size;
-        ``wanted``: (colour, overlay) for each frame."""
-        masks = self.segmenter.segment_batch(images)
-        return [self._outputs(bgr, mask, *want) for bgr, mask, want in zip(images, masks, wanted, strict=True)]
-
-    def _outputs(self, bgr: np.ndarray, mask: np.ndarray, want_color: bool, want_overlay: bool) -> SegmentedFrame:
-        colours = self.segmenter.colorize(mask) if (want_color or want_overlay) else None
-        overlay = self.segmenter.overlay(bgr, mask, self._alpha, color_mask=colours) if want_overlay else None
-        return SegmentedFrame(mask, colours if want_color else None, overlay)
+        ``wanted``: (colour, overlay) for each frame. ``Segmenter.segment_frames`` makes only
+        the wanted outputs (on the GPU, it also copies only those back)."""
+        results = self.segmenter.segment_frames(images, wanted, self._alpha)
+        return [SegmentedFrame(r.mask, r.color_mask, r.overlay) for r in results]
 
 
 OUTPUT_ENCODINGS = {"mask": "mono8", "color_mask": "bgr8", "overlay": "bgr8"}
