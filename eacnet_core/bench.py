@@ -8,6 +8,7 @@ the ratios stay fair. Warm-up runs are excluded; CUDA is synchronised around eac
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -60,21 +61,31 @@ class BenchConfig:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
-    backend: str = "torch"
+    backend: str = "torch"  # or several, comma-separated: each model runs on each, interleaved
     warmup: int = 3
     runs: int = 10
     threads: int = 0
 
 
-def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device, precision: str) -> Callable:
+BACKEND_CHOICES = ("torch", "torch_compiled", "onnxruntime")
+
+
+def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device, precision: str,
+                  compiled: bool = False) -> Callable:
     model = model.to(device, dtype=DTYPES[precision]).eval()
     x = torch.randn(cfg.batch, 3, cfg.height, cfg.width, device=device, dtype=DTYPES[precision])
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    forward = model
+    if compiled:  # compiled.py: torch.compile (+ a CUDA graph on CUDA), prepared here, untimed and logged
+        from .compiled import CompiledForward
+
+        forward = CompiledForward(model, device, DTYPES[precision], cfg.channels_last)
+        forward.prepare(cfg.batch, cfg.height, cfg.width)
 
     def step():
         with torch.inference_mode():
-            model(x)
+            forward(x)
         sync(device)
 
     return step
@@ -99,7 +110,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
         raise ValueError("height/width must be >= 8, batch and runs >= 1, warmup >= 0")
     device = resolve_device(cfg.device, fallback=False)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.backend == "onnxruntime" and precision != "fp32":
+    backends = _backends(cfg.backend)
+    if "onnxruntime" in backends and precision != "fp32":
         raise ValueError("the onnxruntime backend runs fp32 only")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -110,21 +122,36 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
     counts = {name: (sum(p.numel() for p in m.parameters()), module_macs(m, cfg.height, cfg.width),
                      total_flops(m, cfg.height, cfg.width)) for name, m in models.items()}
     with tempfile.TemporaryDirectory(prefix="eacnet-bench-") as tmp:
-        runners = {name: (_ort_runner(m, name, cfg, device, Path(tmp)) if cfg.backend == "onnxruntime"
-                          else _torch_runner(m, cfg, device, precision)) for name, m in models.items()}
+        runners = {}
+        for name, m in models.items():
+            for backend in backends:  # one copy of the model per backend: layouts and compiled code stay apart
+                model = m if len(backends) == 1 else copy.deepcopy(m)
+                runners[(name, backend)] = (
+                    _ort_runner(model, name, cfg, device, Path(tmp)) if backend == "onnxruntime"
+                    else _torch_runner(model, cfg, device, precision, compiled=backend == "torch_compiled"))
         times = _interleaved(runners, cfg.warmup, cfg.runs, progress)
     results = []
-    for name, samples in times.items():
+    for (name, backend), samples in times.items():
         params, macs, flops = counts[name]
         median = float(np.median(samples))
         results.append(BenchResult(model=name, params=params, gmacs=macs / 1e9, gflops=flops / 1e9,
                                    latency_ms_median=median, latency_ms_p90=float(np.percentile(samples, 90)),
                                    fps=1000.0 * cfg.batch / median, height=cfg.height, width=cfg.width,
-                                   batch=cfg.batch, device=str(device), precision=precision, backend=cfg.backend))
+                                   batch=cfg.batch, device=str(device), precision=precision, backend=backend))
     return results
 
 
-def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, progress: bool) -> dict[str, list[float]]:
+def _backends(text: str) -> tuple[str, ...]:
+    """'torch' or 'torch,torch_compiled' -> the backends, each checked."""
+    backends = tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
+    unknown = [b for b in backends if b not in BACKEND_CHOICES]
+    if not backends or unknown:
+        raise ValueError(f"backend must be one or more of {', '.join(BACKEND_CHOICES)} (comma-separated); "
+                         f"got {text!r}")
+    return backends
+
+
+def _interleaved(runners: dict, warmup: int, runs: int, progress: bool) -> dict:
     for _ in range(warmup):
         for step in runners.values():
             step()
@@ -145,13 +172,14 @@ def format_table(results: Sequence[BenchResult]) -> str:
     header = f"{'model':<14}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
     header += f"{'x erfnet':>10}" if base else ""
     lines = [header, "-" * len(header)]
+    several = len({r.backend for r in results}) > 1
     for r in results:
-        line = (f"{r.model:<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
+        line = (f"{r.model + (' ' + r.backend if several else ''):<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
                 f"{r.latency_ms_p90:>9.1f}{r.fps:>8.2f}")
         lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else ""))
     first = results[0]
     lines.append(f"{first.width}x{first.height} (WxH), batch {first.batch}, {first.device}, {first.precision}, "
-                 f"{first.backend}. GMACs: module MACs (paper/thop convention, attention products excluded); "
+                 f"{', '.join(dict.fromkeys(r.backend for r in results))}. GMACs: module MACs (paper/thop convention, attention products excluded); "
                  "GFLOPs: all conv + matrix-product FLOPs (2 per MAC).")
     return "\n".join(lines)
 
@@ -168,8 +196,10 @@ def add_parser(subparsers) -> None:
     add_device(p)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (torch backend)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
-                   help="torch eager, or the exported ONNX graph in onnxruntime")
+    p.add_argument("--backend", default="torch",
+                   help="torch (eager), torch_compiled (torch.compile, + CUDA graphs on CUDA; compiled before "
+                        "timing) or onnxruntime (the exported ONNX graph); several, comma-separated, are timed "
+                        "side by side (default torch)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
     p.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
     add_threads(p)

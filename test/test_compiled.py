@@ -157,3 +157,16 @@ def test_cuda_segmenter_auto_uses_the_device_frame_path():
     cpu = segmenter(backend="torch", inference_height=32, inference_width=48)
     image = frame(32, 48, seed=7)
     assert (seg.segment(image) == cpu.segment(image)).mean() > 0.999
+
+
+def test_bench_times_eager_and_compiled_side_by_side():
+    from eacnet_core.bench import BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(models=("eacnet_erf",), height=32, width=48, classes=11, backend="torch,torch_compiled",
+                      warmup=1, runs=2, threads=1)
+    results = run_bench(cfg, progress=False)
+    assert [(r.model, r.backend) for r in results] == [("eacnet_erf", "torch"), ("eacnet_erf", "torch_compiled")]
+    assert all(r.latency_ms_median > 0 for r in results)
+    assert "eacnet_erf torch_compiled" in format_table(results)
+    with pytest.raises(ValueError, match="backend must be one or more of"):
+        run_bench(BenchConfig(models=("eacnet_erf",), height=32, width=48, backend="torch,tensorrt"), progress=False)
