@@ -174,12 +174,14 @@ def format_table(results: Sequence[BenchResult]) -> str:
     lines = [header, "-" * len(header)]
     several = len({r.backend for r in results}) > 1
     for r in results:
-        line = (f"{r.model + (' ' + r.backend if several else ''):<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
+        name = f"{r.model} {r.backend}" if several else r.model
+        line = (f"{name:<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
                 f"{r.latency_ms_p90:>9.1f}{r.fps:>8.2f}")
         lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else ""))
     first = results[0]
+    backends = ", ".join(dict.fromkeys(r.backend for r in results))
     lines.append(f"{first.width}x{first.height} (WxH), batch {first.batch}, {first.device}, {first.precision}, "
-                 f"{', '.join(dict.fromkeys(r.backend for r in results))}. GMACs: module MACs (paper/thop convention, attention products excluded); "
+                 f"{backends}. GMACs: module MACs (paper/thop convention, attention products excluded); "
                  "GFLOPs: all conv + matrix-product FLOPs (2 per MAC).")
     return "\n".join(lines)
 
