@@ -62,6 +62,7 @@ class BenchConfig:
     precision: str = "fp32"
     channels_last: bool = False
     backend: str = "torch"  # or several, comma-separated: each model runs on each, interleaved
+    compile_mode: str = "auto"  # torch_compiled: compiled.COMPILE_MODES
     warmup: int = 3
     runs: int = 10
     threads: int = 0
@@ -80,7 +81,7 @@ def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device
     if compiled:  # compiled.py: torch.compile (+ a CUDA graph on CUDA), prepared here, untimed and logged
         from .compiled import CompiledForward
 
-        forward = CompiledForward(model, device, DTYPES[precision], cfg.channels_last)
+        forward = CompiledForward(model, device, DTYPES[precision], cfg.channels_last, mode=cfg.compile_mode)
         forward.prepare(cfg.batch, cfg.height, cfg.width)
 
     def step():

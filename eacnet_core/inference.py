@@ -70,6 +70,7 @@ class SegmenterOptions:
     # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present
     calibration_data: str = ""
     compiled_shapes: int = 4  # backend torch_compiled: (batch, height, width) shapes kept compiled; LRU beyond
+    compile_mode: str = "auto"  # backend torch_compiled: compiled.COMPILE_MODES (auto: inductor, + CUDA graphs on CUDA)
     # the frame's pre/post-processing as tensor ops on the model's device (device_frame.py):
     # auto = on CUDA with a torch backend; on = also on the CPU (tests); off = OpenCV/numpy on the CPU
     frame_on_device: str = "auto"
@@ -116,7 +117,7 @@ class Segmenter:
         self._ov = OvModels(self._ort, options.threads, options.ort_sessions, self.precision)
         dtype = DTYPES.get(self.precision, torch.float32)
         self._compiled = CompiledForward(self._model, self.device, dtype, options.channels_last,
-                                         capacity=options.compiled_shapes)
+                                         mode=options.compile_mode, capacity=options.compiled_shapes)
         #: every backend but torch, by name (engines.Engine): ``logits`` runs ``engines[backend]``
         self.engines: dict[str, Engine] = {"onnxruntime": self._ort, "openvino": self._ov,
                                            "torch_compiled": self._compiled}
