@@ -127,7 +127,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "CamVid folder: its train/ split) that calibrates the quantisation; empty: $EACNET_DATA or "
               "../shared/data/CamVid when present. Only read when the int8 model is not cached yet."),
     ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: on CPU the fastest of torch (NHWC, NCHW), "
-              "onnxruntime and openvino (when installed), measured at start-up; torch elsewhere.", choices=BACKENDS),
+              "onnxruntime and openvino (when installed), measured at start-up; on CUDA the faster of torch and "
+              "torch_compiled (torch.compile + CUDA graphs, compiled at start-up).", choices=BACKENDS),
     ParamSpec("inference_height", _OPTIONS.inference_height, "Network input height in pixels; 0 (with "
               "inference_width 0): the image's own size.", int_range=(0, MAX_INFERENCE_SIZE)),
     ParamSpec("inference_width", _OPTIONS.inference_width, "Network input width in pixels; 0 (with "
