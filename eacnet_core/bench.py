@@ -185,16 +185,19 @@ def _interleaved(runners: dict[Any, Callable], warmup: int, runs: int, bar: Any)
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    base = next((r.latency_ms_median for r in results if r.model == "erfnet"), None)
-    header = f"{'model':<14}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
-    header += f"{'x erfnet':>10}" if base else ""
-    lines = [header, "-" * len(header)]
     several = len({r.backend for r in results}) > 1
-    for r in results:
-        name = f"{r.model} {r.backend}" if several else r.model
-        line = (f"{name:<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
+    names = [f"{r.model} {r.backend}" if several else r.model for r in results]
+    width = max(14, *(len(n) + 1 for n in names))
+    # "x erfnet": against erfnet on the same backend (several backends: one ratio per backend)
+    bases = {r.backend: r.latency_ms_median for r in results if r.model == "erfnet"}
+    header = f"{'model':<{width}}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
+    header += f"{'x erfnet':>10}" if bases else ""
+    lines = [header, "-" * len(header)]
+    for r, name in zip(results, names, strict=True):
+        line = (f"{name:<{width}}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
                 f"{r.latency_ms_p90:>9.1f}{r.fps:>8.2f}")
-        lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else ""))
+        base = bases.get(r.backend)
+        lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else (" " * 10 if bases else "")))
     first = results[0]
     backends = ", ".join(dict.fromkeys(r.backend for r in results))
     lines.append(f"{first.width}x{first.height} (WxH), batch {first.batch}, {first.device}, {first.precision}, "

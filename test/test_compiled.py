@@ -136,6 +136,25 @@ def test_cuda_auto_choice_keeps_the_faster_path_and_survives_a_failing_compiler(
     assert any("torch_compiled failed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("frame_on_device", ["on", "off"])
+def test_the_first_frame_settles_the_cuda_choice_on_either_frame_path(frame_on_device, monkeypatch):
+    """backend=auto on CUDA with the camera's size unknown at start-up: the first frame makes
+    the eager/compiled choice at its network size, whether the frame goes through the device
+    path (segment_frames) or the CPU one (segment), and never the CPU's candidate timing.
+    (Run on CPU tensors: the CUDA flag is set by hand, the timing is device-agnostic.)"""
+    seg = segmenter(backend="auto", precision="fp32", frame_on_device=frame_on_device)
+    monkeypatch.setattr(seg, "_can_autotune_cuda", True)
+    monkeypatch.setattr(seg, "_can_autotune", False)
+    monkeypatch.setattr(seg, "_pick_fastest_cpu_path", lambda *a, **k: pytest.fail("CPU choice on CUDA"))
+    seg.warmup()
+    assert "backend=auto (chosen on the first frame)" in seg.describe()
+    image = frame(16, 24, seed=3)
+    mask = seg.segment_frames([image])[0].mask if frame_on_device == "on" else seg.segment(image)
+    assert seg.autotune_size == (16, 24) and set(seg.autotune_ms) == {"torch", "torch_compiled"}
+    assert f"backend={seg.backend} (chosen by auto)" in seg.describe()
+    assert np.array_equal(mask, segmenter(backend="torch").segment(image))
+
+
 @CUDA
 def test_cuda_graph_replays_match_eager_for_each_batch_size():
     model = pixel_model().cuda()
