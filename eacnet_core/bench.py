@@ -8,6 +8,7 @@ the ratios stay fair. Warm-up runs are excluded; CUDA is synchronised around eac
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -62,21 +63,32 @@ class BenchConfig:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
-    backend: str = "torch"
+    backend: str = "torch"  # or several, comma-separated: each model runs on each, interleaved
+    compile_mode: str = "auto"  # torch_compiled: compiled.COMPILE_MODES
     warmup: int = 3
     runs: int = 10
     threads: int = 0
 
 
-def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device, precision: str) -> Callable:
+BACKEND_CHOICES = ("torch", "torch_compiled", "onnxruntime")
+
+
+def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device, precision: str,
+                  compiled: bool = False) -> Callable:
     model = model.to(device, dtype=DTYPES[precision]).eval()
     x = torch.randn(cfg.batch, 3, cfg.height, cfg.width, device=device, dtype=DTYPES[precision])
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    forward = model
+    if compiled:  # compiled.py: torch.compile (+ a CUDA graph on CUDA), prepared here, untimed and logged
+        from .compiled import CompiledForward
+
+        forward = CompiledForward(model, device, DTYPES[precision], cfg.channels_last, mode=cfg.compile_mode)
+        forward.prepare(cfg.batch, cfg.height, cfg.width)
 
     def step():
         with torch.inference_mode():
-            model(x)
+            forward(x)
         sync(device)
 
     return step
@@ -104,43 +116,65 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[BenchResult]:
         raise ValueError("; ".join(problems))
     device = resolve_device(cfg.device, fallback=False)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.backend == "onnxruntime" and precision != "fp32":
+    backends = _backends(cfg.backend)
+    if "onnxruntime" in backends and precision != "fp32":
         raise ValueError("the onnxruntime backend runs fp32 only")
     configure_torch(device, cfg.threads)
 
-    steps = len(cfg.models) * (1 + cfg.warmup + cfg.runs)  # per model: its set-up, then each run
+    steps = len(cfg.models) * len(backends) * (1 + cfg.warmup + cfg.runs)  # per runner: its set-up, then each run
     counts, runners = {}, {}
     with tempfile.TemporaryDirectory(prefix="eacnet-bench-") as tmp, \
             progress_bar(total=steps, enabled=progress, desc="bench set-up", unit="step", leave=False) as bar:
         for name in cfg.models:
-            model = build_model(name, cfg.classes).eval()
-            counts[name] = (sum(p.numel() for p in model.parameters()), module_macs(model, cfg.height, cfg.width),
-                            total_flops(model, cfg.height, cfg.width))
-            runners[name] = (_ort_runner(model, name, cfg, device, Path(tmp)) if cfg.backend == "onnxruntime"
-                             else _torch_runner(model, cfg, device, precision))
-            bar.update()
+            built = build_model(name, cfg.classes).eval()
+            counts[name] = (sum(p.numel() for p in built.parameters()), module_macs(built, cfg.height, cfg.width),
+                            total_flops(built, cfg.height, cfg.width))
+            for backend in backends:  # one copy of the model per backend: layouts and compiled code stay apart
+                model = built if len(backends) == 1 else copy.deepcopy(built)
+                runners[(name, backend)] = (
+                    _ort_runner(model, name, cfg, device, Path(tmp)) if backend == "onnxruntime"
+                    else _torch_runner(model, cfg, device, precision, compiled=backend == "torch_compiled"))
+                bar.update()
         times = _interleaved(runners, cfg.warmup, cfg.runs, bar)
     results = []
-    for name, samples in times.items():
+    for (name, backend), samples in times.items():
         params, macs, flops = counts[name]
         median = float(np.median(samples))
         results.append(BenchResult(model=name, params=params, gmacs=macs / 1e9, gflops=flops / 1e9,
                                    latency_ms_median=median, latency_ms_p90=float(np.percentile(samples, 90)),
                                    fps=1000.0 * cfg.batch / median, height=cfg.height, width=cfg.width,
-                                   batch=cfg.batch, device=str(device), precision=precision, backend=cfg.backend))
+                                   batch=cfg.batch, device=str(device), precision=precision, backend=backend))
     return results
 
 
-def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, bar: Any) -> dict[str, list[float]]:
-    """Milliseconds per timed run of each runner, round by round; ``bar`` (a tqdm, drawn on a
-    terminal only) advances after every run, outside the timed window."""
+def _backends(text: str) -> tuple[str, ...]:
+    """'torch' or 'torch,torch_compiled' -> the backends, each checked."""
+    backends = tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
+    unknown = [b for b in backends if b not in BACKEND_CHOICES]
+    if not backends or unknown:
+        raise ValueError(f"backend must be one or more of {', '.join(BACKEND_CHOICES)} (comma-separated); "
+                         f"got {text!r}")
+    return backends
+
+
+def _backend_list(text: str) -> str:
+    """argparse type of --backend: the comma-separated list checked at parse time (``_backends``)."""
+    try:
+        return ",".join(_backends(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _interleaved(runners: dict[Any, Callable], warmup: int, runs: int, bar: Any) -> dict[Any, list[float]]:
+    """Milliseconds per timed run of each runner (keyed by (model, backend)), round by round;
+    ``bar`` (a tqdm, drawn on a terminal only) advances after every run, outside the timed window."""
     bar.set_description("bench warm-up")
     for _ in range(warmup):
         for step in runners.values():
             step()
             bar.update()
     bar.set_description("bench timing")
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times: dict[Any, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
         for name, step in runners.items():
             start = time.perf_counter()
@@ -151,17 +185,23 @@ def _interleaved(runners: dict[str, Callable], warmup: int, runs: int, bar: Any)
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    base = next((r.latency_ms_median for r in results if r.model == "erfnet"), None)
-    header = f"{'model':<14}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
-    header += f"{'x erfnet':>10}" if base else ""
+    several = len({r.backend for r in results}) > 1
+    names = [f"{r.model} {r.backend}" if several else r.model for r in results]
+    width = max(14, *(len(n) + 1 for n in names))
+    # "x erfnet": against erfnet on the same backend (several backends: one ratio per backend)
+    bases = {r.backend: r.latency_ms_median for r in results if r.model == "erfnet"}
+    header = f"{'model':<{width}}{'params':>11}{'GMACs':>9}{'GFLOPs':>9}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"
+    header += f"{'x erfnet':>10}" if bases else ""
     lines = [header, "-" * len(header)]
-    for r in results:
-        line = (f"{r.model:<14}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
+    for r, name in zip(results, names, strict=True):
+        line = (f"{name:<{width}}{r.params:>11,}{r.gmacs:>9.3f}{r.gflops:>9.3f}{r.latency_ms_median:>11.1f}"
                 f"{r.latency_ms_p90:>9.1f}{r.fps:>8.2f}")
-        lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else ""))
+        base = bases.get(r.backend)
+        lines.append(line + (f"{r.latency_ms_median / base:>10.2f}" if base else (" " * 10 if bases else "")))
     first = results[0]
+    backends = ", ".join(dict.fromkeys(r.backend for r in results))
     lines.append(f"{first.width}x{first.height} (WxH), batch {first.batch}, {first.device}, {first.precision}, "
-                 f"{first.backend}. GMACs: module MACs (paper/thop convention, attention products excluded); "
+                 f"{backends}. GMACs: module MACs (paper/thop convention, attention products excluded); "
                  "GFLOPs: all conv + matrix-product FLOPs (2 per MAC).")
     return "\n".join(lines)
 
@@ -178,8 +218,10 @@ def add_parser(subparsers) -> None:
     add_device(p)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (torch backend)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
-                   help="torch eager, or the exported ONNX graph in onnxruntime")
+    p.add_argument("--backend", default="torch", type=_backend_list,
+                   help="torch (eager), torch_compiled (torch.compile, + CUDA graphs on CUDA; compiled before "
+                        "timing) or onnxruntime (the exported ONNX graph); several, comma-separated, are timed "
+                        "side by side (default torch)")
     p.add_argument("--warmup", type=at_least(0), default=3, help="untimed runs per model (default 3)")
     p.add_argument("--runs", type=at_least(1), default=10, help="timed rounds (default 10)")
     add_threads(p)

@@ -271,8 +271,8 @@ def add_parser(subparsers) -> None:
                         "int8 that agrees with fp32, as the node chooses; int8: a quantised model on the CPU)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="torch (default; onnxruntime for --precision int8): batched, the network as trained; or "
-                        "the Segmenter's onnxruntime, openvino or auto (the node's default: chosen by timing on the "
-                        "first image)")
+                        "the Segmenter's torch_compiled, onnxruntime, openvino or auto (the node's default: chosen by "
+                        "timing on the first image)")
     add_int8_calibration(p, default="the dataset root's train split")
     add_threads(p)
     p.add_argument("--json", type=Path, help="write {model, dataset, split, images, miou, pixel_acc, per_class} here")

@@ -28,6 +28,8 @@ from torch import nn
 from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
 from .choice import ChoiceCache, choice_fields
 from .classes import CAMVID, DatasetInfo, generic
+from .compiled import CompiledForward
+from .device_frame import DeviceFrames, FrameResult, ReadyFrames
 from .engines import (
     Engine,
     OrtSessions,
@@ -38,12 +40,16 @@ from .engines import (
     return_freed_memory,  # noqa: F401  (the node imports it from here)
 )
 from .models import build_model
-from .runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision
+from .runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision, sync
 from .transforms import normalisation_lut
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "torch_compiled", "onnxruntime", "openvino")
+#: Backends that run the torch model on its device (eager, or compiled: compiled.py); they can
+#: run the frame's pre/post-processing on the device too (device_frame.py).
+TORCH_BACKENDS = ("torch", "torch_compiled")
+FRAME_ON_DEVICE = ("auto", "on", "off")
 #: Backends that run the exported ONNX graph, one image per call.
 GRAPH_BACKENDS = ("onnxruntime", "openvino")
 
@@ -85,6 +91,11 @@ class SegmenterOptions:
     # builds int8 models only from frames given here; without them it uses cached ones.
     calibration_data: str = ""
     choice_cache: bool = True  # remember auto's choice in the user cache (eacnet_core.choice)
+    compiled_shapes: int = 4  # backend torch_compiled: (batch, height, width) shapes kept compiled; LRU beyond
+    compile_mode: str = "auto"  # backend torch_compiled: compiled.COMPILE_MODES (auto: inductor, + CUDA graphs on CUDA)
+    # the frame's pre/post-processing as tensor ops on the model's device (device_frame.py):
+    # auto = on CUDA with a torch backend; on = also on the CPU (tests); off = OpenCV/numpy on the CPU
+    frame_on_device: str = "auto"
 
 
 class Segmenter:
@@ -108,6 +119,9 @@ class Segmenter:
             raise ValueError(f"ort_sessions must be >= 1, got {options.ort_sessions}")
         if options.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {options.backend!r}")
+        if options.frame_on_device not in FRAME_ON_DEVICE:
+            raise ValueError(f"frame_on_device must be one of {', '.join(FRAME_ON_DEVICE)}; "
+                             f"got {options.frame_on_device!r}")
         self.model_name = model_name
         self.dataset = dataset
         self.weights = weights
@@ -125,10 +139,14 @@ class Segmenter:
         self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
         self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
         self._model = model.eval()
-        #: every backend but torch, by (backend, precision) (engines.Engine), made on first use:
-        #: ``logits`` runs ``engines[(backend, precision)]``
+        #: every backend but eager torch, by (backend, precision) (engines.Engine), made on first
+        #: use: ``logits`` runs ``engines[(backend, precision)]`` (torch_compiled: compiled.py)
         self.engines: dict[tuple[str, str], Engine] = {}
         self._weights_digest: Optional[str] = None
+        self._frames = self._device_frames(DTYPES.get(self.precision, torch.float32))
+        # backend=auto on CUDA: time eager and compiled torch and keep the faster (_pick_fastest_cuda_path).
+        self._can_autotune_cuda = (options.backend == "auto" and self.device.type == "cuda"
+                                   and self.precision in DTYPES)
         # On the CPU with more than one candidate: time them and keep the fastest (_pick_fastest_cpu_path).
         self._can_autotune = self.device.type == "cpu" and len(self._candidates(int8=False)) > 1
         self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
@@ -200,10 +218,24 @@ class Segmenter:
             elif backend == "openvino":
                 int8 = self._int8_builder(backend) if precision == "int8" else None
                 made = OvModels(self.engine("onnxruntime", "fp32"), threads, capacity, precision, int8)
+            elif backend == "torch_compiled" and precision in DTYPES:  # the torch model itself, compiled
+                made = CompiledForward(self._model, self.device, DTYPES[precision], self.options.channels_last,
+                                       mode=self.options.compile_mode, capacity=self.options.compiled_shapes)
             else:
                 raise ValueError(f"no engine runs {backend} at {precision}")
             self.engines[key] = made
         return self.engines[key]
+
+    @property
+    def _compiled(self) -> CompiledForward:
+        """The compiled torch forward at the running precision (backend torch_compiled)."""
+        return self.engine("torch_compiled", self.precision)
+
+    def _drop_compiled(self) -> None:
+        """Free the compiled code and captured graphs (backend auto on CUDA kept eager torch)."""
+        engine = self.engines.pop(("torch_compiled", self.precision), None)
+        if engine is not None:
+            engine.clear()
 
     @property
     def loaded_from_file(self) -> bool:
@@ -216,13 +248,34 @@ class Segmenter:
         return self.dataset.num_classes
 
     def _use(self, candidate: Candidate) -> None:
-        """Switch execution path; the model's memory format follows the torch layout. Under
-        precision auto the torch model stays fp32 (a round trip through bf16 would round it)."""
+        """Switch execution path; the model's memory format follows the torch layout (the
+        compiled engine's for torch_compiled). Under precision auto the torch model stays fp32
+        (a round trip through bf16 would round it)."""
         self.backend, self.precision = candidate.backend, candidate.precision
         self.channels_last = candidate.channels_last and candidate.backend == "torch"
-        if candidate.backend == "torch":
-            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        if candidate.backend in TORCH_BACKENDS:
+            layout = self._compiled.layout if candidate.backend == "torch_compiled" else (
+                torch.channels_last if self.channels_last else torch.contiguous_format)
             self._model.to(self.device, dtype=DTYPES[self.precision], memory_format=layout)
+            if getattr(self, "_frames", None) is not None:
+                self._frames.layout = layout
+
+    def _device_frames(self, dtype: torch.dtype) -> Optional[DeviceFrames]:
+        """The on-device pre/post-processing, when ``frame_on_device`` asks for it."""
+        mode = self.options.frame_on_device
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda") or self.precision not in DTYPES:
+            return None
+        layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        frames = DeviceFrames(self.device, dtype, self.dataset.mean, self.dataset.std, self._palette_bgr,
+                              (self.options.inference_height, self.options.inference_width))
+        frames.layout = layout
+        return frames
+
+    @property
+    def frame_on_device(self) -> bool:
+        """Whether frames are pre/post-processed on the model's device now (a torch backend
+        with ``frame_on_device`` on, or auto on CUDA)."""
+        return self._frames is not None and self.backend in TORCH_BACKENDS
 
     @property
     def onnx_sessions(self) -> tuple[tuple[int, int], ...]:
@@ -244,8 +297,12 @@ class Segmenter:
         else:
             backend = (self.backend + (" channels_last" if self.channels_last else "")
                        + (" (chosen by auto)" if self._can_autotune else ""))
+        if self._can_autotune_cuda:
+            backend = (f"{self.backend} (chosen by auto)" if self.autotune_size else
+                       "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)")
+        frames = " frame=on-device" if self.frame_on_device else ""
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
-                f"precision={precision} backend={backend} inference={size} weights={weights}")
+                f"precision={precision} backend={backend} inference={size}{frames} weights={weights}")
 
     # ------------------------------------------------------------------ the pipeline
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
@@ -272,6 +329,8 @@ class Segmenter:
     def segment(self, bgr: np.ndarray) -> np.ndarray:
         """Class-id mask (uint8, the input image's H x W). The first frame after a warm-up that
         did not know the size also settles backend=auto, at this frame's network size."""
+        if self.frame_on_device:
+            return self.segment_frames([bgr])[0].mask
         batch = self.preprocess(bgr)
         if self._tune_on_first_frame:
             self.settle(batch)
@@ -308,6 +367,8 @@ class Segmenter:
         onnxruntime's graphs take one image, so that backend runs them one by one. The masks
         equal ``segment``'s up to float rounding (batch norm uses its running statistics: no
         image affects another)."""
+        if self.frame_on_device:
+            return [r.mask for r in self.segment_frames(images)]
         batches = [self.preprocess(bgr) for bgr in images]
         if self._tune_on_first_frame and batches:
             self.settle(batches[0])
@@ -324,6 +385,47 @@ class Segmenter:
             for row, i in enumerate(members):
                 masks[i] = self.mask_from_logits(logits[row:row + 1], images[i].shape[:2])
         return masks
+
+    def segment_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[tuple[bool, bool]]] = None,
+                       alpha: float = 0.5) -> list[FrameResult]:
+        """Mask, and colour mask / overlay where ``wanted`` (colour, overlay) asks, of each
+        image (one forward pass per network size); what the node publishes."""
+        return self.submit_frames(images, wanted, alpha).result()
+
+    def submit_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[tuple[bool, bool]]] = None,
+                      alpha: float = 0.5) -> ReadyFrames:
+        """``segment_frames`` without waiting for the device: ``.result()`` waits. A caller
+        that submits the next frame before collecting this one overlaps its upload with this
+        forward pass. Off the device, the work is done before this returns."""
+        wanted = list(wanted) if wanted is not None else [(False, False)] * len(images)
+        if len(wanted) != len(images):
+            raise ValueError(f"{len(wanted)} output choices for {len(images)} images")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+        for bgr in images:
+            _check_image(bgr)
+        if self._tune_on_first_frame and images:  # backend=auto settles on the first frame's network size
+            if self._can_autotune_cuda:  # timed on the device: no CPU preprocessing needed
+                self._pick_fastest_cuda_path(self._network_size(*images[0].shape[:2]))
+            else:  # the CPU choice, the frame among what reduced precisions are checked on
+                self.settle(self.preprocess(images[0]))
+        if not self.frame_on_device:
+            masks = self.segment_batch(images) if len(images) > 1 else [self.segment(bgr) for bgr in images]
+            return ReadyFrames([self._cpu_outputs(*args, alpha) for args in zip(images, masks, wanted, strict=True)])
+        with torch.inference_mode():
+            return self._frames.submit(images, self._device_forward, wanted, alpha)
+
+    def _cpu_outputs(self, bgr: np.ndarray, mask: np.ndarray, want: tuple[bool, bool], alpha: float) -> FrameResult:
+        colours = self.colorize(mask) if any(want) else None
+        overlay = self.overlay(bgr, mask, alpha, color_mask=colours) if want[1] else None
+        return FrameResult(mask, colours if want[0] else None, overlay)
+
+    def _device_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a device batch, for DeviceFrames (which consumes the logits at once,
+        so a CUDA graph's output buffer needs no copy)."""
+        if self.backend == "torch_compiled":
+            return self._compiled(x)
+        return self._model(x)
 
     def mask_from_logits(self, logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
         """(1, C, h, w) logits -> uint8 class ids at ``size_hw`` (``mask_at_size``)."""
@@ -357,6 +459,13 @@ class Segmenter:
         then only exports the ONNX graph (size-independent); the first frame's timing runs
         are its warm-up."""
         size = self._network_size(height, width)
+        if self._can_autotune_cuda and self.autotune_size is None:
+            if size:
+                self._pick_fastest_cuda_path(size)
+            else:
+                self._tune_on_first_frame = True
+        if self.backend == "torch_compiled" and size:
+            self._compiled.prepare(1, *size)  # compile now, not on the first frame (logged)
         if self._can_autotune and self.autotune_size is None:
             probes = self._calibration_probes(size) if size else []
             if size and (probes or not self._wants_probes()):
@@ -365,10 +474,14 @@ class Segmenter:
                 self._tune_on_first_frame = True
         if self.backend in GRAPH_BACKENDS:
             self.engine(self.backend, self.precision).prepare()  # size-independent: pay it now
-        elif self._tune_on_first_frame and _ort_available():
+        elif self._tune_on_first_frame and self._can_autotune and _ort_available():
             self.engine("onnxruntime", "fp32").prepare()  # the export does not depend on the size
-        if size is None and (self._tune_on_first_frame or self.backend in GRAPH_BACKENDS):
-            return  # timing or a session at a guessed size would be for the wrong shapes
+        if size is None and (self._tune_on_first_frame or self.backend in (*GRAPH_BACKENDS, "torch_compiled")):
+            return  # timing, a session or compiled code at a guessed size would be for the wrong shapes
+        if self.frame_on_device:  # the device's pre/post-processing warms up with the network
+            for _ in range(runs):
+                self.segment_frames([np.zeros((*(size or _WARMUP_HW), 3), np.uint8)], [(True, True)])
+            return
         batch = self._blank_batch(size or _WARMUP_HW)
         for _ in range(runs):
             self.logits(batch)
@@ -386,15 +499,19 @@ class Segmenter:
         if self._can_autotune:
             size = self._network_size(height, width)
             self._pick_fastest_cpu_path(self._blank_batch(size), probes=self._calibration_probes(size))
+        elif self._can_autotune_cuda:
+            self._pick_fastest_cuda_path(self._network_size(height, width))
 
     def settle(self, batch: np.ndarray) -> None:
         """Make the auto choice now, if it is still open, on this preprocessed frame (1, 3, h, w)
         at the network size: what the first frame does in ``segment``. The frame, with any
         calibration frames at hand, is what reduced precisions are checked on. For callers
         that preprocess themselves (``eacnet eval``)."""
+        size = (batch.shape[2], batch.shape[3])
         if self._can_autotune and self.autotune_size is None:
-            size = (batch.shape[2], batch.shape[3])
             self._pick_fastest_cpu_path(batch, probes=[batch, *self._calibration_probes(size)])
+        elif self._can_autotune_cuda and self.autotune_size is None:
+            self._pick_fastest_cuda_path(size)
         self._tune_on_first_frame = False
 
     def _network_size(self, height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
@@ -550,6 +667,45 @@ class Segmenter:
 
     def _threads(self) -> int:
         return self.options.threads if self.options.threads > 0 else torch.get_num_threads()
+
+    def _pick_fastest_cuda_path(self, size_hw: tuple[int, int], runs: int = 20) -> None:
+        """backend=auto on CUDA: time eager torch and torch_compiled (compiled.py: torch.compile
+        and a CUDA graph per shape) at the network size, batch 1, and keep the faster. Both run
+        the same function at this precision (masks agree to float rounding). Compiling is set-up,
+        not a run: it happens first, untimed and logged; a compiler that fails (no Triton, say)
+        leaves eager torch, with a warning."""
+        self._tune_on_first_frame = False
+        x = torch.zeros((1, 3, *size_hw), device=self.device, dtype=DTYPES[self.precision])
+        self.autotune_ms = {}
+        for backend in TORCH_BACKENDS:
+            self._use(Candidate(backend, self.precision, self.options.channels_last))
+            try:
+                with torch.inference_mode():
+                    for _ in range(3):  # compiles / captures, picks cuDNN algorithms
+                        self._device_forward(x)
+                    self.autotune_ms[backend] = _device_ms(self._device_forward, x, self.device, runs)
+            except Exception as exc:  # torch.compile raises many types (BackendCompilerFailed, OSError...)
+                log.warning("backend auto: %s failed at %dx%d (%s: %s); not used", backend, size_hw[1], size_hw[0],
+                            type(exc).__name__, exc)
+                self._drop_compiled()
+        best = min(self.autotune_ms, key=self.autotune_ms.get)
+        self._use(Candidate(best, self.precision, self.options.channels_last))
+        if best != "torch_compiled":
+            self._drop_compiled()
+        self.autotune_size = tuple(size_hw)
+        log.info("backend auto at %dx%d on %s: %s -> %s", size_hw[1], size_hw[0], self.device,
+                 ", ".join(f"{k} {v:.2f} ms" for k, v in self.autotune_ms.items()), best)
+
+
+def _device_ms(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
+               runs: int) -> float:
+    """Median milliseconds of ``forward(x)``, the device synchronised around each run."""
+    def run() -> None:
+        forward(x)
+        sync(device)
+
+    sync(device)
+    return float(np.median([_elapsed_ms(run) for _ in range(runs)]))
 
 
 def _elapsed_ms(run: Callable[..., object], *args: object) -> float:

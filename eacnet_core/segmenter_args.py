@@ -33,7 +33,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                              "masks agree with fp32 on >= 99%% of pixels; int8: a quantised model on the CPU")
     add_int8_calibration(parser)
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="torch, onnxruntime or openvino (default auto: the fastest, measured)")
+                        help="torch, torch_compiled (torch.compile; + CUDA graphs on CUDA), onnxruntime or openvino "
+                             "(default auto: the fastest, measured)")
     add_resize(parser, aliases=[INFERENCE_SIZE_HXW])
     add_threads(parser)
 

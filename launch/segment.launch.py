@@ -72,7 +72,7 @@ PARAMETER_ARGUMENTS = (
     Argument("device", "auto", "auto | cpu | cuda | cuda:N"),
     Argument("precision", "auto", "auto | fp32 | fp16 | bf16 | int8 (CPU, onnxruntime)"),
     Argument("int8_calibration", "", "precision int8: folder of camera frames that calibrates the quantisation"),
-    Argument("backend", "auto", "auto | torch | onnxruntime | openvino"),
+    Argument("backend", "auto", "auto | torch | torch_compiled | onnxruntime | openvino"),
     Argument("inference_height", "0", "network input height; 0 (with inference_width 0): the image's own size",
              int),
     Argument("inference_width", "0", "network input width; 0 (with inference_height 0): the image's own size", int),

@@ -31,6 +31,17 @@ from eacnet_core.models import build_model
 PACKAGE_LOGGERS = [logging.getLogger(name) for name in ("eacnet_core", "eacnet_ros")]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory):
+    """$XDG_CACHE_HOME in a temporary folder for the whole run (subprocesses inherit it):
+    what the code under test caches there (backend/precision auto's remembered choices,
+    int8 models of weights without a writable folder) never lands in the user's own cache,
+    nor does a record left there by an earlier run decide a test's outcome. Tests that need
+    a cache of their own still set one with monkeypatch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():

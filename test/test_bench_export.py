@@ -40,7 +40,8 @@ def test_bench_measures_a_known_workload_and_fits_in_the_wall_clock(monkeypatch)
     add up to more than the test's own clock saw."""
     sleep_s = {"DABNet": 0.030, "ERFNetEncoderSeg": 0.010}
     monkeypatch.setattr(bench, "_torch_runner",
-                        lambda model, cfg, device, precision: lambda: time.sleep(sleep_s[type(model).__name__]))
+                        lambda model, cfg, device, precision, compiled=False:
+                        lambda: time.sleep(sleep_s[type(model).__name__]))
     cfg = bench.BenchConfig(models=("dabnet", "erfnet_enc"), height=16, width=16, classes=3, batch=2, warmup=1,
                             runs=5)
     start = time.monotonic()
@@ -59,6 +60,13 @@ def test_bench_onnxruntime_backend(tmp_path):
                  "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["backend"] == "onnxruntime" and row["latency_ms_median"] > 0
+
+
+def test_bench_rejects_an_unknown_backend_when_parsing(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--models", "dabnet", "--size", "32x32", "--backend", "torch,tensorrt"])
+    assert exit_.value.code == 2
+    assert "one or more of torch, torch_compiled, onnxruntime" in capsys.readouterr().err
 
 
 def test_bench_rejects_unknown_model(capsys):

@@ -113,7 +113,7 @@ def test_parameter_set_matches_the_issue():
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")
-    assert SPECS["backend"].choices == ("auto", "torch", "onnxruntime", "openvino")
+    assert SPECS["backend"].choices == ("auto", "torch", "torch_compiled", "onnxruntime", "openvino")
     assert SPECS["reliability"].choices == ("auto", "reliable", "best_effort")
     assert SPECS["transport"].choices == ("raw", "compressed")
     assert SPECS["overlay_alpha"].float_range == (0.0, 1.0)
@@ -383,13 +383,13 @@ def test_an_exception_in_one_frame_is_counted_and_not_fatal(segmenter, monkeypat
     worker = make_worker(segmenter, warnings=warnings)
     calls = iter([RuntimeError("CUDA out of memory")])
 
-    def flaky_segment(bgr):
+    def flaky_segment(images, *args):
         error = next(calls, None)
         if error:
             raise error
-        return Segmenter.segment(segmenter, bgr)
+        return Segmenter.segment_frames(segmenter, images, *args)
 
-    monkeypatch.setattr(worker.processor, "segmenter", _Wrapped(segmenter, segment=flaky_segment))
+    monkeypatch.setattr(worker.processor, "segmenter", _Wrapped(segmenter, segment_frames=flaky_segment))
     assert not worker.process_one(image_msg(), time.monotonic())
     assert worker.process_one(image_msg(), time.monotonic())
     assert worker.stats.totals()["failed"] == 1 and worker.stats.totals()["processed"] == 1
@@ -422,12 +422,12 @@ class _Wrapped:
 def test_slow_model_drops_frames_instead_of_queueing(segmenter):
     """Frames arrive faster than the model runs: the worker always takes the newest, the
     overwritten ones are counted, and every received frame is accounted for."""
-    def slow_segment(bgr):
+    def slow_segment(images, *args):
         time.sleep(0.03)
-        return Segmenter.segment(segmenter, bgr)
+        return Segmenter.segment_frames(segmenter, images, *args)
 
     worker = make_worker(segmenter)
-    worker.processor.segmenter = _Wrapped(segmenter, segment=slow_segment)
+    worker.processor.segmenter = _Wrapped(segmenter, segment_frames=slow_segment)
     worker.start()
     try:
         for i in range(40):
@@ -993,11 +993,11 @@ def test_odd_sized_frames_run_at_the_cameras_size_so_its_engine_stays(own_size_s
     gets a mask at its own size."""
     seen: list[tuple[int, int]] = []
 
-    def spy(bgr):
-        seen.append(bgr.shape[:2])
-        return Segmenter.segment(own_size_segmenter, bgr)
+    def spy(images, *args):
+        seen.extend(bgr.shape[:2] for bgr in images)
+        return Segmenter.segment_frames(own_size_segmenter, images, *args)
 
-    worker = make_worker(_Wrapped(own_size_segmenter, segment=spy))
+    worker = make_worker(_Wrapped(own_size_segmenter, segment_frames=spy))
     rng = np.random.default_rng(3)
     odd_sizes = [(int(rng.integers(16, 80)), int(rng.integers(16, 80))) for _ in range(12)]
     for i, odd in enumerate(odd_sizes):

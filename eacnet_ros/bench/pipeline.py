@@ -94,6 +94,7 @@ class StageTimes:
     device: str
     ms: dict[str, float] = field(default_factory=dict)
     agreement: float = 1.0
+    streamed_fps: Optional[float] = None  # the whole path back to back (streamed_fps), when measured
 
     @property
     def non_forward_ms(self) -> float:
@@ -147,6 +148,8 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
     marks = [time.perf_counter()]
     bgr = codec.to_bgr(msg)
     marks.append(time.perf_counter())
+    if segmenter.frame_on_device:
+        return _run_frame_on_device(segmenter, bgr, msg, store, image_type, alpha, marks)
     batch = segmenter.preprocess(bgr)
     marks.append(time.perf_counter())
     ids = segmenter.graph_ids(batch)  # engines with the argmax in their graph (OpenVINO): forward includes it
@@ -165,8 +168,63 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
     return {stage: (b - a) * 1000.0 for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}, mask
 
 
+def _run_frame_on_device(segmenter: Segmenter, bgr: np.ndarray, msg: Any, store: Any, image_type: type,
+                         alpha: float, marks: list[float]) -> tuple[dict[str, float], np.ndarray]:
+    """The stages of a Segmenter whose frame is processed on its device (device_frame.py), the
+    device synchronised after each so that each stage's time is its own: preprocess = upload +
+    resize + normalisation, postprocess = argmax + nearest resize + the mask's copy back,
+    colour = colour mask + overlay + their copy back. The node runs them without those
+    synchronisations (``Segmenter.segment_frames``), so the sum is an upper bound."""
+    import torch
+
+    if segmenter._tune_on_first_frame:  # backend=auto settles on the first frame, as in submit_frames
+        segmenter.tune(*bgr.shape[:2])
+    frames = segmenter._frames
+    with torch.inference_mode():
+        frame = frames.upload(bgr)
+        batch = frames.network_input([frame], frames.network_size(bgr.shape[:2]))
+        sync(segmenter.device)
+        marks.append(time.perf_counter())
+        logits = segmenter._device_forward(batch)
+        sync(segmenter.device)
+        marks.append(time.perf_counter())
+        mask_t = frames.nearest(frames.argmax(logits)[0], bgr.shape[:2])
+        mask = mask_t.cpu().numpy()
+        marks.append(time.perf_counter())
+        colours_t = frames.colorize(mask_t)
+        colours = colours_t.cpu().numpy()
+        overlay = frames.overlay(frame, colours_t, alpha).cpu().numpy()
+        marks.append(time.perf_counter())
+    for out in encode_frame(SegmentedFrame(mask, colours, overlay), msg.header, image_type).values():
+        store.serialize_cdr(out, out.__msgtype__)
+    marks.append(time.perf_counter())
+    return {stage: (b - a) * 1000.0 for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}, mask
+
+
+def streamed_fps(segmenter: Segmenter, msg: Any, store: Any, image_type: type, frames: int,
+                 alpha: float = 0.5) -> float:
+    """Frames per second of the node's whole path run back to back, with no timer between the
+    stages: decode, ``Segmenter.submit_frames`` (mask, colour mask, overlay), encode + CDR.
+    Each frame is submitted before the previous one is collected, so on a GPU its upload
+    overlaps the previous forward pass (off the GPU, submit does all the work itself)."""
+    def collect(pending: Any) -> None:
+        r = pending.result()[0]
+        for out in encode_frame(SegmentedFrame(r.mask, r.color_mask, r.overlay), msg.header, image_type).values():
+            store.serialize_cdr(out, out.__msgtype__)
+
+    start, pending = time.perf_counter(), None
+    for _ in range(frames):
+        submitted = segmenter.submit_frames([codec.to_bgr(msg)], [(True, True)], alpha)
+        if pending is not None:
+            collect(pending)
+        pending = submitted
+    collect(pending)
+    return frames / (time.perf_counter() - start)
+
+
 def build_segmenters(model: str, weights: Optional[str], configs: Sequence[PipelineConfig], device: str,
-                     inference_hw: tuple[int, int], threads: int, calibration: str = "") -> list[Segmenter]:
+                     inference_hw: tuple[int, int], threads: int, calibration: str = "",
+                     frame_on_device: str = "auto") -> list[Segmenter]:
     import torch
 
     segmenters = []
@@ -174,7 +232,8 @@ def build_segmenters(model: str, weights: Optional[str], configs: Sequence[Pipel
         torch.manual_seed(0)  # untrained weights: the same random init for every configuration
         options = SegmenterOptions(device=device, precision=config.precision, backend=config.backend,
                                    inference_height=inference_hw[0], inference_width=inference_hw[1],
-                                   channels_last=config.channels_last, threads=threads, calibration_data=calibration)
+                                   channels_last=config.channels_last, threads=threads, calibration_data=calibration,
+                                   frame_on_device=frame_on_device)
         segmenters.append(Segmenter.from_name(model, weights, options, allow_untrained=True))
     return segmenters
 
@@ -184,7 +243,7 @@ BLOCK = 5
 
 
 def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig], size_hw: tuple[int, int],
-               runs: int, warmup: int, block: int = BLOCK) -> list[StageTimes]:
+               runs: int, warmup: int, block: int = BLOCK, streamed: int = 0) -> list[StageTimes]:
     """Timing of every configuration at one input size, interleaved in blocks of ``block``
     runs (each block preceded by ``warmup`` untimed runs); index 0 is the baseline.
 
@@ -206,12 +265,13 @@ def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig
                 times, masks[i] = run_frame(segmenter, msg, store, image_type)
                 if run_index >= warmup:
                     samples[i].append(times)
+    fps = [streamed_fps(s, msg, store, image_type, streamed) if streamed else None for s in segmenters]
     label = f"{size_hw[1]}x{size_hw[0]}"
     results = []
-    for config, segmenter, runs_ms, mask in zip(configs, segmenters, samples, masks, strict=True):
+    for config, segmenter, runs_ms, mask, rate in zip(configs, segmenters, samples, masks, fps, strict=True):
         median = {s: float(np.median([r[s] for r in runs_ms])) for s in STAGES}
         results.append(StageTimes(label, running_label(config, segmenter), str(segmenter.device), median,
-                                  float((mask == masks[0]).mean())))
+                                  float((mask == masks[0]).mean()), rate))
     return results
 
 
@@ -284,6 +344,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=at_least(0), default=2, help="untimed rounds first (default 2)")
     add_threads(p)
     add_int8_calibration(p)
+    p.add_argument("--frame-on-device", default="auto", choices=("auto", "on", "off"),
+                   help="pre/post-process the frame on the model's device (auto: on CUDA with a torch backend)")
+    p.add_argument("--streamed", type=at_least(0), default=0, metavar="N",
+                   help="also time N frames back to back through the whole path, no stage timers (fps)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
     p.set_defaults(func=run)
@@ -293,17 +357,23 @@ def run(args: argparse.Namespace) -> int:
     configs = [PipelineConfig.parse(c) for c in args.configs]
     sizes = [parse_size(s) for s in args.sizes]
     inference_hw = args.resize or (0, 0)
-    if args.runs < 1 or args.warmup < 0:
-        raise ValueError("--runs must be >= 1 and --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.streamed < 0:
+        raise ValueError("--runs must be >= 1, --warmup and --streamed >= 0")
     if args.json:
         check_outputs([args.json], overwrite=args.overwrite)
     segmenters = build_segmenters(args.model, args.weights, configs, args.device, inference_hw, args.threads,
-                                  args.int8_calibration or "")
-    results = [r for size in sizes for r in bench_size(segmenters, configs, size, args.runs, args.warmup)]
+                                  args.int8_calibration or "", args.frame_on_device)
+    for segmenter in segmenters:  # compiled backends compile here, at start-up, as the node does
+        segmenter.warmup(*(inference_hw if inference_hw[0] else (None, None)))
+    results = [r for size in sizes for r in bench_size(segmenters, configs, size, args.runs, args.warmup,
+                                                       streamed=args.streamed)]
     print(f"model {args.model}, device {segmenters[0].device}, {args.runs} runs (median ms), baseline "
           f"{configs[0].label}; inference at "
           f"{'input size' if not inference_hw[0] else f'{inference_hw[1]}x{inference_hw[0]}'}")
     print(format_table(results))
+    for r in results:
+        if r.streamed_fps is not None:
+            print(f"{r.size} {r.config}: {r.streamed_fps:.1f} frames/s streamed (whole path, back to back)")
     for line in check_targets(results):
         print(line)
     if args.json:

@@ -84,15 +84,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                              "of the chosen model."),
     ParamSpec("device", _OPTIONS.device, "Where the model runs; auto and an unavailable cuda fall back to CPU.",
               choices=("auto", "cpu", "cuda", "cuda:N")),
-    ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA, fp32 on CPU; int8: "
-              "statically quantised onnxruntime model on the CPU (built at start-up from int8_calibration frames "
-              "and cached; ~1.8x faster for erfnet models, slower for dabnet ones on our CPU: docs/RESULTS.md).",
+    ParamSpec("precision", _OPTIONS.precision, "Arithmetic precision; auto: fp16 on CUDA; on the CPU the fastest "
+              "of fp32, bf16 and int8 (measured at start-up) whose masks agree with fp32 on >= 99% of pixels, "
+              "int8 only when its model is cached or int8_calibration is given; int8: statically quantised "
+              "onnxruntime (or OpenVINO) model on the CPU (built at start-up from int8_calibration frames and "
+              "cached; ~1.8x faster for erfnet models, slower for dabnet ones on our CPU: docs/RESULTS.md).",
               choices=PRECISIONS),
     ParamSpec("int8_calibration", _OPTIONS.calibration_data, "precision int8: folder of camera frames (or a "
               "CamVid folder: its train/ split) that calibrates the quantisation; empty: $EACNET_DATA or "
               "../shared/data/CamVid when present. Only read when the int8 model is not cached yet."),
     ParamSpec("backend", _OPTIONS.backend, "Inference engine; auto: on CPU the fastest of torch (NHWC, NCHW), "
-              "onnxruntime and openvino (when installed), measured at start-up; torch elsewhere.", choices=BACKENDS),
+              "onnxruntime and openvino (when installed), measured at start-up; on CUDA the faster of torch and "
+              "torch_compiled (torch.compile + CUDA graphs, compiled at start-up).", choices=BACKENDS),
     ParamSpec("inference_height", _OPTIONS.inference_height, "Network input height in pixels; 0 (with "
               "inference_width 0): the image's own size.", int_range=(0, MAX_INFERENCE_SIZE)),
     ParamSpec("inference_width", _OPTIONS.inference_width, "Network input width in pixels; 0 (with "

@@ -49,20 +49,25 @@ class FrameProcessor:
                 network_hw: Optional[tuple[int, int]] = None) -> SegmentedFrame:
         """``network_hw``: run the network at this size instead of the frame's own (see
         ``FrameSizes``); the mask comes back at the frame's size either way."""
-        if not self._resize_to(bgr, network_hw):
-            return self._outputs(bgr, self.segmenter.segment(bgr), want_color, want_overlay)
-        mask = self.segmenter.segment(_resized(bgr, network_hw))
-        return self._outputs(bgr, _resized(mask, bgr.shape[:2], nearest=True), want_color, want_overlay)
+        return self.process_batch([bgr], [(want_color, want_overlay)], [network_hw])[0]
 
     def process_batch(self, images: Sequence[np.ndarray], wanted: Sequence[tuple[bool, bool]],
                       network_sizes: Optional[Sequence[Optional[tuple[int, int]]]] = None) -> list[SegmentedFrame]:
         """Several frames (one per camera) through one forward pass per network size;
-        ``wanted``: (colour, overlay) for each frame; ``network_sizes``: as ``process``'s."""
+        ``wanted``: (colour, overlay) for each frame; ``network_sizes``: as ``process``'s.
+
+        ``Segmenter.segment_frames`` makes only the wanted outputs (on the GPU, it also copies
+        only those back). A frame run at another size than its own (an odd-sized frame, see
+        ``FrameSizes``) gets its mask only from there: the mask is resized back to the frame
+        and its colour mask and overlay are made from the frame itself."""
         sizes = list(network_sizes) if network_sizes is not None else [None] * len(images)
-        inputs = [_resized(bgr, hw) if self._resize_to(bgr, hw) else bgr for bgr, hw in zip(images, sizes, strict=True)]
-        masks = [mask if mask.shape[:2] == bgr.shape[:2] else _resized(mask, bgr.shape[:2], nearest=True)
-                 for mask, bgr in zip(self.segmenter.segment_batch(inputs), images, strict=True)]
-        return [self._outputs(bgr, mask, *want) for bgr, mask, want in zip(images, masks, wanted, strict=True)]
+        resize = [self._resize_to(bgr, hw) for bgr, hw in zip(images, sizes, strict=True)]
+        inputs = [_resized(bgr, hw) if r else bgr for bgr, hw, r in zip(images, sizes, resize, strict=True)]
+        asked = [(False, False) if r else tuple(want) for want, r in zip(wanted, resize, strict=True)]
+        results = self.segmenter.segment_frames(inputs, asked, self._alpha)
+        return [self._outputs(bgr, _resized(r.mask, bgr.shape[:2], nearest=True), *want) if odd
+                else SegmentedFrame(r.mask, r.color_mask, r.overlay)
+                for bgr, r, want, odd in zip(images, results, wanted, resize, strict=True)]
 
     def _resize_to(self, bgr: np.ndarray, network_hw: Optional[tuple[int, int]]) -> bool:
         """Whether the frame must be resized to ``network_hw`` first: not when an inference
