@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train EACNets and their control backbones side by side on one GPU, in a fixed time.
 
-How the shipped CamVid weights get their GPU schedule (issue 11). A lent GPU comes for
+How the shipped CamVid weights get their GPU schedule. GPU time comes in windows of
 minutes, so the number of epochs is fixed by measurement, not guessed:
 
 1. ``--data`` is staged as the CamVid layout the loader reads (JPEG copies, made to fit
@@ -29,7 +29,7 @@ there (a few MB per model) for the next window, GPU or CPU, to continue::
 where the ROS-side extras (rosbags) are not installed, as on a bare GPU machine:
 ``python3 scripts/gpu_train_camvid.py core bench --device cuda``.
 
-Example (what produced the weights of session 4)::
+Example (what produced the shipped weights, 2026-11-26)::
 
     python3 scripts/gpu_train_camvid.py campaign --data .devdata/CamVid --runs /tmp/runs \\
         --collect $OUT --budget-s 400 --pairs eacnet_dab:dabnet eacnet_erf:erfnet_enc --init packaged -- \\
@@ -177,7 +177,7 @@ def campaign(args: argparse.Namespace, extra: list[str]) -> int:
             print((runs / "probe" / m / "train.log").read_text()[-3000:], flush=True)
             raise SystemExit(f"{m}: probe failed (exit {codes[m]})")
         # The slowest epoch after the first (start-up, cuDNN autotuning): the probes do not
-        # start together, so the last epoch may have had the GPU to itself (session 4: the
+        # start together, so the last epoch may have had the GPU to itself (2026-11-26: the
         # DAB pair measured 166 img/s there, then trained at ~105 beside the ERF pair).
         rates[m] = min(r["images_per_s"] for r in history[1:])
     left = deadline - time.monotonic()
