@@ -500,6 +500,7 @@ def _probe_agreement(monkeypatch, by_precision: dict[str, float]) -> None:
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
 def test_precision_auto_keeps_the_fastest_precision_that_agrees_with_fp32(camera_frames, monkeypatch, caplog):
     pytest.importorskip("openvino")
+    pytest.importorskip("nncf")  # OpenVINO's int8 candidate is built with it
     _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 4.0, "int8": 2.0})
     _probe_agreement(monkeypatch, {"bf16": 0.995, "int8": 0.97})  # int8 fastest, but below the guard
     caplog.set_level(logging.INFO, logger="eacnet_core")

@@ -114,6 +114,11 @@ class _Slowed:
         time.sleep(self.SLOW_PASS_S)
         return self._inner.segment_batch(images)
 
+    def segment_frames(self, images: Any, *args: Any, **kwargs: Any) -> Any:
+        """The node's path: one pass per batch of frames (colour and overlay only when wanted)."""
+        time.sleep(self.SLOW_PASS_S)
+        return self._inner.segment_frames(images, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
