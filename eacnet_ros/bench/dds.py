@@ -624,10 +624,6 @@ def add_parser(subparsers) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     for size in args.sizes:
         parse_size(size)
-    if args.frames < 1 or args.warmup < 1:
-        raise ValueError("--frames and --warmup must be >= 1 (warm-up frames also prove the path works)")
-    if args.rate < 0 or args.threads < 0:
-        raise ValueError("--rate and --threads must be >= 0")
     model_for(args.backbone, args.attention)  # a clear error before any process starts
     if args.json:
         check_outputs([args.json], overwrite=args.overwrite)
