@@ -1,7 +1,6 @@
 """eacnet bench (JSON fields, interleaving) and ONNX export equivalence for all six models."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -34,24 +33,46 @@ def test_bench_json_fields_present_and_sane(tmp_path, capsys):
     assert "x erfnet" in table and "eacnet_erf" in table
 
 
-def test_bench_measures_a_known_workload_and_fits_in_the_wall_clock(monkeypatch):
-    """Runners that sleep a known time per forward pass: the measured latency is that time
-    (sleep overshoots, never undershoots), FPS counts the batch, and the timed runs cannot
-    add up to more than the test's own clock saw."""
-    sleep_s = {"DABNet": 0.030, "ERFNetEncoderSeg": 0.010}
-    monkeypatch.setattr(bench, "_torch_runner",
-                        lambda model, cfg, device, precision, compiled=False:
-                        lambda: time.sleep(sleep_s[type(model).__name__]))
+class DrivenClock:
+    """A clock that only moves when a fake forward pass says it took time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bench_measures_a_known_workload_round_by_round(monkeypatch):
+    """Runners whose passes take known times on a clock the test drives: the median and
+    p90 are those times, FPS counts the batch, warm-up passes (1 s each here) are not
+    timed, and the models take turns round by round."""
+    clock, calls = DrivenClock(), []
+    warmup_s = 1.0
+    pass_ms = {"DABNet": [30.0, 31.0, 29.0, 90.0, 30.0], "ERFNetEncoderSeg": [10.0, 10.0, 12.0, 10.0, 10.0]}
+
+    def runner(model, cfg, device, precision, compiled=False):
+        name = type(model).__name__
+        times = iter([warmup_s] + [ms / 1000 for ms in pass_ms[name]])
+
+        def step():
+            calls.append(name)
+            clock.now += next(times)
+
+        return step
+
+    monkeypatch.setattr(bench, "clock", clock)
+    monkeypatch.setattr(bench, "_torch_runner", runner)
     cfg = bench.BenchConfig(models=("dabnet", "erfnet_enc"), height=16, width=16, classes=3, batch=2, warmup=1,
                             runs=5)
-    start = time.monotonic()
     rows = {r.model: r for r in bench.run_bench(cfg, progress=False)}
-    wall_ms = 1000 * (time.monotonic() - start)
+    assert calls == ["DABNet", "ERFNetEncoderSeg"] * 6  # one warm-up round, then five timed ones
     for name, cls in (("dabnet", "DABNet"), ("erfnet_enc", "ERFNetEncoderSeg")):
-        expected_ms = 1000 * sleep_s[cls]
-        assert expected_ms <= rows[name].latency_ms_median < expected_ms + 25, rows[name]
-        assert 0.5 * 2000 / expected_ms < rows[name].fps <= 2000 / expected_ms  # two images per pass
-    assert cfg.runs * sum(r.latency_ms_median for r in rows.values()) < wall_ms
+        assert rows[name].latency_ms_median == pytest.approx(np.median(pass_ms[cls]))
+        assert rows[name].latency_ms_p90 == pytest.approx(np.percentile(pass_ms[cls], 90))
+        assert rows[name].fps == pytest.approx(2000 / np.median(pass_ms[cls]))  # two images per pass
+    assert rows["dabnet"].latency_ms_median == pytest.approx(30.0)  # the one 90 ms pass does not move it
+    assert rows["dabnet"].latency_ms_p90 > 30.0 and rows["erfnet_enc"].latency_ms_median == pytest.approx(10.0)
 
 
 def test_bench_onnxruntime_backend(tmp_path):

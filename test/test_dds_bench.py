@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import random
-import time
 
 import numpy as np
 import pytest
@@ -41,18 +40,19 @@ def test_tiny_run_through_dds(tmp_path, capsys, private_ros_domain):
     out = tmp_path / "dds.json"
     args = parse(["--backbone", "dabnet", "--attention", "none", "--backend", "torch", "--threads", "1",
                   "--sizes", "160x120", "--frames", str(FRAMES), "--warmup", "1", "--json", str(out)])
-    start = time.monotonic()
     assert args.func(args) == 0
-    wall_ms = 1000 * (time.monotonic() - start)
     rows = json.loads(out.read_text())
     assert [(r["size"], r["transport"]) for r in rows] == [("160x120", "raw"), ("160x120", "compressed")]
     for row in rows:
         assert row["sent"] == row["received"] == FRAMES and row["dropped"] == 0  # closed loop: nothing queues
         assert row["node_dropped"] == 0 and row["node_received"] == FRAMES  # the node's own /diagnostics agree
         assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
-        # the round trip holds the node's forward pass, and closed loop runs the frames one after another
-        assert 0 < row["forward_ms"] <= row["in_process_ms"] and row["forward_ms"] < row["latency_ms"]["p99"]
-        assert FRAMES * row["latency_ms"]["mean"] < wall_ms and row["fps"] > FRAMES / (wall_ms / 1000)
+        # the in-process reference holds the forward pass (per sample, so in the medians too); closed
+        # loop runs the frames one after another, so its rate is one frame per mean round trip.
+        # (How the round trip compares with the forward pass is the bench's figure, not a check:
+        # the two are measured apart, and a shared CPU moves either.)
+        assert 0 < row["forward_ms"] <= row["in_process_ms"]
+        assert row["fps"] == pytest.approx(1000 / row["latency_ms"]["mean"])
         assert row["runtime"] == "torch:nhwc fp32 on cpu"
     printed = capsys.readouterr().out
     assert "| 160x120 | raw | torch:nhwc fp32 on cpu | closed loop | 3 | 3 | 0 | 0 |" in printed

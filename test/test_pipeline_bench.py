@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import pytest
@@ -34,21 +33,45 @@ def test_run_times_every_stage_and_compares_masks(tmp_path, capsys):
     assert "| 64x48 | torch:fp32:nchw |" in printed and "non-forward stages <= 15%" in printed
 
 
-def test_stages_measure_a_known_workload_within_the_wall_clock():
-    """The forward pass replaced by a known workload (its logits, after 25 ms of sleep, or
-    at once): the forward stage measures that time and no other stage moves with it, and
-    the timed runs fit in the time the test's own clock saw."""
+class DrivenClock:
+    """A clock that only moves when the test's stand-in work says it took time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def taking(self, ms: float, work):
+        """``work`` that takes ``ms`` milliseconds on this clock."""
+        def run(*args, **kwargs):
+            self.now += ms / 1000
+            return work(*args, **kwargs)
+
+        return run
+
+
+def test_each_stage_measures_its_own_work(monkeypatch):
+    """Stages replaced by work of known times on a clock the test drives (the forward pass
+    25 ms, or none): each stage holds its own time and no other's, configurations are run in
+    blocks after their warm-up, and the medians are the stages' times."""
+    clock = DrivenClock()
+    monkeypatch.setattr(pb, "clock", clock)
     configs = [pb.PipelineConfig.parse("torch:fp32:nchw")] * 2
     instant, slowed = pb.build_segmenters("dabnet", None, configs, "cpu", (0, 0), 1)
     logits = instant.logits(instant.preprocess(pb.synthetic_frame(48, 64)))
-    instant.logits = lambda batch: logits
-    slowed.logits = lambda batch: time.sleep(0.025) or logits
-    start = time.monotonic()
+    passes = []
+    for segmenter, forward_ms in ((instant, 0.0), (slowed, 25.0)):
+        segmenter.preprocess = clock.taking(1.0, segmenter.preprocess)
+        segmenter.logits = clock.taking(forward_ms, lambda batch, s=segmenter: passes.append(s) or logits)
+        segmenter.mask_from_logits = clock.taking(2.0, segmenter.mask_from_logits)
+        segmenter.colorize = clock.taking(3.0, segmenter.colorize)
     fast, slow = pb.bench_size([instant, slowed], configs, (48, 64), runs=4, warmup=1, block=2)
-    wall_ms = 1000 * (time.monotonic() - start)
-    assert fast.ms["forward"] < 5.0 and 25.0 <= slow.ms["forward"] < 25.0 + 20.0
-    assert all(abs(slow.ms[s] - fast.ms[s]) < 10.0 for s in pb.STAGES if s != "forward")
-    assert 4 * (sum(fast.ms.values()) + sum(slow.ms.values())) < wall_ms
+    expected = {"decode": 0.0, "preprocess": 1.0, "forward": 0.0, "postprocess": 2.0, "colour": 3.0, "encode": 0.0}
+    assert fast.ms == pytest.approx(expected)
+    assert slow.ms == pytest.approx({**expected, "forward": 25.0})
+    assert passes == [instant] * 3 + [slowed] * 3 + [instant] * 3 + [slowed] * 3  # blocks of 1 warm-up + 2 runs
+    assert fast.agreement == slow.agreement == 1.0
 
 
 def test_run_frame_mask_equals_segment(tmp_path):
