@@ -100,9 +100,12 @@ RELIABLE_SUB = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 #: The cheapest model the node can run: small backbone, no attention, packaged weights.
 SMALL_MODEL = {"backbone": "dabnet", "attention": "none", "threads": 1, "backend": "torch", "device": "cpu"}
 
-#: Generous: two CPU cores shared with training runs.
-DISCOVERY_TIMEOUT_S = 30.0
-OUTPUT_TIMEOUT_S = 30.0
+#: Generous: two CPU cores shared with training runs and other suites. Every wait ends
+#: as soon as what it waits for happens, so a long bound costs nothing on success.
+DISCOVERY_TIMEOUT_S = 60.0
+OUTPUT_TIMEOUT_S = 60.0
+#: Diagnostics come once a second: a minute of them missing is a failure, not load.
+DIAGNOSTICS_TIMEOUT_S = 60.0
 #: A configure loads and warms a model: seconds on a busy 2-core CPU.
 LIFECYCLE_TIMEOUT_S = 120.0
 
@@ -437,7 +440,7 @@ class Probe:
                 if status.name.startswith(node_fqn)]
 
     def wait_diagnostics(self, node_fqn: str, predicate: Callable[[Any], bool] = lambda s: True,
-                         timeout: float = 15.0, since: float = 0.0) -> Any:
+                         timeout: float = DIAGNOSTICS_TIMEOUT_S, since: float = 0.0) -> Any:
         def found():
             return next((s for s in reversed(self.node_diagnostics(node_fqn, since)) if predicate(s)), None)
 

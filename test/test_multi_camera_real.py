@@ -77,7 +77,8 @@ def test_four_cameras_one_model_with_per_camera_diagnostics_and_a_total(session,
                     pub, lambda c=camera: h.raw_image(36, 48, frame_id=c), inboxes["mask"][1])
                 assert mask.header.frame_id == camera and (mask.height, mask.width) == (36, 48)
             since = time.monotonic()
-            h.wait_until(lambda: len(_statuses(probe, node, since)) >= 5, 15.0, "a diagnostics array")
+            h.wait_until(lambda: len(_statuses(probe, node, since)) >= 5, h.DIAGNOSTICS_TIMEOUT_S,
+                         "a diagnostics array")
             statuses = _statuses(probe, node, since)
             fqn = node.fqn
     by_name = {status.name: h.diag_values(status) for status in statuses}

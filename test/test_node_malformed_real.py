@@ -144,7 +144,7 @@ def test_every_valid_frame_comes_back_among_hundreds_of_malformed_ones(probe, tr
                 pub.publish(_compressed(b"\x00" * 10) if compressed else _raw(36, 48, data=b"\x00" * 10))
                 sent_bad += 1
             since = time.monotonic()
-            stopped = probe.wait_diagnostics(f"{namespace}/segment_node", timeout=30.0,
+            stopped = probe.wait_diagnostics(f"{namespace}/segment_node", timeout=h.DIAGNOSTICS_TIMEOUT_S,
                                              since=since + 4.0)  # input stopped for over 3 s
             values = h.diag_values(stopped)
             assert 0 < int(values["frames_bad"]) <= sent_bad, values

@@ -51,7 +51,8 @@ def probe(session):
 
 # ---------------------------------------------------------------------------- helpers
 
-def counters(probe: h.Probe, node: RunningNode, since: float, timeout: float = 15.0) -> dict[str, float]:
+def counters(probe: h.Probe, node: RunningNode, since: float,
+             timeout: float = h.DIAGNOSTICS_TIMEOUT_S) -> dict[str, float]:
     """The frame counters of diagnostics ``node`` published after ``since`` (waits for one)."""
     status = probe.wait_diagnostics(node.fqn, timeout=timeout, since=since)
     values = h.diag_values(status)
@@ -291,7 +292,8 @@ def test_an_incompatible_publisher_gets_one_warning_naming_both_sides_and_the_fi
         pub = probe.publisher(h.Image, node.topic("image"), h.BEST_EFFORT)
         with endpoints(probe, pub):
             label = node.namespace.strip("/")
-            log = probe.rosout.wait_for(lambda m: label in m.name and "incompatible QoS" in m.msg, 20.0, since=start)
+            log = probe.rosout.wait_for(lambda m: label in m.name and "incompatible QoS" in m.msg, h.OUTPUT_TIMEOUT_S,
+                                        since=start)
             time.sleep(1.0)  # a second publisher event must not repeat it
             repeats = [m for m in probe.rosout.since(start) if label in m.name and "incompatible QoS" in m.msg]
     assert log is not None, "no incompatible-QoS warning on /rosout"
@@ -308,7 +310,8 @@ def test_an_output_subscriber_asking_for_transient_local_gets_one_warning(main, 
     sub, _ = probe.subscribe(h.Image, main.topic("color_mask"), latched)
     with endpoints(probe, sub):
         label = main.namespace.strip("/")
-        log = probe.rosout.wait_for(lambda m: label in m.name and "does not offer" in m.msg, 20.0, since=start)
+        log = probe.rosout.wait_for(lambda m: label in m.name and "does not offer" in m.msg, h.OUTPUT_TIMEOUT_S,
+                                        since=start)
     assert log is not None, "no incompatible-QoS warning for the output on /rosout"
     assert main.topic("color_mask") in log.msg and "durability" in log.msg and "transient_local" in log.msg
 
@@ -320,7 +323,7 @@ def _one_bad_frame(probe: h.Probe, node: RunningNode, pub: Any, msg: Any, what: 
     frame replaces another in the node's newest-frame slot and is counted as dropped)."""
     bad = float(h.diag_values(probe.wait_diagnostics(node.fqn, since=time.monotonic()))["frames_bad"])
     pub.publish(msg)
-    status = probe.wait_diagnostics(node.fqn, lambda s: float(h.diag_values(s)["frames_bad"]) > bad, timeout=20.0)
+    status = probe.wait_diagnostics(node.fqn, lambda s: float(h.diag_values(s)["frames_bad"]) > bad)
     values = h.diag_values(status)
     assert float(values["frames_bad"]) == bad + 1, f"{what}: {values}"
 
@@ -397,7 +400,7 @@ def test_diagnostics_error_when_frames_arrive_but_none_is_published(small, probe
         probe.send_until_output(pub, lambda: h.raw_image(80, 120), masks)
         start = time.monotonic()
         error = None
-        while time.monotonic() - start < 8.0 and error is None:  # bad frames only, at 10 Hz
+        while time.monotonic() - start < h.DIAGNOSTICS_TIMEOUT_S and error is None:  # bad frames only, at 10 Hz
             bad = h.raw_image(80, 120)
             bad.encoding = "not_an_encoding"
             pub.publish(bad)
@@ -416,7 +419,7 @@ def test_diagnostics_error_when_frames_arrive_but_none_is_published(small, probe
 def test_core_library_logging_reaches_rosout(main, probe):
     marker = f"core-logging-marker-{time.monotonic_ns()}"
     logging.getLogger("eacnet_core.inference").warning(marker)
-    log = probe.rosout.wait_for(lambda m: marker in m.msg and main.namespace.strip("/") in m.name, 15.0)
+    log = probe.rosout.wait_for(lambda m: marker in m.msg and main.namespace.strip("/") in m.name, h.OUTPUT_TIMEOUT_S)
     assert log is not None and h.level(log) >= 30
 
 

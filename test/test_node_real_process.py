@@ -98,7 +98,7 @@ def test_signal_at_idle_exits_0(probe, sig):
     process, namespace = start("idle", use_sim_time=True)
     with process:
         assert process.wait_for_stderr("listening on ", READY_TIMEOUT_S), process.finish(5).explain()
-        probe.wait_diagnostics(f"{namespace}/segment_node", timeout=30.0, since=time.monotonic())
+        probe.wait_diagnostics(f"{namespace}/segment_node", timeout=h.DIAGNOSTICS_TIMEOUT_S, since=time.monotonic())
         process.send(sig)
         result = process.finish(timeout=60)
     assert_clean_exit(result)
