@@ -65,11 +65,16 @@ def no_packaged_weights(monkeypatch, tmp_path):
 
 
 def save_tiny_checkpoint(path: Path, model: str = "dabnet", info: DatasetInfo = CAMVID, seed: int = 0,
-                         **extra) -> Path:
+                         attention_gamma: float | None = None, **extra) -> Path:
     """A randomly initialised registry model saved as a checkpoint, the same weights for the
-    same seed; ``extra`` goes into the checkpoint (epoch, metrics, config, ...)."""
+    same seed; ``extra`` goes into the checkpoint (epoch, metrics, config, ...).
+    ``attention_gamma``: the attention's residual weight (0 at initialisation, where the
+    attention is the identity), for tests that exercise the attention itself."""
     torch.manual_seed(seed)
-    return save_atomic(make_checkpoint(model, build_model(model, info.num_classes), info, **extra), path)
+    network = build_model(model, info.num_classes)
+    if attention_gamma is not None:
+        network.attention.gamma.data.fill_(attention_gamma)
+    return save_atomic(make_checkpoint(model, network, info, **extra), path)
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 
 from eacnet_core import engines, export, inference
-from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from eacnet_core.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
@@ -33,12 +34,8 @@ def _own_user_cache(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("eacnet_dab", CAMVID.num_classes)
-    model.attention.gamma.data.fill_(0.3)
-    path = tmp_path_factory.mktemp("ckpt") / "dab.pt"
-    save_atomic(make_checkpoint("eacnet_dab", model, CAMVID, epoch=3, metrics={"miou": 0.1}), path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "dab.pt", "eacnet_dab", attention_gamma=0.3,
+                                epoch=3, metrics={"miou": 0.1})
 
 
 @pytest.fixture

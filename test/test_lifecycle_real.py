@@ -93,7 +93,7 @@ def test_a_configure_that_fails_reports_why_and_is_retried_after_fixing_the_para
     assert probe.change_state(node.fqn, "configure") is False
     assert probe.lifecycle_state(node.fqn) == "unconfigured"
     log = probe.rosout.wait_for(lambda m: node.namespace.strip("/") in m.name and "configure failed" in m.msg,
-                                15.0, since=start)
+                                h.OUTPUT_TIMEOUT_S, since=start)
     assert log is not None and h.level(log) >= 40 and "missing.pt" in log.msg, log
     assert node.node.segmenter is None and probe.node.count_publishers(node.topic("mask")) == 0
 

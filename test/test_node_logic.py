@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 from rosbags.typesys import Stores, get_typestore
 
-from eacnet_core.checkpoint import CheckpointError, make_checkpoint, packaged_weights, save_atomic
+from eacnet_core.checkpoint import CheckpointError, packaged_weights
 from eacnet_core.classes import CAMVID
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
@@ -218,10 +219,7 @@ def test_choose_device_falls_back_to_cpu_with_one_warning(device, precision, cud
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    model = build_model("eacnet_erf", CAMVID.num_classes)
-    return save_atomic(make_checkpoint("eacnet_erf", model, CAMVID),
-                       tmp_path_factory.mktemp("weights") / "tiny_eacnet_erf.pt")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny_eacnet_erf.pt", "eacnet_erf", seed=1)
 
 
 def _config(**values) -> NodeConfig:

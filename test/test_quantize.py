@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 
 from eacnet_core import quantize
-from eacnet_core.checkpoint import make_checkpoint, save_atomic
 from eacnet_core.classes import generic
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
@@ -33,11 +33,7 @@ def frames(tmp_path, synthetic):
 
 
 def _weights(tmp_path, seed: int, name: str = "w.pt"):
-    torch.manual_seed(seed)
-    model = build_model("erfnet_enc", 3)
-    path = tmp_path / name
-    save_atomic(make_checkpoint("erfnet_enc", model, generic(3)), path)
-    return path
+    return save_tiny_checkpoint(tmp_path / name, "erfnet_enc", generic(3), seed=seed)
 
 
 def _segmenter(weights, frames, precision="int8", **kw) -> Segmenter:

@@ -37,6 +37,8 @@ NAMESPACE = "eacnet_launch_test"
 IMAGE_TOPIC = "/eacnet_launch_test_camera/image_raw"
 H, W = 48, 64
 STARTUP_TIMEOUT_S = 120.0  # torch import, model load and warm-up on a slow CI machine
+#: Waits once the node is up: generous for a loaded machine, and each ends on success.
+WAIT_S = 60.0
 
 
 def _launch_file() -> str:
@@ -50,16 +52,12 @@ def _launch_file() -> str:
 
 
 def _tiny_checkpoint() -> str:
-    import torch
+    """The suite's tiny checkpoint (conftest), an eacnet_erf, in a folder of its own: the
+    launch description is built before any fixture exists."""
+    from conftest import save_tiny_checkpoint
 
-    from eacnet_core.checkpoint import make_checkpoint, save_atomic
-    from eacnet_core.classes import CAMVID
-    from eacnet_core.models import build_model
-
-    torch.manual_seed(0)
-    path = Path(tempfile.mkdtemp(prefix="eacnet_launch_test_")) / "eacnet_erf_tiny.pt"
-    save_atomic(make_checkpoint("eacnet_erf", build_model("eacnet_erf", CAMVID.num_classes), CAMVID), path)
-    return str(path)
+    return str(save_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="eacnet_launch_test_")) / "eacnet_erf_tiny.pt",
+                                    "eacnet_erf"))
 
 
 @pytest.mark.launch_test
@@ -137,8 +135,8 @@ class TestSegmentNode(unittest.TestCase):
         for _ in range(5):
             self.camera.publish(_image(1, encoding="bogus8"))
             rclpy.spin_once(self.node, timeout_sec=0.2)
-        proc_output.assertWaitFor("unsupported encoding 'bogus8'", timeout=30)
-        sent, mask, _ = self._frame_round_trip(timeout=30)
+        proc_output.assertWaitFor("unsupported encoding 'bogus8'", timeout=WAIT_S)
+        sent, mask, _ = self._frame_round_trip(timeout=WAIT_S)
         self.assertEqual(mask.header, sent.header)
 
     def test_diagnostics_report_rate_latency_and_device(self):
@@ -148,7 +146,7 @@ class TestSegmentNode(unittest.TestCase):
         try:
             self._frame_round_trip()
             ok = self._send_until(lambda: any("segment_node" in s.name for s in statuses),
-                                  lambda: _image(1), timeout=10)
+                                  lambda: _image(1), timeout=WAIT_S)
             self.assertTrue(ok, "no diagnostics from segment_node")
         finally:
             self.node.destroy_subscription(sub)
@@ -169,7 +167,7 @@ class TestSegmentNode(unittest.TestCase):
         self._frame_round_trip()  # published at start-up, before this subscriber exists
         sub = self.node.create_subscription(LabelInfo, f"/{NAMESPACE}/label_info", labels.append, latched)
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + WAIT_S
             while not labels and time.monotonic() < deadline:
                 rclpy.spin_once(self.node, timeout_sec=0.1)
         finally:
