@@ -310,8 +310,10 @@ def run(args: argparse.Namespace) -> int:
     segmenter, backend = None, args.backend or ("onnxruntime" if precision == "int8" else "torch")
     if backend != "torch":
         calibration = args.int8_calibration or (str(root) if precision == "int8" else "")
+        height, width = size or (0, 0)  # images come resized already: the Segmenter knows the size at start-up
         options = SegmenterOptions(device=str(device), precision=args.precision, backend=backend,
-                                   threads=args.threads, calibration_data=calibration)
+                                   threads=args.threads, calibration_data=calibration, inference_height=height,
+                                   inference_width=width)
         segmenter = Segmenter(model, ckpt["model"], info, options, weights=weights)
         model = segmenter_forward(segmenter)
     else:

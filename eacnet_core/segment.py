@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
     check_segment_outputs(source, out, args.overwrite)  # before loading a model: the cheapest mistakes first
     segmenter = segmenter_from_args(args)
+    segmenter.warmup(runs=0)  # backend/precision auto: chosen at the inference size now, else on the first frame
     summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite)
     skipped = summary["skipped"]
     unreadable = f"{len(skipped)} unreadable: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"

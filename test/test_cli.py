@@ -45,6 +45,25 @@ def test_segment_says_which_backend_and_precision_ran(tmp_path, shared_checkpoin
     assert "device=cpu" in ran and "precision=fp32" in ran and "backend=torch" in ran
 
 
+def test_segment_with_backend_auto_names_the_path_it_chose(tmp_path, shared_checkpoint, capsys, monkeypatch):
+    """After the frames, backend auto has chosen (on the first frame): the last line names
+    that path, not "auto (not chosen yet)"."""
+    import cv2
+    import numpy as np
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((16, 24, 3), 40 * i, np.uint8))
+    assert main(["segment", "--weights", str(shared_checkpoint), "--input", str(tmp_path), "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--backend", "auto", "--precision", "fp32",
+                 "--no-progress"]) == 0
+    (ran,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ran: ")]
+    assert "(chosen by auto)" in ran and "not chosen" not in ran, ran
+    chosen = ran.split("backend=")[1].split(" ")[0]
+    assert chosen in ("torch", "onnxruntime", "openvino"), ran
+
+
 @pytest.mark.parametrize(("argv", "flag", "value"), [
     (SEGMENT + ["--threads", "-2"], "--threads", "-2"),
     (SEGMENT + ["--resize", "-480x360"], "--resize", "-480x360"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -109,6 +110,21 @@ def test_eval_backend_scores_the_segmenters_path(shared_checkpoint, tmp_path, sy
     printed = capsys.readouterr().out
     assert "eval: ran model=dabnet" in printed and "(chosen by auto)" in printed
     assert "backend=onnxruntime inference" in printed
+
+
+def test_eval_resize_is_the_segmenters_inference_size(shared_checkpoint, tmp_path, synthetic, capsys, caplog,
+                                                      monkeypatch):
+    """--resize with a Segmenter backend: the Segmenter runs at that size and knows it at
+    start-up (auto chooses there, at that size), and says so, as the node with a resize does."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    caplog.set_level(logging.INFO, logger="eacnet_core")
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 2})  # 48x32 images
+    assert cli_main(["eval", "--weights", str(shared_checkpoint), "--data-root", str(root), "--workers", "0",
+                     "--no-progress", "--precision", "fp32", "--backend", "auto", "--resize", "40x24"]) == 0
+    (ran,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval: ran ")]
+    assert "inference=40x24" in ran and "(chosen by auto)" in ran, ran
+    assert [m for m in caplog.messages if m.startswith("auto at ")][0].startswith("auto at 40x24 (measured)")
 
 
 def test_eval_json_plot_and_predictions(shared_checkpoint, tmp_path, synthetic):

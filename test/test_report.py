@@ -12,7 +12,16 @@ import pytest
 
 from eacnet_core.classes import CAMVID
 from eacnet_ros.bags.eval import BagEvalResult, ReportSample
-from eacnet_ros.bags.report import iou_chart, latency_histogram, sample_strip, write_report
+from eacnet_ros.bags.report import (
+    COLUMNS,
+    TITLE_FONT,
+    iou_chart,
+    latency_histogram,
+    sample_strip,
+    title_band_height,
+    title_scale,
+    write_report,
+)
 
 H, W = 24, 40
 
@@ -61,12 +70,37 @@ def test_report_writes_html_with_embedded_images_and_pngs(tmp_path):
 def test_strip_is_four_tiles_with_a_placeholder_for_missing_truth():
     with_truth, without = make_sample(1, True), make_sample(2, False)
     strip = decode(sample_strip(with_truth))
-    assert strip.shape == (H, 4 * W + 3 * 4, 3)
-    assert np.array_equal(strip[:, :W], with_truth.image)
-    assert np.array_equal(strip[:, W + 4: 2 * W + 4], with_truth.truth)
-    assert np.array_equal(strip[:, -W:], with_truth.overlay)
-    grey = decode(sample_strip(without))[:, W + 4: 2 * W + 4]
+    top = title_band_height()
+    assert strip.shape == (top + H, 4 * W + 3 * 4, 3)
+    assert np.array_equal(strip[top:, :W], with_truth.image)
+    assert np.array_equal(strip[top:, W + 4: 2 * W + 4], with_truth.truth)
+    assert np.array_equal(strip[top:, -W:], with_truth.overlay)
+    grey = decode(sample_strip(without))[top:, W + 4: 2 * W + 4]
     assert np.median(grey) == 200  # the "no label" tile, not someone else's ground truth
+
+
+def _ink_columns(band: np.ndarray) -> int:
+    """The width of the text on a white title band: first to last column with ink."""
+    (inked,) = np.nonzero(band.min(axis=(0, 2)) < 160)
+    return int(inked[-1] - inked[0] + 1) if inked.size else 0
+
+
+@pytest.mark.parametrize("width", [96, 240])
+def test_each_tile_of_a_strip_has_its_title_above_it(width):
+    """A band above the tiles names them: input, ground truth, prediction, overlay, in that
+    order, each as wide as its title written at the scale that fits the tile."""
+    rng = np.random.default_rng(0)
+    tile = lambda: rng.integers(0, 256, (H, width, 3), dtype=np.uint8)  # noqa: E731
+    strip = decode(sample_strip(ReportSample(1, tile(), tile(), tile(), tile())))
+    bands = [strip[:title_band_height(), i * (width + 4): i * (width + 4) + width] for i in range(4)]
+    assert COLUMNS == ("input", "ground truth", "prediction", "overlay")
+    for band, title in zip(bands, COLUMNS, strict=True):
+        assert band.max() == 255 and band.min() < 64, title  # dark text on white
+        (text_w, _), _ = cv2.getTextSize(title, TITLE_FONT, title_scale(title, width), 1)
+        assert abs(_ink_columns(band) - text_w) <= 0.2 * text_w + 3, (title, _ink_columns(band), text_w)
+        assert text_w <= width  # the title fits its tile
+    if width == 240:  # full-size titles: their widths tell them apart
+        assert _ink_columns(bands[0]) < _ink_columns(bands[3]) < _ink_columns(bands[2]) < _ink_columns(bands[1])
 
 
 def test_trained_report_has_no_warning_and_unlabelled_report_says_so(tmp_path):

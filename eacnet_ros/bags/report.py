@@ -75,13 +75,41 @@ def latency_histogram(latencies_ms: Sequence[float], percentiles: dict) -> bytes
     return _figure_png(draw, (6.0, 3.2))
 
 
+#: The panel titles above each tile of a sample strip: OpenCV's plain font, at most this
+#: scale (smaller where a tile is too narrow for its title), on a white band.
+TITLE_FONT, TITLE_SCALE, TITLE_PAD = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 4
+
+
+def title_scale(title: str, width: int) -> float:
+    """The font scale that fits ``title`` in a tile ``width`` pixels wide (TITLE_SCALE at most)."""
+    (text_w, _), _ = cv2.getTextSize(title, TITLE_FONT, TITLE_SCALE, 1)
+    return min(TITLE_SCALE, TITLE_SCALE * max(1, width - 2 * TITLE_PAD) / text_w)
+
+
+def title_band_height() -> int:
+    """Height of the band the titles are written on, the same for every strip."""
+    (_, text_h), baseline = cv2.getTextSize("Ag", TITLE_FONT, TITLE_SCALE, 1)
+    return text_h + baseline + 2 * TITLE_PAD
+
+
+def _titled(tile: np.ndarray, title: str) -> np.ndarray:
+    """``tile`` with ``title`` written on a white band above it."""
+    band = np.full((title_band_height(), tile.shape[1], 3), 255, np.uint8)
+    scale = title_scale(title, tile.shape[1])
+    (_, text_h), _ = cv2.getTextSize(title, TITLE_FONT, scale, 1)
+    cv2.putText(band, title, (TITLE_PAD, TITLE_PAD + text_h), TITLE_FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, tile], axis=0)
+
+
 def sample_strip(sample: ReportSample) -> bytes:
-    """input | ground truth | prediction | overlay side by side; a grey tile where no label."""
+    """input | ground truth | prediction | overlay side by side, each under its title (the PNG
+    files beside the report are looked at on their own); a grey tile where no label."""
     h, w = sample.image.shape[:2]
     truth = sample.truth if sample.truth is not None else _placeholder(h, w, "no label")
     tiles = [sample.image, truth, sample.prediction, sample.overlay]
     tiles = [t if t.shape[:2] == (h, w) else cv2.resize(t, (w, h), interpolation=cv2.INTER_NEAREST) for t in tiles]
-    gap = np.full((h, 4, 3), 255, np.uint8)
+    tiles = [_titled(t, title) for t, title in zip(tiles, COLUMNS, strict=True)]
+    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
     strip = np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
     ok, png = cv2.imencode(".png", strip)
     if not ok:
