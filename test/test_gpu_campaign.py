@@ -59,7 +59,7 @@ def test_tiny_campaign_trains_pairs_equally_and_collects(tmp_path, synthetic, ca
     src = _jpeg_camvid(tmp_path, synthetic, {"train": 6, "val": 2})
     out = tmp_path / "collect"
     code = campaign.main(["campaign", "--data", str(src), "--runs", str(tmp_path / "runs"), "--collect", str(out),
-                          "--budget-s", "60", "--pairs", "eacnet_dab:dabnet", "--max-epochs", "2", "--validations",
+                          "--budget-s", "3600", "--pairs", "eacnet_dab:dabnet", "--max-epochs", "2", "--validations",
                           "1", "--", "--train-split", "trainval", "--batch-size", "4", "--crop", "32x48", "--device",
                           "cpu", "--threads", "1", "--workers", "0", "--loss", "ce", "--data-on-device"])
     assert code == 0
