@@ -7,7 +7,8 @@ is skipped, never reported as passed.
 Isolation: on import this sets, for this process and every node process it starts,
 ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (no discovery traffic leaves the machine) and one
 random ``ROS_DOMAIN_ID`` in 1..232 for the whole test session (``EACNET_TEST_ROS_DOMAIN_ID``
-pins it), so concurrent sessions on one machine do not see each other. It must happen before
+pins it; the workers of one pytest-xdist run get distinct ones), so concurrent sessions on one
+machine do not see each other. It must happen before
 the first ``rclpy.init``, which is why it is done at import. ROS log files go to a temporary
 folder, not ``~/.ros/log``.
 
@@ -62,7 +63,18 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed: rea
 
 # ---------------------------------------------------------------------------- environment (before rclpy.init)
 
-DOMAIN_ID = int(os.environ.get("EACNET_TEST_ROS_DOMAIN_ID") or random.SystemRandom().randint(1, 232))
+def _session_domain_id() -> int:
+    """The pinned domain, else a random one; the workers of one pytest-xdist run (they share
+    its run id) take neighbouring domains from one random start, so no two of them meet."""
+    if os.environ.get("EACNET_TEST_ROS_DOMAIN_ID"):
+        return int(os.environ["EACNET_TEST_ROS_DOMAIN_ID"])
+    run_id, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER", "")
+    if run_id and worker.startswith("gw") and worker[2:].isdigit():
+        return (int(run_id, 16) + int(worker[2:])) % 232 + 1
+    return random.SystemRandom().randint(1, 232)
+
+
+DOMAIN_ID = _session_domain_id()
 _LOG_DIR = tempfile.mkdtemp(prefix="eacnet_ros_test_logs_")
 atexit.register(shutil.rmtree, _LOG_DIR, True)
 
