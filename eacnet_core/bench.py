@@ -39,6 +39,7 @@ from .runtime import DTYPES, configure_torch, resolve_device, resolve_precision,
 #: clock it drives and check the figures exactly.
 clock: Callable[[], float] = time.perf_counter
 
+
 @dataclass
 class BenchResult:
     model: str
