@@ -59,8 +59,8 @@ setup(
         # With the ROS wheels, so CI runs the node and the launch file on real rclpy; colcon and
         # ament_package (both on the package index) so it also builds the package as a ROS user
         # does (test/test_ros2_workflow.py, docs/ROS.md).
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0", "nncf>=2.10",
-                 "colcon-common-extensions>=0.3", "ros-ament-package>=0.17"] + ros,
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0",
+                 "nncf>=2.10", "colcon-common-extensions>=0.3", "ros-ament-package>=0.17"] + ros,
     },
     zip_safe=True,
     maintainer="eacnet_ros developers",
