@@ -52,6 +52,7 @@ from .datasets import (
 from .device_augment import DeviceTrainData
 from .evaluate import EvalResult, eval_loader, evaluate_model
 from .losses import build_criterion, class_weights
+from .model_card import write_model_card
 from .models import build_model
 from .models.attention import SelfCalibrationAttention
 from .progress import progress_bar
@@ -715,6 +716,8 @@ class Trainer:
             if improved:
                 save_atomic(self._checkpoint(metrics, training_state=False), self.out / BEST)
             self.epoch_log.write(record)
+            write_model_card(cfg, self.data.info, len(self.data.train_set),
+                             len(self.data.val_set) if self.data.val_set is not None else None, str(self.device))
         self._log(_epoch_line(record, cfg.epochs))
         return record
 

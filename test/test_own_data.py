@@ -245,3 +245,25 @@ def test_cli_without_class_names_in_source_keeps_old_behaviour(tmp_path, synthet
                    str(tmp_path / "run"), "--init-from", str(tmp_path / "bare.pt"), "--epochs", "1",
                    "--batch-size", "2", "--crop-size", "48x32", "--workers", "0", "--no-progress"])
     assert rc == 2 and "shape mismatch" in capsys.readouterr().err
+
+
+def test_run_writes_a_model_card(tmp_path, synthetic):
+    root = _five_class_folder(synthetic, tmp_path / "data")
+    source, _ = _camvid_source(tmp_path, "eacnet_dab")
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(FIVE_MAP))
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**RECIPES["finetune"].overlay({"epochs": 2}), "model": "eacnet_dab", "dataset": "folder",
+                         "data_root": str(root), "out": str(out), "init_from": str(source),
+                         "class_map": str(tmp_path / "map.yaml"), "batch_size": 2, "crop": (32, 48), "workers": 0,
+                         "threads": 1, "progress": False, "tensorboard": False, "loss": "ce", "val_every": 1})
+    train(cfg, log=lambda _: None)
+    card = (out / "model_card.md").read_text()
+    best = load_checkpoint(out / "best.pt")
+    assert f"`eacnet_dab` with 5 classes" in card and "4 training images (split `train`)" in card
+    assert f"`{source}` (`--init-from`), class-sized rows from the class map" in card
+    assert "- recipe: finetune" in card and "- head-lr-mult: 10.0" in card and "2 of 2 epochs done" in card
+    assert f"best.pt: epoch {best['epoch']}, val mIoU {100 * best['metrics']['val_miou']:.2f}%" in card
+    for i, name in enumerate(FIVE):
+        iou = 100 * best["metrics"]["val_per_class"][name]
+        assert f"| {i} | {name} | " in card and f"| {iou:.1f} |" in card
+    assert f"backbone:=dabnet attention:=eac weights:={(out / 'best.pt').resolve()}" in card
