@@ -548,6 +548,8 @@ class Trainer:
         self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.data.iters_per_epoch} iterations, batch "
                   f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
+        if cfg.recipe == "finetune" and not cfg.init_from:
+            self._log("note: --recipe finetune without --init-from trains from scratch at fine-tuning rates")
         if cfg.recipe:
             self._log(f"recipe {cfg.recipe}: {len(self.data.train_set)} training images -> {cfg.epochs} epochs, "
                       f"warm-up {cfg.warmup_iters} iterations, lr {cfg.lr:g} (loaded), "

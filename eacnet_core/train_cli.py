@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
     a("--class-map", help="YAML 'new class: [old classes]' (e.g. vehicle: [Car]): with --init-from, a new class's "
                           "rows start as the mean of its old classes' rows instead of fresh")
     a("--recipe", choices=tuple(RECIPES), help="a named set of defaults for the options not given: "
-                                               + "; ".join(r.describe() for r in RECIPES.values()))
+                                               + "; ".join(r.describe() for r in RECIPES.values()).replace("%", "%%"))
     a("--head-lr-mult", type=float, help="lr of the tensors --init-from did not load as trained (the new "
                                          f"classes' head) as a multiple of --lr (default {d.head_lr_mult:g})")
     a("--train-split", help="split to train on (default train; camvid: trainval = train + val, the paper's "

@@ -40,6 +40,7 @@ class InitReport:
     unexpected: list[str] = field(default_factory=list)
     classes: str = ""  # "11 -> 5" when the class count changed
     class_map: list[str] = field(default_factory=list)  # "vehicle <- Car", one per new class
+    notes: list[str] = field(default_factory=list)
 
     @property
     def head(self) -> list[str]:
@@ -57,7 +58,7 @@ class InitReport:
             lines.append(f"  fresh      {len(self.fresh):4d}: {summarise_keys(self.fresh)} (class-sized)")
         lines += [f"  new        {len(self.new):4d}: {summarise_keys(self.new)}",
                   f"  unexpected {len(self.unexpected):4d}: {summarise_keys(self.unexpected)}"]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
 _KEY_MAPPINGS: dict[str, Callable[[str], str]] = {
@@ -219,6 +220,9 @@ def init_from(model: nn.Module, source: str | os.PathLike, class_names: Optional
     if class_map is not None and not class_sized:
         raise ValueError(f"--class-map given, but {path} has the run's class count ({new_c}): nothing to map")
     report = InitReport(str(path), name, classes=f"{old_c} -> {new_c}" if class_sized else "")
+    if old_c and old_c == new_c and tuple(src.class_names or ()) != tuple(class_names or ()):
+        report.notes.append(f"same class count, other names: the classifier loads as trained for "
+                            f"{', '.join(src.class_names or ())} and is fine-tuned to {', '.join(class_names or ())}")
     state = {t: v for t, (_, v) in matched.items() if t not in class_sized}
     if class_sized and class_map is not None:
         assert src.class_names is not None and class_names is not None

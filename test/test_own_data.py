@@ -267,3 +267,21 @@ def test_run_writes_a_model_card(tmp_path, synthetic):
         iou = 100 * best["metrics"]["val_per_class"][name]
         assert f"| {i} | {name} | " in card and f"| {iou:.1f} |" in card
     assert f"backbone:=dabnet attention:=eac weights:={(out / 'best.pt').resolve()}" in card
+
+
+def test_same_class_count_with_other_names_is_noted(tmp_path):
+    path, _ = _camvid_source(tmp_path, "dabnet")
+    names = [f"mine{i}" for i in range(11)]
+    report = init_from(build_model("dabnet", 11), path, names)
+    assert report.fresh == [] and "classifier.weight" in report.loaded
+    assert "note: same class count, other names: the classifier loads as trained for Sky" in report.format()
+    assert "note" not in init_from(build_model("dabnet", 11), path, CAMVID.class_names).format()
+
+
+def test_train_help_describes_the_recipe(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "finetune: a trained model moved to new images" in text and "5% of the iterations" in text
+    assert "--class-map" in text and "packaged model (dabnet, eacnet_dab" in text
