@@ -63,6 +63,16 @@ def node_command(model: str, weights: Path) -> str:
             f"weights:={weights.resolve()}`")
 
 
+def _value(cfg: TrainConfig, key: str) -> str:
+    """A config value as the command line spells it (the crop is stored HxW, given WxH)."""
+    value = getattr(cfg, key)
+    if key == "crop":
+        return f"{value[1]}x{value[0]} (WxH)"
+    if key == "scales":
+        return ",".join(f"{v:g}" for v in value)
+    return str(value)
+
+
 def card_text(cfg: TrainConfig, info: DatasetInfo, records: list[dict], train_images: int,
               val_images: Optional[int], device: str) -> str:
     """The card's Markdown for a run of ``cfg`` whose epochs so far are ``records``."""
@@ -83,8 +93,7 @@ def card_text(cfg: TrainConfig, info: DatasetInfo, records: list[dict], train_im
                                                if val_images is not None else ", no validation"),
              f"- ignore index {info.ignore_index}; input mean {list(info.mean)}, std {list(info.std)} (RGB)",
              "", "## Start", f"- {start}", "", "## Recipe"]
-    lines += [f"- {k.replace('_', '-')}: {getattr(cfg, k)}" for k in RECIPE_FIELDS
-              if getattr(cfg, k) not in ("", None)]
+    lines += [f"- {k.replace('_', '-')}: {_value(cfg, k)}" for k in RECIPE_FIELDS if getattr(cfg, k) not in ("", None)]
     lines += ["", "## Training",
               f"- {last.get('epoch', 0)} of {cfg.epochs} epochs done, {last.get('iteration', 0)} iterations; device "
               f"{device} ({_cpu_name() if device == 'cpu' else device}), torch {torch.__version__}",

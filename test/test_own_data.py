@@ -262,6 +262,7 @@ def test_run_writes_a_model_card(tmp_path, synthetic):
     assert "`eacnet_dab` with 5 classes" in card and "4 training images (split `train`)" in card
     assert f"`{source}` (`--init-from`), class-sized rows from the class map" in card
     assert "- recipe: finetune" in card and "- head-lr-mult: 10.0" in card and "2 of 2 epochs done" in card
+    assert "- crop: 48x32 (WxH)" in card
     assert f"best.pt: epoch {best['epoch']}, val mIoU {100 * best['metrics']['val_miou']:.2f}%" in card
     for i, name in enumerate(FIVE):
         iou = 100 * best["metrics"]["val_per_class"][name]
