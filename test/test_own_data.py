@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,40 @@ def test_train_help_describes_the_recipe(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "finetune: a trained model moved to new images" in text and "5% of the iterations" in text
     assert "--class-map" in text and "packaged model (dabnet, eacnet_dab" in text
+
+
+# ---------------------------------------------------------------------------- the measurement's scripts
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_camvid_regroup_and_merged_score(tmp_path, synthetic, tiny_checkpoint, capsys):
+    import cv2
+    import numpy as np
+
+    camvid = synthetic.camvid(tmp_path / "CamVid", {"train": 4, "val": 2})
+    regroup = _script("camvid_regroup")
+    out = tmp_path / "five"
+    assert regroup.main(["--data-root", str(camvid), "--out", str(out), "--size", "24x16", "--train-images", "2"]) == 0
+    assert len(list((out / "train" / "labels").iterdir())) == 2 and len(list((out / "val" / "images").iterdir())) == 2
+    raw = cv2.imread(str(camvid / "valannot" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    new = cv2.imread(str(out / "val" / "labels" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    assert new.shape == (16, 24)
+    small = cv2.resize(raw, (24, 16), interpolation=cv2.INTER_NEAREST)
+    expect = {CAMVID.class_names.index(o): FIVE.index(n) for n, olds in FIVE_MAP.items() for o in olds}
+    assert all(new[p] == expect.get(int(small[p]), 255) for p in np.ndindex(new.shape))
+    assert yaml.safe_load((out / "class_map.yaml").read_text()) == FIVE_MAP
+    assert regroup.main(["--data-root", str(camvid), "--out", str(out)]) == 2  # never into a folder with data
+    assert "not empty" in capsys.readouterr().err
+
+    merged = _script("merged_score")
+    weights = tiny_checkpoint("eacnet_dab")
+    assert merged.main(["--weights", str(weights), "--data-root", str(out), "--class-map",
+                        str(out / "class_map.yaml")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and list(result["per_class"]) == list(FIVE) and 0 <= result["miou"] <= 1
