@@ -87,10 +87,24 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike, expect_model: Optiona
     if ckpt["model"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {ckpt['model']!r}; known: {', '.join(MODELS)}")
     if expect_model is not None and ckpt["model"] != expect_model:
-        raise CheckpointError(f"{path}: expected weights for model {expect_model!r}, found {ckpt['model']!r}")
+        raise CheckpointError(f"{path}: expected weights for model {expect_model!r}, found {ckpt['model']!r} "
+                              f"({ckpt['num_classes']} classes){_model_hint(ckpt['model'], expect_model)}")
     if expect_classes is not None and ckpt["num_classes"] != expect_classes:
         raise CheckpointError(f"{path}: expected {expect_classes} classes, found {ckpt['num_classes']}")
     return ckpt
+
+
+def _model_hint(found: str, expected: str) -> str:
+    """How to ask for the checkpoint's own network: the node's backbone/attention pair when
+    the two models are both node pairs, else the registry name."""
+    from .models.registry import BY_BACKBONE
+
+    pairs = {name: pair for pair, name in BY_BACKBONE.items()}
+    if found in pairs and expected in pairs:
+        backbone, attention = pairs[found]
+        return (f"; this file runs as backbone:={backbone} attention:={attention} (asked: "
+                f"backbone:={pairs[expected][0]} attention:={pairs[expected][1]})")
+    return f"; run it as model {found!r}"
 
 
 def _torch_save_file(path: Path) -> bool:

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from . import bench, campaign, curves, evaluate, export, packaging, segment, train_cli, train_profile
+from . import bench, campaign, curves, evaluate, export, labels, packaging, segment, train_cli, train_profile
 
 #: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
-CORE_COMMANDS = (bench, export, segment, train_cli, train_profile, campaign, curves, evaluate, packaging)
+CORE_COMMANDS = (bench, export, segment, train_cli, train_profile, campaign, curves, evaluate, packaging, labels)
 
 
 def add_core_commands(subparsers) -> None:

@@ -296,25 +296,38 @@ def folder_info(root: str | os.PathLike) -> DatasetInfo:
         mean: [123.7, 116.3, 103.5]   # optional RGB, 0..255 (default: ImageNet statistics)
         std: [58.4, 57.1, 57.4]       # optional
     """
-    import yaml
-
     root = Path(root)
     path = next((root / n for n in FOLDER_YAML_NAMES if (root / n).is_file()), root / FOLDER_YAML_NAMES[0])
     if not path.is_file():
         raise DatasetError(f"{path}: missing; a folder dataset needs it (names: [...], optional colors, "
                            "ignore_index, mean, std)")
+    return classes_from_yaml(path, root.name)
+
+
+def classes_from_yaml(path: Path, default_name: str, need_colours: bool = False) -> DatasetInfo:
+    """A ``classes.yaml`` file (see ``folder_info``) as a DatasetInfo, every problem named;
+    ``need_colours``: a file without colours is an error (``eacnet labels from-colors``)."""
+    import yaml
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: classes file not found")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DatasetError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(spec, dict) or not spec.get("names"):
+    if not isinstance(spec, dict) or not spec.get("names") or not isinstance(spec["names"], list):
         raise DatasetError(f"{path}: needs a non-empty 'names' list of class names")
+    problems = class_spec_problems(spec)
+    if problems:
+        raise DatasetError(f"{path}: " + "; ".join(problems))
     names = tuple(str(n) for n in spec["names"])
     colours = spec.get("colors", spec.get("colours"))
+    if need_colours and colours is None:
+        raise DatasetError(f"{path}: gives no 'colors': one [r, g, b] per class name is needed to read colour masks")
     try:
         palette = (tuple(tuple(int(v) for v in c) for c in colours) if colours is not None
                    else generic(len(names)).palette)
-        info = DatasetInfo(name=str(spec.get("name", root.name)), class_names=names, palette=palette,
+        info = DatasetInfo(name=str(spec.get("name", default_name)), class_names=names, palette=palette,
                            ignore_index=int(spec.get("ignore_index", 255)),
                            mean=_triple(spec.get("mean", IMAGENET_MEAN)), std=_triple(spec.get("std", IMAGENET_STD)))
     except (TypeError, ValueError) as exc:
@@ -322,6 +335,39 @@ def folder_info(root: str | os.PathLike) -> DatasetInfo:
     if any(len(c) != 3 for c in info.palette) or min(info.std) <= 0:
         raise DatasetError(f"{path}: colours must be [r, g, b] triples and std values positive")
     return info
+
+
+def class_spec_problems(spec: dict) -> list[str]:
+    """Everything wrong with a ``classes.yaml`` mapping at once (each named), so a user
+    fixes the file in one go: duplicate names or colours, a colour that is not three values
+    in 0..255, a colour list of another length than the names, an ignore index that is a
+    class id. Duplicate colours matter because ``eacnet labels from-colors`` could not tell
+    the two classes apart."""
+    names = [str(n) for n in spec["names"]]
+    problems = [f"class name {n!r} appears {names.count(n)} times" for n in dict.fromkeys(names) if names.count(n) > 1]
+    colours = spec.get("colors", spec.get("colours"))
+    if colours is not None:
+        if not isinstance(colours, list):
+            return problems + [f"colors must be a list of [r, g, b], got {colours!r}"]
+        if len(colours) != len(names):
+            problems.append(f"{len(names)} class names but {len(colours)} colours")
+        seen: dict[tuple, str] = {}
+        for i, colour in enumerate(colours):
+            name = names[i] if i < len(names) else f"colour #{i}"
+            if (not isinstance(colour, (list, tuple)) or len(colour) != 3
+                    or not all(isinstance(v, int) and 0 <= v <= 255 for v in colour)):
+                problems.append(f"colour of {name!r} must be [r, g, b] with values 0..255, got {colour!r}")
+                continue
+            if tuple(colour) in seen:
+                problems.append(f"classes {seen[tuple(colour)]!r} and {name!r} share the colour {list(colour)}")
+            seen.setdefault(tuple(colour), name)
+    ignore = spec.get("ignore_index", 255)
+    if not isinstance(ignore, int) or isinstance(ignore, bool):
+        problems.append(f"ignore_index must be an integer, got {ignore!r}")
+    elif 0 <= ignore < len(names):
+        problems.append(f"ignore index {ignore} is a real class id ({names[ignore]!r}; class ids are "
+                        f"0..{len(names) - 1}, the ignore index must be outside them, e.g. 255)")
+    return problems
 
 
 def dataset_info(kind: str, root: str | os.PathLike) -> DatasetInfo:

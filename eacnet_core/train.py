@@ -52,6 +52,7 @@ from .datasets import (
 from .device_augment import DeviceTrainData
 from .evaluate import EvalResult, eval_loader, evaluate_model
 from .losses import build_criterion, class_weights
+from .model_card import write_model_card
 from .models import build_model
 from .models.attention import SelfCalibrationAttention
 from .progress import progress_bar
@@ -68,6 +69,7 @@ from .train_distributed import (
     teardown_distributed,
 )
 from .train_init import freeze_unused, init_from, summarise_keys
+from .train_recipe import sized_config
 from .train_step import LossMeter, WeightEma, adam_implementation, compile_mode_for, compiled_loss
 from .transforms import EvalTransform, TrainTransform
 
@@ -138,29 +140,37 @@ class PolyWarmup:
         return factor
 
 
-def parameter_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
+def parameter_groups(cfg: TrainConfig, model: nn.Module, head: Sequence[str] = ()) -> list[dict]:
     """The backbone's parameters, then (when the model has one) the attention's in a group
     of their own: its own learning-rate multiple and weight decay. gamma starts at 0 and,
     at the base rate with weight decay, stayed below 0.02 in 50 epochs here; DANet-style
-    heads train at 10x. Both groups follow the same poly schedule (LambdaLR scales each)."""
-    attention_ids = {id(p) for m in model.modules() if isinstance(m, SelfCalibrationAttention)
-                     for p in m.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in attention_ids], "lr": cfg.lr,
-               "weight_decay": cfg.weight_decay}]
-    attention = [p for p in trainable if id(p) in attention_ids]
+    heads train at 10x. Both groups follow the same poly schedule (LambdaLR scales each).
+    With ``head`` (the tensors ``--init-from`` did not load as trained) and a
+    ``head_lr_mult`` other than 1, those form a last group at lr x head_lr_mult: fine-tuning
+    moves the fresh head fast and the loaded features slowly."""
+    head_ids = ({id(p) for n, p in model.named_parameters() if n in set(head)} if cfg.head_lr_mult != 1.0
+                else set())
     wd = cfg.attention_weight_decay if cfg.attention_weight_decay >= 0 else cfg.weight_decay
-    if cfg.attention_lr_mult == 1.0 and wd == cfg.weight_decay:
+    own_attention = cfg.attention_lr_mult != 1.0 or wd != cfg.weight_decay
+    attention_ids = {id(p) for m in model.modules() if isinstance(m, SelfCalibrationAttention)
+                     for p in m.parameters()} - head_ids if own_attention else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not own_attention and not head_ids:
         return [{"params": trainable, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]  # one group, as before
-    if attention:
-        groups.append({"params": attention, "lr": cfg.lr * cfg.attention_lr_mult, "weight_decay": wd})
+    groups = [{"params": [p for p in trainable if id(p) not in attention_ids | head_ids], "lr": cfg.lr,
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for p in trainable if id(p) in attention_ids], "lr": cfg.lr * cfg.attention_lr_mult,
+               "weight_decay": wd},
+              {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.lr * cfg.head_lr_mult,
+               "weight_decay": cfg.weight_decay}]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module, device: Optional[torch.device] = None,
+                    head: Sequence[str] = ()) -> torch.optim.Optimizer:
     """Adam (betas 0.9/0.999, eps 1e-8, as ERFNet's reference; fused on CUDA, multi-tensor
     elsewhere) or SGD with momentum."""
-    groups = parameter_groups(cfg, model)
+    groups = parameter_groups(cfg, model, head)
     if cfg.optimizer == "adam":
         device = device or next(model.parameters()).device
         return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
@@ -254,21 +264,26 @@ class RunModel:
     model: nn.Module
     forward: nn.Module
     kwargs: dict  # build_model's extra arguments, recorded in checkpoints
+    head: list[str] = field(default_factory=list)  # tensors --init-from did not load as trained
 
 
-def build_run_model(cfg: TrainConfig, num_classes: int, dist_info: DistInfo, device: torch.device,
+def build_run_model(cfg: TrainConfig, info: DatasetInfo, dist_info: DistInfo, device: torch.device,
                     log: Callable[[str], None], initialise: bool) -> RunModel:
-    """The registry model on ``device`` (``--init-from`` weights when ``initialise``), its unused
-    parameters frozen, in channels-last memory when asked, wrapped for DDP when distributed."""
+    """The registry model on ``device`` (``--init-from`` weights when ``initialise``, moved to
+    ``info``'s classes), its unused parameters frozen, in channels-last memory when asked,
+    wrapped for DDP when distributed."""
     kwargs = {"pool": cfg.pool} if cfg.pool else {}
+    head: list[str] = []
     try:
-        model = build_model(cfg.model, num_classes, **kwargs)
+        model = build_model(cfg.model, info.num_classes, **kwargs)
     except TypeError:
         raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
     if initialise and cfg.attention_gamma_init:
         set_attention_gamma(model, cfg.attention_gamma_init)
     if cfg.init_from and initialise:
-        log(init_from(model, cfg.init_from).format())
+        report = init_from(model, cfg.init_from, info.class_names, cfg.class_map or None)
+        log(report.format())
+        head = report.head
     model.to(device)
     frozen = freeze_unused(model)
     if frozen:
@@ -283,7 +298,7 @@ def build_run_model(cfg: TrainConfig, num_classes: int, dist_info: DistInfo, dev
             log("note: --sync-bn needs CUDA; using per-process BatchNorm")
         ids = [device.index] if device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return RunModel(model, forward, kwargs)
+    return RunModel(model, forward, kwargs, head)
 
 
 @dataclass
@@ -297,7 +312,7 @@ class Optimisation:
 
 
 def build_optimisation(cfg: TrainConfig, model: nn.Module, data: RunData, total_iters: int,
-                       device: torch.device, log: Callable[[str], None]) -> Optimisation:
+                       device: torch.device, log: Callable[[str], None], head: Sequence[str] = ()) -> Optimisation:
     """The criterion (class weights counted on the training set for weighted-ce), optimiser and schedule."""
     weight = None
     if cfg.loss == "weighted-ce":
@@ -308,7 +323,7 @@ def build_optimisation(cfg: TrainConfig, model: nn.Module, data: RunData, total_
         weight = torch.tensor(weights, dtype=torch.float32)
     criterion = build_criterion(cfg.loss, data.info.ignore_index, weight, cfg.ohem_thresh,
                                 cfg.ohem_min_kept).to(device)
-    optimizer = build_optimizer(cfg, model, device)
+    optimizer = build_optimizer(cfg, model, device, head)
     poly = PolyWarmup(total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
     return Optimisation(criterion, optimizer, poly, torch.optim.lr_scheduler.LambdaLR(optimizer, poly))
 
@@ -405,12 +420,15 @@ class Trainer:
         root = default_data_root(self.cfg.dataset, self.cfg.data_root)
         self.cfg = replace(self.cfg, data_root=str(root))  # the checkpoint records where the data was
         self.data = data or build_run_data(self.cfg, self.dist, self.device, self._log)
+        self.cfg = sized_config(self.cfg, len(self.data.train_set), self.data.iters_per_epoch)
         self.total_iters = self.data.iters_per_epoch * self.cfg.epochs
-        run_model = build_run_model(self.cfg, self.data.info.num_classes, self.dist, self.device, self._log,
+        run_model = build_run_model(self.cfg, self.data.info, self.dist, self.device, self._log,
                                     initialise=self.resume_ckpt is None)
         self.model, self.ddp_model, self.model_kwargs = run_model.model, run_model.forward, run_model.kwargs
+        self.head = run_model.head if self.resume_ckpt is None else list(self.resume_ckpt.get("head_params", []))
         self._log_model()
-        opt = build_optimisation(self.cfg, self.model, self.data, self.total_iters, self.device, self._log)
+        opt = build_optimisation(self.cfg, self.model, self.data, self.total_iters, self.device, self._log,
+                                 self.head)
         self.criterion, self.optimizer = opt.criterion, opt.optimizer
         self.poly, self.scheduler = opt.poly, opt.scheduler
         self.ema = WeightEma(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
@@ -458,6 +476,8 @@ class Trainer:
         evaluated and shipped) and ``train_state_dict`` the weights training continues from."""
         extra = {"config": self.cfg.to_dict(), "epoch": self.epoch, "iteration": self.iteration,
                  "metrics": metrics, "model_kwargs": dict(self.model_kwargs)}
+        if self.head:
+            extra["head_params"] = list(self.head)
         if training_state:
             extra.update(epoch_iteration=self.epoch_iteration, optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -528,6 +548,12 @@ class Trainer:
         self._log(f"training {cfg.model}: {cfg.epochs} epochs x {self.data.iters_per_epoch} iterations, batch "
                   f"{cfg.batch_size} x {self.dist.world_size}, crop {cfg.crop[1]}x{cfg.crop[0]}, {cfg.optimizer} "
                   f"lr {cfg.lr:g}, loss {cfg.loss}, out {self.out}")
+        if cfg.recipe == "finetune" and not cfg.init_from:
+            self._log("note: --recipe finetune without --init-from trains from scratch at fine-tuning rates")
+        if cfg.recipe:
+            self._log(f"recipe {cfg.recipe}: {len(self.data.train_set)} training images -> {cfg.epochs} epochs, "
+                      f"warm-up {cfg.warmup_iters} iterations, lr {cfg.lr:g} (loaded), "
+                      f"{cfg.lr * cfg.head_lr_mult:g} (fresh: {len(self.head)} tensors)")
 
     @property
     def epoch_done(self) -> bool:
@@ -692,6 +718,8 @@ class Trainer:
             if improved:
                 save_atomic(self._checkpoint(metrics, training_state=False), self.out / BEST)
             self.epoch_log.write(record)
+            write_model_card(cfg, self.data.info, len(self.data.train_set),
+                             len(self.data.val_set) if self.data.val_set is not None else None, str(self.device))
         self._log(_epoch_line(record, cfg.epochs))
         return record
 

@@ -16,6 +16,8 @@ from .options import Alias, add_device, add_option, add_threads, hxw, wxh
 from .train import BEST, NonFiniteLoss, train, train_together
 from .train import __doc__ as TRAIN_DOC
 from .train_config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, TrainConfig
+from .train_init import packaged_sources
+from .train_recipe import RECIPES
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -41,7 +43,15 @@ def add_parser(subparsers) -> None:
     a("--dataset", choices=DATASET_KINDS, help=f"default {d.dataset}")
     a("--data-root", help=DATA_ROOT_HELP)
     a("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl, tensorboard/")
-    a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt)")
+    a("--init-from", help="checkpoint whose weights initialise the model (e.g. an erfnet_enc run's best.pt), or "
+                          f"a packaged model ({', '.join(packaged_sources())}); with another class count the "
+                          "class-sized tensors start fresh (or from --class-map) and the rest loads")
+    a("--class-map", help="YAML 'new class: [old classes]' (e.g. vehicle: [Car]): with --init-from, a new class's "
+                          "rows start as the mean of its old classes' rows instead of fresh")
+    a("--recipe", choices=tuple(RECIPES), help="a named set of defaults for the options not given: "
+                                               + "; ".join(r.describe() for r in RECIPES.values()).replace("%", "%%"))
+    a("--head-lr-mult", type=float, help="lr of the tensors --init-from did not load as trained (the new "
+                                         f"classes' head) as a multiple of --lr (default {d.head_lr_mult:g})")
     a("--train-split", help="split to train on (default train; camvid: trainval = train + val, the paper's "
                             "protocol for test-set models)")
     a("--val-split", help=f"split to validate on (default {d.val_split})")
@@ -103,7 +113,10 @@ def add_parser(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults overlaid with the options actually given."""
     known = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
+    given = {k: v for k, v in vars(args).items() if k in known}
+    if given.get("recipe"):
+        given = RECIPES[given["recipe"]].overlay(given)
+    return TrainConfig(**given)
 
 
 def _models(text: str) -> tuple[str, ...]:

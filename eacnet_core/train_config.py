@@ -33,7 +33,10 @@ class TrainConfig:
     dataset: str = "camvid"
     data_root: str = ""  # "" = the dataset's default location (CamVid only)
     out: str = ""
-    init_from: str = ""  # checkpoint whose weights initialise the model (hierarchical training)
+    init_from: str = ""  # checkpoint or packaged model name whose weights initialise the model
+    class_map: str = ""  # YAML new class -> old classes: class-sized rows start from the old ones (--init-from)
+    recipe: str = ""  # a named set of defaults (train_recipe.RECIPES), sized to the data by the Trainer
+    head_lr_mult: float = 1.0  # lr of the tensors --init-from did not load as trained, as a multiple of lr
     train_split: str = "train"  # "trainval" (CamVid) = train + val, the paper's test-set protocol
     val_split: str = "val"
     epochs: int = 400
@@ -87,6 +90,7 @@ class TrainConfig:
     def validate(self) -> None:
         from .datasets import DATASET_KINDS
         from .models import MODELS
+        from .train_recipe import RECIPES
 
         checks = [
             (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}"),
@@ -96,11 +100,15 @@ class TrainConfig:
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.class_weights in WEIGHTINGS, f"--class-weights must be one of {', '.join(WEIGHTINGS)}"),
             (self.amp_dtype in AMP_DTYPES, f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}"),
-            (self.epochs >= 1 and self.batch_size >= 1 and self.val_batch_size >= 1,
+            (self.epochs >= (0 if self.recipe else 1) and self.batch_size >= 1 and self.val_batch_size >= 1,
              "--epochs, --batch-size and --val-batch-size must be >= 1"),
+            (not self.recipe or self.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}"),
+            (not self.class_map or bool(self.init_from), "--class-map needs --init-from (the model it maps from)"),
+            (self.head_lr_mult > 0, "--head-lr-mult must be > 0"),
             (self.attention_lr_mult > 0, "--attention-lr-mult must be > 0"),
             (bool(self.train_split) and bool(self.val_split), "--train-split and --val-split must not be empty"),
-            (self.lr >= 0 and self.weight_decay >= 0 and self.warmup_iters >= 0 and 0 < self.warmup_ratio <= 1,
+            (self.lr >= 0 and self.weight_decay >= 0 and self.warmup_iters >= (-1 if self.recipe else 0)
+             and 0 < self.warmup_ratio <= 1,
              "--lr, --weight-decay and --warmup-iters must be >= 0 and --warmup-ratio in (0, 1]"),
             (self.val_every >= 0 and self.limit >= 0 and self.workers >= 0 and self.pool >= 0,
              "--val-every, --limit, --workers and --pool must be >= 0"),
