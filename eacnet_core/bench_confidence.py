@@ -146,6 +146,7 @@ def bench_model(segmenter, pairs: Sequence[tuple[Path, Path]], ignore: int, seve
         "plain_max_auroc": plain_auroc, "plain_max_auroc_mean": float(np.mean(list(plain_auroc.values()))),
         "clean_score_mean": float(np.mean(scores["clean"])),
         "score_mean": {name: float(np.mean(v)) for name, v in scores.items()},
+        "scores": {name: [round(x, 4) for x in v] for name, v in scores.items()},
         "pixel_auroc": histogram_auroc(hist_wrong, hist_correct),  # correct pixels are the positives
         "calibration": calibration(hist_correct, hist_wrong),
         "_fit": (np.concatenate(fit_logits), np.concatenate(fit_labels)),

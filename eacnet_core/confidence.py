@@ -7,7 +7,7 @@
 in fog or behind a dirty lens the network can stay confident and wrong, which is why the frame
 score adds image cues the network is blind to.
 
-**The frame score** (0 = trustworthy .. 1 = not) is the largest of a few anomaly terms, each
+**The frame score** (0 = trustworthy .. 1 = not) combines a few anomaly terms (a noisy OR), each
 0 inside the range the training frames cover and rising to 1 beyond it (``ScoreReference``):
 
 * the share of pixels whose confidence is under ``low_confidence`` (the network's doubt);
@@ -186,12 +186,15 @@ def cue_anomalies(cues: dict[str, float], doubtful: float,
 
 
 def frame_score(confidence: np.ndarray, bgr: np.ndarray, reference: ScoreReference = CAMVID_REFERENCE) -> float:
-    """One frame's score, 0 (trustworthy) .. 1 (not): the largest anomaly term, plus a small
-    share of the mean doubt so frames inside every clean range still rank by the network's
-    own uncertainty (what the pixel-level AUROC measures)."""
+    """One frame's score, 0 (trustworthy) .. 1 (not): the anomaly terms combined as a noisy
+    OR, 1 - prod(1 - a_i), so two moderate anomalies (fog: low contrast *and* blur) add up,
+    with one more term, a tenth of the mean doubt (1 - mean confidence), so frames inside
+    every clean range still rank by the network's own uncertainty."""
     terms = cue_anomalies(image_cues(bgr), doubt(confidence, reference), reference)
-    mean_doubt = 1.0 - float(confidence.mean()) / 255.0
-    return float(min(1.0, max(terms.values()) + 0.1 * mean_doubt))
+    trust = 1.0 - 0.1 * (1.0 - float(confidence.mean()) / 255.0)
+    for value in terms.values():
+        trust *= 1.0 - value
+    return float(np.clip(1.0 - trust, 0.0, 1.0))
 
 
 class ScoreSmoother:
