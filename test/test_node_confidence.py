@@ -159,3 +159,30 @@ def test_score_parameters_on_the_command_line():
         check_command_line(["--ros-args", "-p", "score_warn_above:=2.0"])
     config = NodeConfig.from_values({"score_warn_above": 1, "frame_score": False})
     assert config.score_warn_above == 1.0 and isinstance(config.score_warn_above, float) and not config.frame_score
+
+
+# ---------------------------------------------------------------------------- bag-eval
+
+def test_bag_eval_writes_the_confidence_topic_and_plots_the_frame_score_beside_frame_miou(tmp_path):
+    from test_bags import QUIET, oracle_segmenter, read_bag, synthetic_frames
+
+    from eacnet_ros.bags.eval import EvalOptions, evaluate_bag
+    from eacnet_ros.bags.io import MakeBagOptions, make_bag
+    from eacnet_ros.bags.report import write_report
+
+    oracle = oracle_segmenter()
+    frames = synthetic_frames(3, oracle)
+    make_bag(frames, tmp_path / "in", MakeBagOptions(storage="mcap", rate=10.0, **QUIET))
+    result = evaluate_bag(tmp_path / "in", oracle, EvalOptions(out=tmp_path / "out", confidence=True, **QUIET))
+    written = read_bag(tmp_path / "out")
+    assert "/eacnet/confidence" in written and len(written["/eacnet/confidence"]) == 3
+    for (_, msg), (_, image) in zip(written["/eacnet/confidence"], written["/camera/image_raw"], strict=True):
+        assert msg.encoding == "mono8" and (msg.height, msg.width) == (image.height, image.width)
+        assert msg.header == image.header
+    per_frame = result.to_json()["per_frame"]
+    assert len(per_frame) == 3 and all(0.0 <= f["frame_score"] <= 1.0 for f in per_frame)
+    assert [f["miou"] for f in per_frame] == [1.0, 1.0, 1.0]  # the oracle's labels are its own masks
+    plain = evaluate_bag(tmp_path / "in", oracle, EvalOptions(out=tmp_path / "plain", **QUIET))
+    assert "/eacnet/confidence" not in read_bag(tmp_path / "plain") and len(plain.frame_scores) == 3
+    html = write_report(tmp_path / "report", result).read_text()
+    assert "Frame score" in html and (tmp_path / "report" / "frame_score.png").stat().st_size > 1000
