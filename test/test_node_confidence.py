@@ -186,3 +186,25 @@ def test_bag_eval_writes_the_confidence_topic_and_plots_the_frame_score_beside_f
     assert "/eacnet/confidence" not in read_bag(tmp_path / "plain") and len(plain.frame_scores) == 3
     html = write_report(tmp_path / "report", result).read_text()
     assert "Frame score" in html and (tmp_path / "report" / "frame_score.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- bench-pipeline
+
+def test_bench_pipeline_times_confidence_on_against_off(tmp_path, capsys):
+    import argparse
+    import json
+
+    from eacnet_ros.bench import pipeline as pb
+
+    parser = argparse.ArgumentParser(prog="eacnet")
+    pb.add_parser(parser.add_subparsers())
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["bench-pipeline", "--model", "dabnet", "--sizes", "64x48", "--configs", "torch:fp32",
+                              "--confidence", "--runs", "2", "--warmup", "1", "--json", str(out)])
+    assert args.func(args) == 0
+    rows = json.loads(out.read_text())
+    assert [r["config"] for r in rows] == ["torch:fp32:nhwc", "torch:fp32:nhwc+conf"]
+    assert all(set(r["ms"]) == set(pb.STAGES) for r in rows) and rows[1]["agreement"] == 1.0  # the same mask
+    printed = capsys.readouterr().out
+    assert "confidence + frame score on torch:fp32:nhwc add" in printed and "of its forward pass" in printed
+    assert pb.PipelineConfig.parse("openvino:bf16+conf") == pb.PipelineConfig("openvino", "bf16", True, True)
