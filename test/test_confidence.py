@@ -250,3 +250,32 @@ def test_bench_confidence_command_writes_its_json_and_plot(tmp_path, synthetic, 
     assert "contrast" in report["train_clean_ranges"] and (out / "b.png").stat().st_size > 1000
     calibrated = torch.load(out / "w_calibrated.pt", weights_only=True)
     assert calibrated["temperature"] == pytest.approx(result["fitted_temperature"])
+
+
+def test_segment_command_writes_confidence_pngs_and_frame_scores(tmp_path, shared_checkpoint, capsys):
+    from eacnet_ros.cli import main
+
+    frames = tmp_path / "in"
+    frames.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(frames / f"f{i}.png"), _frame(40, 56, seed=i))
+    out, report = tmp_path / "out", tmp_path / "scores.json"
+    assert main(["segment", "--weights", str(shared_checkpoint), "--input", str(frames), "--out", str(out),
+                 "--confidence", "--json", str(report), "--backend", "torch", "--device", "cpu"]) == 0
+    for i in range(2):
+        confidence = cv2.imread(str(out / f"f{i}_confidence.png"), cv2.IMREAD_UNCHANGED)
+        assert confidence.dtype == np.uint8 and confidence.shape == (40, 56)
+    scores = json.loads(report.read_text())
+    assert [f["name"] for f in scores["frames"]] == ["f0", "f1"] and scores["skipped"] == []
+    assert all(0.0 <= f["frame_score"] <= 1.0 for f in scores["frames"])
+    assert "frame scores to" in capsys.readouterr().out
+    for kind in ("mask", "color", "overlay"):  # only the confidence PNGs left: they are refused too
+        for path in out.glob(f"*_{kind}.png"):
+            path.unlink()
+    assert main(["segment", "--weights", str(shared_checkpoint), "--input", str(frames), "--out", str(out),
+                 "--confidence", "--backend", "torch"]) != 0
+    assert "f0_confidence.png exists" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main(["segment", "--weights", str(shared_checkpoint), "--input", str(frames), "--out", str(plain),
+                 "--backend", "torch", "--device", "cpu"]) == 0
+    assert not list(plain.glob("*_confidence.png"))
