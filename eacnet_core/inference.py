@@ -111,6 +111,12 @@ class Segmenter:
     else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced precision is
     eligible only if its masks equal fp32's on >= 99% of the pixels of calibration frames
     and/or the first camera frame. The choice is remembered (``eacnet_core.choice``).
+
+    The confidence (``segment_confidence``, ``segment_frames`` with a third ``wanted`` flag)
+    plays no part in that choice: candidates are timed and checked on their logits (and
+    OpenVINO's argmax graph); the chosen engine then compiles its ids + confidence graph on
+    the first frame that asks for it, a separate model beside the ids-only one, so frames
+    without confidence pay nothing for it. A remembered choice serves both alike.
     """
 
     def __init__(self, model: nn.Module, model_name: str, dataset: DatasetInfo,
