@@ -81,3 +81,15 @@ def test_diagnostics_warn_on_corrupted_frames_and_clear_on_clean_ones(session):
 
             cleared = _stream_until(probe, pub, node, clean, "false", 0)
             assert cleared is not None, "the warning did not clear on clean frames"
+
+
+def test_score_thresholds_change_at_run_time_and_bad_ones_are_refused_by_name(session):
+    probe = session.probe
+    with session.node("thresholds", inference_height=120, inference_width=160) as node:
+        (result,) = probe.set_parameters(node.fqn, score_warn_above=1.5)
+        assert not result.successful and "score_warn_above" in result.reason
+        (result,) = probe.set_parameters(node.fqn, score_clear_below=0.6)  # above warn_above 0.5
+        assert not result.successful and "score_clear_below=0.6 must not exceed score_warn_above=0.5" in result.reason
+        assert probe.set_parameters(node.fqn, score_warn_above=0.8, score_clear_below=0.6)[0].successful
+        assert probe.get_parameters(node.fqn, "score_warn_above", "score_clear_below") == [0.8, 0.6]
+        assert node.node.stats.total._score.warn_above == 0.8  # the running smoother follows
