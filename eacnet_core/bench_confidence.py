@@ -227,6 +227,14 @@ def plot(results: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _severity(text: str) -> int:
+    """argparse type of --severity: an integer 1-5 (argparse names the option beside the message)."""
+    value = at_least(1)(text)
+    if value > 5:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1-5, got {text!r}")
+    return value
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench-confidence", help="how well confidence and frame score flag bad frames",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,7 +246,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--frames", type=at_least(0), default=0, help="val frames, spread over the split (0: all)")
     p.add_argument("--reference-frames", type=at_least(0), default=0,
                    help="also measure the image cues' clean ranges on this many train frames (0: skip)")
-    p.add_argument("--severity", type=int, choices=range(1, 6), default=3, help="corruption severity (default 3)")
+    p.add_argument("--severity", type=_severity, default=3, help="corruption severity 1-5 (default 3)")
     p.add_argument("--fit-temperature", metavar="DIR", default="",
                    help="fit a temperature on the val pixels and write <name>_calibrated.pt (the checkpoint with "
                         "its 'temperature') into DIR; meaningful only for weights that did not train on val")
