@@ -104,8 +104,8 @@ class ScoreReference:
 
     low_confidence: float = 0.5  # a pixel counts as doubtful under this probability
     # share of doubtful pixels: 0 up to here, 1 from doubt_bad. 80 train frames gave at most 0.034
-    # with the shipped eacnet_dab (p99.5 0.031), but it trained on them; held-out val frames of the train-only
-    # weights reach further (docs/RESULTS.md), hence the margin.
+    # with the shipped eacnet_dab (p99.5 0.031), but it trained on them: the margin is for frames
+    # a network did not train on, which it doubts more.
     doubt_clean: float = 0.10
     doubt_bad: float = 0.40
     contrast_clean: float = 0.184  # RMS contrast of the grey image (0..1): 0 above this ...
