@@ -97,10 +97,12 @@ def confidence_tensor(probability: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ScoreReference:
-    """Where each cue's anomaly is 0 (the edge of the clean range: the 0.5th or 99.5th
-    percentile over CamVid's 367 train frames, `eacnet bench-confidence --reference-frames 367`,
-    docs/RESULTS.md) and how far beyond it the anomaly reaches 1. Contrast and sharpness are
-    ramped on a log scale, the rest linearly."""
+    """Where each cue's anomaly is 0 (the edge of the clean range) and how far beyond it the
+    anomaly reaches 1. The edges were set from the 0.5th/99.5th percentiles of 80 CamVid train
+    frames (grain and blockiness then on the whole frame, not the crop); over all 367 train
+    frames (`eacnet bench-confidence --reference-frames 367`, docs/RESULTS.md) those percentiles
+    are contrast 0.184, sharpness 0.039, grain 1.20, blockiness 1.12, clipped 0.327, flat 0.254.
+    Contrast and sharpness are ramped on a log scale, the rest linearly."""
 
     low_confidence: float = 0.5  # a pixel counts as doubtful under this probability
     # share of doubtful pixels: 0 up to here, 1 from doubt_bad. 80 train frames gave at most 0.034
@@ -108,17 +110,17 @@ class ScoreReference:
     # a network did not train on, which it doubts more.
     doubt_clean: float = 0.10
     doubt_bad: float = 0.40
-    contrast_clean: float = 0.184  # RMS contrast of the grey image (0..1): 0 above this ...
+    contrast_clean: float = 0.20  # RMS contrast of the grey image (0..1): 0 above this ...
     contrast_factor: float = 2.0  # ... 1 at contrast_clean / factor
-    sharp_low: float = 0.039  # mean |Laplacian| (grey 0..1) at CUE_HW: 0 above this ...
+    sharp_low: float = 0.037  # mean |Laplacian| (grey 0..1) at CUE_HW: 0 above this ...
     sharp_factor: float = 2.0  # ... 1 at sharp_low / factor
-    grain_clean: float = 1.20  # full-resolution / half-resolution Laplacian: 0 up to here ...
+    grain_clean: float = 1.21  # full-resolution / half-resolution Laplacian: 0 up to here ...
     grain_bad: float = 1.6  # ... 1 from here
-    blocky_clean: float = 1.12  # step across the 8-pixel grid / step elsewhere: 0 up to here ...
+    blocky_clean: float = 1.09  # step across the 8-pixel grid / step elsewhere: 0 up to here ...
     blocky_bad: float = 1.4  # ... 1 from here
     clipped_clean: float = 0.33  # share of pixels under 0.04 or over 0.96: 0 up to here ...
     clipped_bad: float = 0.60  # ... 1 from here
-    flat_clean: float = 0.254  # share of 6x6 blocks (at CUE_HW) with no texture: 0 up to here ...
+    flat_clean: float = 0.25  # share of 6x6 blocks (at CUE_HW) with no texture: 0 up to here ...
     flat_bad: float = 0.50  # ... 1 from here
 
     def to_dict(self) -> dict:
