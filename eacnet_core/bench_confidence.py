@@ -203,7 +203,7 @@ def plot(results: Sequence[dict], path: Path) -> None:
                         label=f"{result.get('label', result['model'])}: {label}", alpha=1.0 if j == 0 else 0.45)
     axes[0].axhline(0.8, color="grey", lw=0.8, ls="--")
     axes[0].set_xticks(range(len(names)), names, rotation=25)
-    axes[0].set_ylim(0.4, 1.01)
+    axes[0].set_ylim(0.0, 1.01)
     axes[0].set_ylabel("AUROC clean vs corrupted")
     axes[0].set_title(f"Frame level, severity {results[0]['severity']}, {results[0]['frames']} val frames")
     axes[0].legend(fontsize=8, loc="lower left")
