@@ -79,7 +79,11 @@ def test_confidence_on_every_backend_at_the_input_size_and_the_mask_unchanged(ba
     frame = _frame()
     mask, conf = seg.segment_confidence(frame)
     assert conf.shape == mask.shape == frame.shape[:2] and conf.dtype == np.uint8
-    assert np.abs(conf.astype(int) - _expected(reference, frame)).max() <= 1
+    error = np.abs(conf.astype(int) - _expected(reference, frame))
+    if backend == "openvino":  # computed at every second row and column in the graph, repeated over 2x2
+        assert error[::2, ::2].max() <= 1 and error.mean() < 4
+    else:
+        assert error.max() <= 1
     assert conf.std() > 0  # not a constant image
     assert np.array_equal(mask, seg.segment(frame))  # asking for confidence never changes the mask
     plain = seg.segment_frames([frame], [(True, False)])[0]
@@ -94,6 +98,8 @@ def test_confidence_is_resized_to_the_frame_as_the_mask_is(backend, extra):
     assert results[0].confidence.shape == (48, 64) and results[1].confidence is None
     small = seg.segment_frames([_frame(24, 32, 1)], [(False, False, True)])[0]
     assert small.confidence.shape == (24, 32)
+    odd = _segmenter(backend, **extra).segment_frames([_frame(41, 57, 3)], [(False, False, True)])[0]
+    assert odd.confidence.shape == (41, 57)  # OpenVINO's half-resolution confidence, odd sizes too
 
 
 def test_openvino_confidence_graph_and_the_remembered_choice(tmp_path, monkeypatch):
@@ -109,7 +115,7 @@ def test_openvino_confidence_graph_and_the_remembered_choice(tmp_path, monkeypat
     chosen = (first.backend, first.precision)
     expected = _expected(first, frame)
     mask, conf = first.segment_confidence(frame)
-    assert np.abs(conf.astype(int) - expected).max() <= 1
+    assert np.abs(conf.astype(int) - expected)[::2, ::2].max() <= 1
     again = _segmenter("auto")
     again.tune(40, 56)  # from the cache: the same path
     assert (again.backend, again.precision) == chosen
