@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
-from . import bench, campaign, curves, evaluate, export, labels, packaging, segment, train_cli, train_profile
+from . import (
+    bench,
+    bench_confidence,
+    campaign,
+    curves,
+    evaluate,
+    export,
+    labels,
+    packaging,
+    segment,
+    train_cli,
+    train_profile,
+)
 
 #: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
-CORE_COMMANDS = (bench, export, segment, train_cli, train_profile, campaign, curves, evaluate, packaging, labels)
+CORE_COMMANDS = (bench, bench_confidence, export, segment, train_cli, train_profile, campaign, curves, evaluate,
+                 packaging, labels)
 
 
 def add_core_commands(subparsers) -> None:

@@ -10,6 +10,7 @@ goes up once and only the uint8 results the caller wants come back:
     -> BGR->RGB + normalisation through the training lookup table (``normalisation_lut``)
     -> forward -> argmax -> nearest resize to (H, W) (OpenCV's INTER_NEAREST index rule)
     -> colour mask (palette lookup) and overlay (cv2.addWeighted's float32 arithmetic)
+    -> where asked, the confidence (softmax maximum as uint8, nearest-resized as the mask)
     -> one device-to-host copy of the wanted outputs into pinned memory.
 
 The results equal the CPU path's (``Segmenter.preprocess``/``mask_at_size``/``colorize``/
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .confidence import confidence_tensor
 from .transforms import normalisation_lut
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -43,11 +45,13 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class FrameResult:
     """One frame's outputs at its own size: the uint8 class-id mask always; the BGR colour
-    mask and overlay only when they were asked for (else None)."""
+    mask, overlay and uint8 confidence (255 = softmax maximum 1.0) only when they were asked
+    for (else None)."""
 
     mask: np.ndarray
     color_mask: Optional[np.ndarray] = None
     overlay: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None
 
 
 class PendingFrames:
@@ -108,11 +112,13 @@ class DeviceFrames:
 
     # ------------------------------------------------------------------ the whole frame
     def submit(self, images: Sequence[np.ndarray], forward: Forward,
-               wanted: Optional[Sequence[tuple[bool, bool]]] = None, alpha: float = 0.5) -> PendingFrames:
+               wanted: Optional[Sequence[Sequence[bool]]] = None, alpha: float = 0.5,
+               temperature: float = 1.0) -> PendingFrames:
         """Queue ``images`` (BGR uint8, checked by the caller) through pre-processing,
         ``forward`` (one pass per network size) and post-processing; ``wanted`` gives
-        (colour mask, overlay) per image, default neither."""
-        wanted = list(wanted) if wanted is not None else [(False, False)] * len(images)
+        (colour mask, overlay) or (colour mask, overlay, confidence) per image, default none;
+        the confidence is the softmax maximum of ``logits / temperature``."""
+        wanted = [(*w, False)[:3] for w in wanted] if wanted is not None else [(False, False, False)] * len(images)
         if len(wanted) != len(images):
             raise ValueError(f"{len(wanted)} output choices for {len(images)} images")
         if not 0.0 <= alpha <= 1.0:
@@ -122,15 +128,22 @@ class DeviceFrames:
         for i, bgr in enumerate(images):
             groups.setdefault(self.network_size(bgr.shape[:2]), []).append(i)
         ids: list[Optional[torch.Tensor]] = [None] * len(images)
+        sure: list[Optional[torch.Tensor]] = [None] * len(images)
         for size, members in groups.items():
             batch = self.network_input([uploads[i] for i in members], size)
-            classes = self.argmax(forward(batch))
+            logits = forward(batch)
+            classes = self.argmax(logits)  # the mask is the same whether confidence is asked or not
+            confidence = (confidence_tensor(torch.softmax(logits.float() / temperature, 1).amax(1))
+                          if any(wanted[i][2] for i in members) else None)
             for row, i in enumerate(members):
                 ids[i] = classes[row]
+                sure[i] = confidence[row] if confidence is not None and wanted[i][2] else None
         parts, layout = [], []
-        for frame, classes, (want_color, want_overlay) in zip(uploads, ids, wanted, strict=True):
+        for frame, classes, conf, (want_color, want_overlay, _) in zip(uploads, ids, sure, wanted, strict=True):
             mask = self.nearest(classes, frame.shape[:2])
             outputs = {"mask": mask}
+            if conf is not None:
+                outputs["confidence"] = self.nearest(conf, frame.shape[:2])
             if want_color or want_overlay:
                 colours = self.colorize(mask)
                 if want_color:

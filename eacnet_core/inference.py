@@ -29,6 +29,7 @@ from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_err
 from .choice import ChoiceCache, choice_fields
 from .classes import CAMVID, DatasetInfo, generic
 from .compiled import CompiledForward
+from .confidence import ids_and_confidence
 from .device_frame import DeviceFrames, FrameResult, ReadyFrames
 from .engines import (
     Engine,
@@ -110,11 +111,23 @@ class Segmenter:
     else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced precision is
     eligible only if its masks equal fp32's on >= 99% of the pixels of calibration frames
     and/or the first camera frame. The choice is remembered (``eacnet_core.choice``).
+
+    The confidence (``segment_confidence``, ``segment_frames`` with a third ``wanted`` flag)
+    plays no part in that choice: candidates are timed and checked on their logits (and
+    OpenVINO's argmax graph); the chosen engine then compiles its ids + confidence graph on
+    the first frame that asks for it, a separate model beside the ids-only one, so frames
+    without confidence pay nothing for it. A remembered choice serves both alike.
     """
 
     def __init__(self, model: nn.Module, model_name: str, dataset: DatasetInfo,
-                 options: SegmenterOptions = SegmenterOptions(), weights: Optional[Path] = None):
+                 options: SegmenterOptions = SegmenterOptions(), weights: Optional[Path] = None,
+                 temperature: float = 1.0):
         _check_size(options.inference_height, options.inference_width)
+        if not (isinstance(temperature, (int, float)) and 0.05 <= temperature <= 20.0):
+            raise ValueError(f"temperature must be a number in [0.05, 20], got {temperature!r}")
+        #: the confidence is the softmax maximum of logits / temperature (checkpoint key
+        #: "temperature", fitted on val by `eacnet bench-confidence --fit-temperature`; 1.0 without)
+        self.temperature = float(temperature)
         if options.ort_sessions < 1:
             raise ValueError(f"ort_sessions must be >= 1, got {options.ort_sessions}")
         if options.backend not in BACKENDS:
@@ -162,7 +175,8 @@ class Segmenter:
                         expect_model: Optional[str] = None) -> Segmenter:
         ckpt = load_checkpoint(path, expect_model=expect_model)
         model = model_from_checkpoint(ckpt, path)
-        return cls(model, ckpt["model"], checkpoint_dataset(ckpt), options, weights=Path(path))
+        return cls(model, ckpt["model"], checkpoint_dataset(ckpt), options, weights=Path(path),
+                   temperature=ckpt.get("temperature", 1.0))
 
     @classmethod
     def from_name(cls, model_name: str, weights: str | os.PathLike | None = None,
@@ -217,7 +231,8 @@ class Segmenter:
                                    source=self.engine("onnxruntime", "fp32"))
             elif backend == "openvino":
                 int8 = self._int8_builder(backend) if precision == "int8" else None
-                made = OvModels(self.engine("onnxruntime", "fp32"), threads, capacity, precision, int8)
+                made = OvModels(self.engine("onnxruntime", "fp32"), threads, capacity, precision, int8,
+                                temperature=self.temperature)
             elif backend == "torch_compiled" and precision in DTYPES:  # the torch model itself, compiled
                 made = CompiledForward(self._model, self.device, DTYPES[precision], self.options.channels_last,
                                        mode=self.options.compile_mode, capacity=self.options.compiled_shapes)
@@ -343,6 +358,23 @@ class Segmenter:
         ids = self.graph_ids(batch)
         return ids if ids is not None else _argmax_classes(self.logits(batch))
 
+    def class_ids_confidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (h, w) class ids and confidence (the softmax maximum, 255 = 1.0:
+        ``confidence.ids_and_confidence``) of a preprocessed (1, 3, h, w) batch at the network
+        size: computed inside the running engine where it can (OpenVINO: a second output of
+        the graph beside its argmax), else from ``logits``."""
+        if self.backend != "torch":
+            runner = getattr(self.engine(self.backend, self.precision), "ids_confidence_runner", None)
+            if runner is not None:
+                return runner(batch.shape[2], batch.shape[3])(batch)
+        return ids_and_confidence(self.logits(batch), self.temperature)
+
+    def segment_confidence(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``segment``'s mask and the confidence of each of its pixels (uint8, 255 = 1.0), both
+        at the input image's size (nearest neighbour, as the mask)."""
+        result = self.segment_frames([bgr], [(False, False, True)])[0]
+        return result.mask, result.confidence
+
     def graph_ids(self, batch: np.ndarray) -> Optional[np.ndarray]:
         """The class ids computed inside the running engine (its ``ids_runner``); None where
         the engine has no argmax of its own (torch, onnxruntime)."""
@@ -369,6 +401,12 @@ class Segmenter:
         image affects another)."""
         if self.frame_on_device:
             return [r.mask for r in self.segment_frames(images)]
+        return [mask for mask, _ in self._segment_many(images, [False] * len(images))]
+
+    def _segment_many(self, images: Sequence[np.ndarray],
+                      confidence: Sequence[bool]) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """``segment_batch``'s work on the CPU path: (mask, confidence where asked, else None)
+        per image, at its own size."""
         batches = [self.preprocess(bgr) for bgr in images]
         if self._tune_on_first_frame and batches:
             self.settle(batches[0])
@@ -376,30 +414,41 @@ class Segmenter:
         for i, batch in enumerate(batches):
             key = i if self.backend in GRAPH_BACKENDS else batch.shape[2:]
             groups.setdefault(key, []).append(i)
-        masks: list[Optional[np.ndarray]] = [None] * len(images)
+        out: list[tuple[np.ndarray, Optional[np.ndarray]]] = [None] * len(images)  # type: ignore[list-item]
         for members in groups.values():
             if self.backend in GRAPH_BACKENDS:  # one image per group: the engine's own argmax where it has one
-                masks[members[0]] = _restore_size(self.class_ids(batches[members[0]]), images[members[0]].shape[:2])
+                i = members[0]
+                size = images[i].shape[:2]
+                if confidence[i]:
+                    ids, conf = self.class_ids_confidence(batches[i])
+                    out[i] = (_restore_size(ids, size), _restore_size(conf, size))
+                else:
+                    out[i] = (_restore_size(self.class_ids(batches[i]), size), None)
                 continue
             logits = self.logits(_stack([batches[i] for i in members]))
             for row, i in enumerate(members):
-                masks[i] = self.mask_from_logits(logits[row:row + 1], images[i].shape[:2])
-        return masks
+                size = images[i].shape[:2]
+                if confidence[i]:
+                    ids, conf = ids_and_confidence(logits[row:row + 1], self.temperature)
+                    out[i] = (_restore_size(ids, size), _restore_size(conf, size))
+                else:
+                    out[i] = (self.mask_from_logits(logits[row:row + 1], size), None)
+        return out
 
-    def segment_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[tuple[bool, bool]]] = None,
+    def segment_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[Sequence[bool]]] = None,
                        alpha: float = 0.5) -> list[FrameResult]:
-        """Mask, and colour mask / overlay where ``wanted`` (colour, overlay) asks, of each
-        image (one forward pass per network size); what the node publishes."""
+        """Mask, and colour mask / overlay / confidence where ``wanted`` asks, of each image
+        (one forward pass per network size); what the node publishes. ``wanted``: per image
+        (colour, overlay) or (colour, overlay, confidence); the confidence (uint8, 255 = a
+        softmax maximum of 1.0, at the image's size) is computed only where asked."""
         return self.submit_frames(images, wanted, alpha).result()
 
-    def submit_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[tuple[bool, bool]]] = None,
+    def submit_frames(self, images: Sequence[np.ndarray], wanted: Optional[Sequence[Sequence[bool]]] = None,
                       alpha: float = 0.5) -> ReadyFrames:
         """``segment_frames`` without waiting for the device: ``.result()`` waits. A caller
         that submits the next frame before collecting this one overlaps its upload with this
         forward pass. Off the device, the work is done before this returns."""
-        wanted = list(wanted) if wanted is not None else [(False, False)] * len(images)
-        if len(wanted) != len(images):
-            raise ValueError(f"{len(wanted)} output choices for {len(images)} images")
+        wanted = wanted_outputs(wanted, len(images))
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
         for bgr in images:
@@ -410,15 +459,21 @@ class Segmenter:
             else:  # the CPU choice, the frame among what reduced precisions are checked on
                 self.settle(self.preprocess(images[0]))
         if not self.frame_on_device:
-            masks = self.segment_batch(images) if len(images) > 1 else [self.segment(bgr) for bgr in images]
-            return ReadyFrames([self._cpu_outputs(*args, alpha) for args in zip(images, masks, wanted, strict=True)])
+            if not any(w[2] for w in wanted):
+                masks = self.segment_batch(images) if len(images) > 1 else [self.segment(bgr) for bgr in images]
+                pairs = [(mask, None) for mask in masks]
+            else:
+                pairs = self._segment_many(images, [w[2] for w in wanted])
+            return ReadyFrames([self._cpu_outputs(bgr, mask, conf, want, alpha)
+                                for bgr, (mask, conf), want in zip(images, pairs, wanted, strict=True)])
         with torch.inference_mode():
-            return self._frames.submit(images, self._device_forward, wanted, alpha)
+            return self._frames.submit(images, self._device_forward, wanted, alpha, self.temperature)
 
-    def _cpu_outputs(self, bgr: np.ndarray, mask: np.ndarray, want: tuple[bool, bool], alpha: float) -> FrameResult:
-        colours = self.colorize(mask) if any(want) else None
+    def _cpu_outputs(self, bgr: np.ndarray, mask: np.ndarray, confidence: Optional[np.ndarray],
+                     want: tuple[bool, bool, bool], alpha: float) -> FrameResult:
+        colours = self.colorize(mask) if want[0] or want[1] else None
         overlay = self.overlay(bgr, mask, alpha, color_mask=colours) if want[1] else None
-        return FrameResult(mask, colours if want[0] else None, overlay)
+        return FrameResult(mask, colours if want[0] else None, overlay, confidence)
 
     def _device_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a device batch, for DeviceFrames (which consumes the logits at once,
@@ -698,6 +753,22 @@ class Segmenter:
         self.autotune_size = tuple(size_hw)
         log.info("backend auto at %dx%d on %s: %s -> %s", size_hw[1], size_hw[0], self.device,
                  ", ".join(f"{k} {v:.2f} ms" for k, v in self.autotune_ms.items()), best)
+
+
+def wanted_outputs(wanted: Optional[Sequence[Sequence[bool]]], count: int) -> list[tuple[bool, bool, bool]]:
+    """(colour, overlay, confidence) per image from ``segment_frames``' ``wanted`` (pairs or
+    triples; None: none of them), checked against the number of images."""
+    if wanted is None:
+        return [(False, False, False)] * count
+    wanted = list(wanted)
+    if len(wanted) != count:
+        raise ValueError(f"{len(wanted)} output choices for {count} images")
+    out = []
+    for want in wanted:
+        if len(want) not in (2, 3):
+            raise ValueError(f"an output choice is (colour, overlay) or (colour, overlay, confidence); got {want!r}")
+        out.append((bool(want[0]), bool(want[1]), bool(want[2]) if len(want) == 3 else False))
+    return out
 
 
 def _device_ms(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,

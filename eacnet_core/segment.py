@@ -1,5 +1,7 @@
 """``eacnet segment``: run a model over an image, a folder of images or a video and write,
-per frame, the class-id PNG, the colour PNG and the overlay PNG."""
+per frame, the class-id PNG, the colour PNG and the overlay PNG; with ``--confidence`` also
+the confidence PNG (uint8, 255 = softmax maximum 1.0), and with ``--json`` each frame's
+unsmoothed frame score (0 = trustworthy .. 1 = not; ``eacnet_core.confidence``)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .confidence import frame_score
 from .inference import Segmenter
 from .options import Alias, add_out, add_overwrite, opacity
-from .outputs import OutputError, check_output_folder, check_outputs, write_image
+from .outputs import OutputError, check_output_folder, check_outputs, write_image, write_json
 from .progress import progress_bar
 from .segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
@@ -21,6 +24,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 #: The files written per frame: <name>_<kind>.png
 OUTPUT_KINDS = ("mask", "color", "overlay")
+#: Written beside them with ``--confidence``.
+CONFIDENCE_KIND = "confidence"
 
 
 def image_files(source: Path) -> list[Path]:
@@ -66,7 +71,7 @@ def _video_frames(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 
-def check_segment_outputs(source: Path, out_dir: Path, overwrite: bool = False) -> None:
+def check_segment_outputs(source: Path, out_dir: Path, overwrite: bool = False, confidence: bool = False) -> None:
     """Everything that could lose data, before the first frame: ``out_dir`` is not the
     input's folder, no two inputs map to one output name (``a.png`` and ``a.jpg`` are both
     ``a``), no output replaces an input, and none exists unless ``overwrite``."""
@@ -74,7 +79,7 @@ def check_segment_outputs(source: Path, out_dir: Path, overwrite: bool = False) 
         raise FileNotFoundError(f"input {source} does not exist")
     check_output_folder(out_dir, [source if source.is_dir() else source.parent])
     if source.suffix.lower() in VIDEO_SUFFIXES and not source.is_dir():
-        existing = [] if overwrite else _video_outputs(source, out_dir)
+        existing = [] if overwrite else _video_outputs(source, out_dir, _kinds(confidence))
         if existing:
             raise OutputError(f"output {existing[0]} exists ({len(existing)} output file(s) of {source.name} "
                               "there); pass --overwrite to replace them")
@@ -86,38 +91,51 @@ def check_segment_outputs(source: Path, out_dir: Path, overwrite: bool = False) 
             raise OutputError(f"inputs {by_stem[path.stem].name} and {path.name} would both be written as "
                               f"{path.stem}_mask.png (outputs are named by file stem); segment one of them on its own")
         by_stem[path.stem] = path
-    check_outputs([out_dir / f"{stem}_{kind}.png" for stem in by_stem for kind in OUTPUT_KINDS], inputs=files,
+    check_outputs([out_dir / f"{stem}_{kind}.png" for stem in by_stem for kind in _kinds(confidence)], inputs=files,
                   overwrite=overwrite)
 
 
-def _video_outputs(video: Path, out_dir: Path) -> list[Path]:
+def _kinds(confidence: bool) -> tuple[str, ...]:
+    return (*OUTPUT_KINDS, CONFIDENCE_KIND) if confidence else OUTPUT_KINDS
+
+
+def _video_outputs(video: Path, out_dir: Path, kinds: tuple[str, ...] = OUTPUT_KINDS) -> list[Path]:
     """Outputs of ``video`` already in ``out_dir``: its frame names are only known while
     decoding, so any frame's output counts."""
     if not out_dir.is_dir():
         return []
-    pattern = re.compile(rf"{re.escape(video.stem)}_\d{{6}}_({'|'.join(OUTPUT_KINDS)})\.png")
+    pattern = re.compile(rf"{re.escape(video.stem)}_\d{{6}}_({'|'.join(kinds)})\.png")
     return sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
 
 
 def segment_to_files(segmenter: Segmenter, source: Path, out_dir: Path, alpha: float = 0.5,
-                     progress: bool = True, overwrite: bool = False) -> dict:
-    """Write <name>_mask.png (class ids), <name>_color.png and <name>_overlay.png per frame,
-    each atomically, after ``check_segment_outputs``. Unreadable images are skipped and
-    counted, never fatal here; ``out_dir`` is made by the first write, so a run that
-    writes nothing leaves no empty folder behind."""
-    check_segment_outputs(source, out_dir, overwrite)
-    written, skipped = 0, []
+                     progress: bool = True, overwrite: bool = False, confidence: bool = False,
+                     scores: bool = False) -> dict:
+    """Write <name>_mask.png (class ids), <name>_color.png and <name>_overlay.png per frame
+    (``confidence``: also <name>_confidence.png), each atomically, after
+    ``check_segment_outputs``. ``scores``: the summary's "scores" lists each frame's
+    unsmoothed frame score. Unreadable images are skipped and counted, never fatal here;
+    ``out_dir`` is made by the first write, so a run that writes nothing leaves no empty
+    folder behind."""
+    check_segment_outputs(source, out_dir, overwrite, confidence)
+    written, skipped, frame_scores = 0, [], []
     for name, frame in progress_bar(iter_frames(source), enabled=progress, desc="segment", unit="frame"):
         if frame is None:
             skipped.append(name)
             continue
-        mask = segmenter.segment(frame)
+        if confidence or scores:
+            mask, sure = segmenter.segment_confidence(frame)
+        else:
+            mask, sure = segmenter.segment(frame), None
         colour = segmenter.colorize(mask)
-        for kind, image in zip(OUTPUT_KINDS, (mask, colour, segmenter.overlay(frame, mask, alpha, colour)),
-                               strict=True):
+        outputs = [mask, colour, segmenter.overlay(frame, mask, alpha, colour)] + ([sure] if confidence else [])
+        for kind, image in zip(_kinds(confidence), outputs, strict=True):
             write_image(out_dir / f"{name}_{kind}.png", image)
+        if scores:
+            frame_scores.append({"name": name, "frame_score": round(frame_score(sure, frame), 4)})
         written += 1
-    return {"frames": written, "skipped": skipped, "output": str(out_dir)}
+    summary = {"frames": written, "skipped": skipped, "output": str(out_dir)}
+    return {**summary, "scores": frame_scores} if scores else summary
 
 
 def add_parser(subparsers) -> None:
@@ -129,6 +147,10 @@ def add_parser(subparsers) -> None:
             aliases=[Alias("--output")], metavar="DIR")
     add_overwrite(p)
     p.add_argument("--alpha", type=opacity, default=0.5, help="overlay opacity of the colour mask (default 0.5)")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write <frame>_confidence.png: the softmax maximum per pixel, 255 = 1.0")
+    p.add_argument("--json", metavar="OUT", default="",
+                   help="write each frame's name and unsmoothed frame score (0 trustworthy .. 1 not) to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
@@ -136,15 +158,22 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
-    check_segment_outputs(source, out, args.overwrite)  # before loading a model: the cheapest mistakes first
+    # before loading a model: the cheapest mistakes first
+    check_segment_outputs(source, out, args.overwrite, args.confidence)
+    if args.json:
+        check_outputs([Path(args.json)], inputs=[source] if source.is_file() else [], overwrite=args.overwrite)
     segmenter = segmenter_from_args(args)
     segmenter.warmup(runs=0)  # backend/precision auto: chosen at the inference size now, else on the first frame
-    summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite)
+    summary = segment_to_files(segmenter, source, out, args.alpha, not args.no_progress, args.overwrite,
+                               confidence=args.confidence, scores=bool(args.json))
     skipped = summary["skipped"]
     unreadable = f"{len(skipped)} unreadable: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
     if not summary["frames"]:
         raise ValueError(f"nothing segmented: no frame of {source} could be decoded ({unreadable}); "
                          "nothing was written")
-    print(f"wrote {summary['frames']} frame(s) to {summary['output']}" + (f"; skipped {unreadable}" if skipped else ""))
+    if args.json:
+        write_json(Path(args.json), {"frames": summary["scores"], "skipped": skipped})
+    print(f"wrote {summary['frames']} frame(s) to {summary['output']}" + (f"; skipped {unreadable}" if skipped else "")
+          + (f"; frame scores to {args.json}" if args.json else ""))
     print(f"ran: {segmenter.describe()}")  # after the frames: backend auto has chosen by then
     return 0

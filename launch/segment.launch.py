@@ -86,6 +86,12 @@ PARAMETER_ARGUMENTS = (
              "namespace (see camera_topics); [] leaves the params_file's value (default: one camera on image_topic)",
              list),
     Argument("batch_cameras", "auto", "several cameras' frames in one forward pass: auto (on CUDA) | always | never"),
+    Argument("frame_score", "True", "every frame's confidence and frame score into /diagnostics and low_confidence; "
+             "false: confidence only while subscribed", bool),
+    Argument("score_warn_above", "0.5", "/diagnostics WARN above this smoothed frame score, 0..1", float),
+    Argument("score_clear_below", "0.35", "the warning clears under this smoothed frame score, 0..score_warn_above",
+             float),
+    Argument("score_window", "15", "frames the frame score is averaged over, 1..1000", int),
 )
 #: Arguments of the launch itself (use_sim_time is a parameter too, but rclpy's, not the node's).
 LAUNCH_ARGUMENTS = (
@@ -155,6 +161,8 @@ def _typed(name: str, text: str, kind: type) -> Optional[ParameterValue]:
     neither launch_ros nor rcl can pass as a parameter."""
     if kind is str:
         return ParameterValue(text, value_type=str)
+    if kind is bool:
+        return ParameterValue(_is_true(name, text), value_type=bool)
     if kind is list:
         names = _names(name, text)
         return ParameterValue(names, value_type=list[str]) if names else None

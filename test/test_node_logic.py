@@ -110,7 +110,8 @@ def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
         "backbone", "attention", "weights", "device", "precision", "int8_calibration", "backend",
         "inference_height", "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels",
-        "transport", "cameras", "batch_cameras"]
+        "transport", "cameras", "batch_cameras", "frame_score", "score_warn_above", "score_clear_below",
+        "score_window"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")
@@ -124,7 +125,8 @@ def test_parameter_set_matches_the_issue():
 
 
 def test_only_overlay_alpha_changes_at_run_time_and_descriptions_say_so():
-    assert [p.name for p in PARAMETERS if not p.read_only] == ["overlay_alpha"]
+    assert [p.name for p in PARAMETERS if not p.read_only] == ["overlay_alpha", "score_warn_above",
+                                                               "score_clear_below"]
     for spec in PARAMETERS:
         assert spec.description and spec.full_description().startswith(spec.description)
         assert ("restart" in spec.full_description()) == spec.read_only
@@ -302,15 +304,17 @@ def test_overlay_alpha_is_applied_and_validated(segmenter):
 def test_encoded_outputs_carry_the_input_header(segmenter):
     store = get_typestore(Stores.ROS2_JAZZY)
     src = header(sec=42, frame_id="left")
-    out = FrameProcessor(segmenter).process(frame(), True, True)
+    out = FrameProcessor(segmenter).process(frame(), True, True, want_confidence=True)
+    assert out.score is not None and 0.0 <= out.score <= 1.0
     messages = encode_frame(out, src, store.types["sensor_msgs/msg/Image"])
-    assert set(messages) == {"mask", "color_mask", "overlay"}
+    assert set(messages) == {"mask", "color_mask", "overlay", "confidence"}
     for topic, encoding in OUTPUT_ENCODINGS.items():
         msg = store.deserialize_cdr(store.serialize_cdr(messages[topic], "sensor_msgs/msg/Image"),
                                     "sensor_msgs/msg/Image")
         assert (msg.encoding, msg.height, msg.width) == (encoding, H, W)
         assert (msg.header.frame_id, msg.header.stamp.sec, msg.header.stamp.nanosec) == ("left", 42, 11)
     assert np.array_equal(codec.image_to_array(messages["mask"])[..., 0], out.mask)
+    assert np.array_equal(codec.image_to_array(messages["confidence"])[..., 0], out.confidence)
 
 
 # ---------------------------------------------------------------------------- newest-frame mailbox

@@ -81,7 +81,8 @@ def test_parameters_are_declared_with_their_descriptors(main, probe):
         assert descriptor.read_only == (not spec.runtime), spec.name
         assert descriptor.description == spec.full_description()
         assert descriptor.additional_constraints == spec.constraints()
-    assert [spec.name for spec in PARAMETERS if spec.runtime] == ["overlay_alpha"]
+    assert [spec.name for spec in PARAMETERS if spec.runtime] == ["overlay_alpha", "score_warn_above",
+                                                                   "score_clear_below"]
     alpha = descriptors["overlay_alpha"].floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     keys = ("reliability", "transport", "max_input_pixels", "backbone")
@@ -165,9 +166,9 @@ def test_colour_mask_and_overlay_are_computed_only_when_subscribed(main, probe, 
     asked = []
     process = main.node.processor.process
 
-    def spy(bgr, want_color, want_overlay, network_hw=None):
+    def spy(bgr, want_color, want_overlay, network_hw=None, want_confidence=False):
         asked.append((want_color, want_overlay))
-        return process(bgr, want_color, want_overlay, network_hw)
+        return process(bgr, want_color, want_overlay, network_hw, want_confidence)
 
     monkeypatch.setattr(main.node.processor, "process", spy)
     for name in ("color_mask", "overlay"):  # subscriptions of earlier tests are gone from the graph

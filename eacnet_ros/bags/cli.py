@@ -89,6 +89,8 @@ def _add_bag_eval(subparsers) -> None:
                                                               "(a new or empty folder)")
     p.add_argument("--limit", type=at_least(0), default=0, help="process at most N frames (default all)")
     p.add_argument("--alpha", type=opacity, default=0.5, help="overlay opacity (default 0.5, as the node)")
+    p.add_argument("--confidence", action="store_true",
+                   help="with --out: also write /eacnet/confidence (mono8, 255 = softmax maximum 1.0)")
     add_runtime_arguments(p)
     p.set_defaults(func=run_bag_eval)
 
@@ -132,7 +134,7 @@ def run_bag_eval(args: argparse.Namespace) -> int:
     segmenter = segmenter_from_args(args)
     print(segmenter.describe())
     opts = EvalOptions(image_topic=args.image_topic, label_topic=args.label_topic, out=args.out,
-                       overwrite=args.overwrite, limit=args.limit, alpha=args.alpha)
+                       overwrite=args.overwrite, limit=args.limit, alpha=args.alpha, confidence=args.confidence)
     result = evaluate_bag(bag, segmenter, opts)
     print(format_result(result))
     save_outputs(result, args.json, args.report)

@@ -2,7 +2,9 @@
 ``node.pipeline.FrameProcessor`` -> ``node.pipeline.encode_frame``), pair label images with frames
 by header stamp, and gather mIoU, per-class IoU, latency and FPS into a ``BagEvalResult``
 (plain data the JSON and the HTML report are written from); optionally write the node's
-outputs into a new bag beside the input frames."""
+outputs into a new bag beside the input frames. Every frame also gets the node's frame score
+(``eacnet_core.confidence``: 0 trustworthy .. 1 not, unsmoothed) and every scored frame its
+own mIoU, so the report shows where the model struggles and whether the score saw it."""
 
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class EvalOptions:
     alpha: float = 0.5
     samples: int = 4  # frames kept for the report's strip
     progress: bool = True
+    confidence: bool = False  # also write the node's confidence topic into the output bag
 
 
 @dataclass
@@ -94,13 +97,21 @@ class BagEvalResult:
     palette: tuple = ()  # RGB per class, for the report's legend and chart
     latencies: array.array = field(default_factory=lambda: array.array("d"), repr=False)
     samples: list = field(default_factory=list, repr=False)
+    frame_scores: list = field(default_factory=list, repr=False)  # (stamp ns, frame score) per processed frame
+    frame_miou: dict = field(default_factory=dict, repr=False)  # stamp ns -> that frame's own mIoU (scored frames)
+
+    def per_frame(self) -> list[dict]:
+        """Each processed frame's stamp, frame score and (scored frames) own mIoU, in bag order."""
+        return [{"stamp_ns": stamp, "frame_score": round(score, 4),
+                 "miou": None if stamp not in self.frame_miou else round(self.frame_miou[stamp], 4)}
+                for stamp, score in self.frame_scores]
 
     def to_json(self) -> dict:
         """The documented JSON: fractions in [0, 1], null where there is nothing to measure."""
         keys = ("frames", "evaluated", "miou", "pixel_accuracy", "per_class", "absent_classes", "latency_ms", "fps",
                 "undecodable", "unpaired", "ambiguous_labels", "mismatched_labels", "output_bag", "trained", "model",
                 "bag", "image_topic", "label_topic", "segmenter", "wall_s")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, "per_frame": self.per_frame()}
 
 
 @dataclass
@@ -193,10 +204,15 @@ class _Evaluator:
     # -------------------------------------------------------------- node path
     def node_path(self, msg: Any) -> tuple[np.ndarray, SegmentedFrame, dict[str, Any]]:
         """Exactly what the ROS node's worker does with one frame, through its own code
-        (node.pipeline): decode, segment, colour mask and overlay (as with both subscribed), encode."""
+        (node.pipeline): decode, segment, colour mask, overlay and confidence with the frame score
+        (as with all subscribed and the frame score on), encode; the confidence is written only
+        with ``confidence``."""
         bgr = codec.to_bgr(msg)
-        frame = self.processor.process(bgr, want_color=True, want_overlay=True)
-        return bgr, frame, encode_frame(frame, msg.header, Image)
+        frame = self.processor.process(bgr, want_color=True, want_overlay=True, want_confidence=True)
+        outputs = encode_frame(frame, msg.header, Image)
+        if not self.opts.confidence:
+            outputs.pop("confidence", None)
+        return bgr, frame, outputs
 
     def on_frame(self, conn: Any, receive_ns: int, raw: bytes) -> None:
         self.result.frames += 1
@@ -222,6 +238,8 @@ class _Evaluator:
             self.pending_labels.pop(stamp, None)
             return
         self.result.latencies.append(1000.0 * (time.perf_counter() - start))
+        if frame.score is not None:
+            self.result.frame_scores.append((stamp, frame.score))
         if self.writer is not None:
             self._write(conn, receive_ns, raw, outputs)
         if position in self.samples:
@@ -248,7 +266,8 @@ class _Evaluator:
                 conn.topic, conn.msgtype, typestore=STORE,
                 offered_qos_profiles=getattr(conn.ext, "offered_qos_profiles", ()))
             for key, topic in OUTPUT_TOPICS.items():
-                self.out_conns[key] = self.writer.add_connection(topic, IMAGE_TYPE, typestore=STORE)
+                if key in outputs:  # the confidence only when asked for
+                    self.out_conns[key] = self.writer.add_connection(topic, IMAGE_TYPE, typestore=STORE)
         self.writer.write(self.out_conns["input"], receive_ns, raw)
         for key, msg in outputs.items():
             self.writer.write(self.out_conns[key], receive_ns, STORE.serialize_cdr(msg, IMAGE_TYPE))
@@ -282,6 +301,11 @@ class _Evaluator:
             self._mismatch(f"label at stamp {stamp}: {exc}")
             return
         self.result.evaluated += 1
+        own = ConfusionMatrix(self.seg.num_classes, self.seg.dataset.ignore_index, self.seg.dataset.class_names)
+        own.update(mask, label)
+        labelled = own.matrix.sum(1) > 0
+        if labelled.any():  # one frame holds a few classes: its mIoU is over those it has labels of
+            self.result.frame_miou[stamp] = float(own.per_class_iou[labelled].mean())
         sample = self.samples.get(self.sample_of_stamp.get(stamp, -1))
         if sample is not None:
             sample.truth = _shrink(self.seg.colorize(label))

@@ -56,7 +56,8 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_LABEL_TOPIC = "/camera/labels"
 OUTPUT_PREFIX = "/eacnet/"
 #: node.pipeline.encode_frame's keys -> the topics the node publishes them on (default namespace)
-OUTPUT_TOPICS = {"mask": "/eacnet/mask", "color_mask": "/eacnet/color_mask", "overlay": "/eacnet/overlay"}
+OUTPUT_TOPICS = {"mask": "/eacnet/mask", "color_mask": "/eacnet/color_mask", "overlay": "/eacnet/overlay",
+                 "confidence": "/eacnet/confidence"}
 #: Default first stamp of make-bag (2023-11-14 22:13:20 UTC): fixed so the same input gives the same bag.
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 

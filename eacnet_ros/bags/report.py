@@ -99,6 +99,26 @@ def _titled(tile: np.ndarray, title: str) -> np.ndarray:
     (_, text_h), _ = cv2.getTextSize(title, TITLE_FONT, scale, 1)
     cv2.putText(band, title, (TITLE_PAD, TITLE_PAD + text_h), TITLE_FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([band, tile], axis=0)
+def score_chart(result: BagEvalResult) -> bytes:
+    """The frame score (0 trustworthy .. 1 not) over the bag, and beside it each scored frame's
+    own mIoU: where the model struggles, and whether the score saw it."""
+    stamps = np.array([stamp for stamp, _ in result.frame_scores], dtype=np.float64)
+    t0 = stamps.min() if len(stamps) else 0.0
+
+    def draw(ax):
+        ax.plot((stamps - t0) / 1e9, [score for _, score in result.frame_scores], color="tab:red", lw=1.2,
+                label="frame score (0 trustworthy, 1 not)")
+        scored = sorted(result.frame_miou.items())
+        if scored:
+            ax.plot([(stamp - t0) / 1e9 for stamp, _ in scored], [miou for _, miou in scored], "o", ms=3,
+                    color="tab:blue", label="frame mIoU (its labelled classes)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("time in the bag (s, header stamps)")
+        ax.set_title("Frame score and per-frame mIoU")
+        ax.legend(fontsize=8, loc="lower left")
+        ax.grid(alpha=0.3)
+
+    return _figure_png(draw, (8.0, 3.2))
 
 
 def sample_strip(sample: ReportSample) -> bytes:
@@ -181,6 +201,11 @@ def build_html(result: BagEvalResult, charts: dict[str, bytes], strips: Sequence
                          f"{html.escape(', '.join(result.absent_classes))}</p>")
     else:
         parts.append("<p>No label was paired with a frame: no IoU to show.</p>")
+    if "frame_score.png" in charts:
+        parts.append("<h2>Frame score</h2><p>The node's frame score per frame (unsmoothed; /diagnostics averages "
+                     "it): 0 = trustworthy .. 1 = not, from the network's confidence and image cues (contrast, "
+                     "sharpness, noise, blocks, exposure). Dots: each labelled frame's own mIoU.</p>"
+                     + _img(charts["frame_score.png"], "frame score and per-frame mIoU"))
     if "latency_hist.png" in charts:
         parts.append("<h2>Latency</h2><p>Per frame: decode + segment + colour mask + overlay + encode, as the "
                      "node runs it.</p>" + _img(charts["latency_hist.png"], "latency histogram"))
@@ -209,6 +234,8 @@ def write_report(out_dir: Path, result: BagEvalResult) -> Path:
     charts: dict[str, bytes] = {}
     if result.per_class:
         charts["per_class_iou.png"] = iou_chart(result.per_class, result.miou, result.palette)
+    if result.frame_scores:
+        charts["frame_score.png"] = score_chart(result)
     if len(result.latencies):
         charts["latency_hist.png"] = latency_histogram(result.latencies, result.latency_ms)
     strips = [sample_strip(s) for s in result.samples]

@@ -10,8 +10,12 @@ rosbags and sent through a CDR round trip, for several backend/precision configu
     postprocess  argmax + nearest resize to the input size (Segmenter.mask_from_logits), or
                  only the resize after an in-graph argmax (Segmenter.mask_from_ids)
     colour       colour mask and overlay (Segmenter.colorize / overlay)
-    encode       three Image messages (codec) + rosbags CDR serialization, a stand-in for
-                 the serialization rclpy does when publishing
+    score        configurations ending in ``+conf``: the frame score (image cues + the
+                 confidence's doubt, ``eacnet_core.confidence.frame_score``); their forward
+                 (OpenVINO: a second output of the graph) or postprocess (the softmax maximum
+                 beside the argmax, the nearest resize of the confidence) include the confidence
+    encode       three Image messages (codec; four with the confidence) + rosbags CDR
+                 serialization, a stand-in for the serialization rclpy does when publishing
 
 Configurations are timed interleaved, round by round, so drifts of a shared machine hit
 each alike. Every configuration's mask is compared with the baseline's (fp32 eager torch
@@ -30,6 +34,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from eacnet_core.confidence import confidence_tensor, frame_score, ids_and_confidence
 from eacnet_core.inference import Segmenter, SegmenterOptions
 from eacnet_core.models import MODELS
 from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, at_least, wxh
@@ -41,10 +46,14 @@ from eacnet_core.transforms import parse_hw
 from ..node import codec
 from ..node.pipeline import SegmentedFrame, encode_frame
 
-STAGES = ("decode", "preprocess", "forward", "postprocess", "colour", "encode")
+STAGES = ("decode", "preprocess", "forward", "postprocess", "colour", "score", "encode")
 #: The clock the stages are timed on (seconds); a module attribute so a test can put in a
 #: clock it drives and check which stage each piece of work lands in.
 clock: Callable[[], float] = time.perf_counter
+#: A configuration label ending in this also makes the confidence and the frame score.
+CONFIDENCE_SUFFIX = "+conf"
+#: confidence + frame score, as a fraction of the forward pass (issue 29)
+CONFIDENCE_TARGET = 0.05
 DEFAULT_SIZES = ("480x360", "1280x720")
 DEFAULT_CONFIGS = ("torch:fp32", "torch:fp32:nchw", "onnxruntime:fp32")
 NON_FORWARD_TARGET = 0.15  # everything but the forward pass, as a fraction of the forward pass
@@ -60,9 +69,13 @@ class PipelineConfig:
     backend: str
     precision: str
     channels_last: bool = True
+    confidence: bool = False  # '+conf': also the confidence and the frame score
 
     @classmethod
     def parse(cls, text: str) -> PipelineConfig:
+        if text.endswith(CONFIDENCE_SUFFIX):
+            plain = cls.parse(text[:-len(CONFIDENCE_SUFFIX)])
+            return cls(plain.backend, plain.precision, plain.channels_last, confidence=True)
         if text == "auto":  # the default path: backend and precision chosen as the node chooses them
             return cls("auto", "auto")
         parts = text.split(":")
@@ -74,10 +87,11 @@ class PipelineConfig:
 
     @property
     def label(self) -> str:
+        suffix = CONFIDENCE_SUFFIX if self.confidence else ""
         if (self.backend, self.precision) == ("auto", "auto"):
-            return "auto"
+            return "auto" + suffix
         layout = "" if self.backend != "torch" else (":nhwc" if self.channels_last else ":nchw")
-        return f"{self.backend}:{self.precision}{layout}"
+        return f"{self.backend}:{self.precision}{layout}{suffix}"
 
 
 def running_label(config: PipelineConfig, segmenter: Segmenter) -> str:
@@ -86,6 +100,13 @@ def running_label(config: PipelineConfig, segmenter: Segmenter) -> str:
         return config.label
     layout = (":nhwc" if segmenter.channels_last else ":nchw") if segmenter.backend == "torch" else ""
     return f"{config.label}={segmenter.backend}:{segmenter.precision}{layout}"
+
+
+def _graph_confidence(segmenter: Segmenter) -> Optional[Any]:
+    """The running engine's runner of ids + confidence in its graph (OpenVINO), else None."""
+    if segmenter.backend == "torch":
+        return None
+    return getattr(segmenter.engine(segmenter.backend, segmenter.precision), "ids_confidence_runner", None)
 
 
 @dataclass
@@ -146,33 +167,47 @@ def input_message(store: Any, image_type: type, bgr: np.ndarray) -> Any:
 
 
 def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
-              alpha: float = 0.5) -> tuple[dict[str, float], np.ndarray]:
-    """One frame through the node's stages; (ms per stage, mask)."""
+              alpha: float = 0.5, confidence: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """One frame through the node's stages; (ms per stage, mask). ``confidence``: also the
+    confidence and the frame score, as the node makes them with ``frame_score`` on."""
     marks = [clock()]
     bgr = codec.to_bgr(msg)
     marks.append(clock())
     if segmenter.frame_on_device:
-        return _run_frame_on_device(segmenter, bgr, msg, store, image_type, alpha, marks)
+        return _run_frame_on_device(segmenter, bgr, msg, store, image_type, alpha, marks, confidence)
     batch = segmenter.preprocess(bgr)
     marks.append(clock())
-    ids = segmenter.graph_ids(batch)  # engines with the argmax in their graph (OpenVINO): forward includes it
-    logits = segmenter.logits(batch) if ids is None else None
+    size, sure = bgr.shape[:2], None
+    in_graph = _graph_confidence(segmenter) if confidence else None
+    if in_graph is not None:  # OpenVINO: ids and confidence are the graph's two outputs
+        ids, sure = in_graph(batch.shape[2], batch.shape[3])(batch)
+        logits = None
+    else:
+        ids = None if confidence else segmenter.graph_ids(batch)  # the argmax in the graph: forward includes it
+        logits = segmenter.logits(batch) if ids is None else None
     sync(segmenter.device)
     marks.append(clock())
-    mask = segmenter.mask_from_logits(logits, bgr.shape[:2]) if ids is None else segmenter.mask_from_ids(
-        ids, bgr.shape[:2])
+    if confidence and logits is not None:
+        ids, sure = ids_and_confidence(logits, segmenter.temperature)
+    mask = segmenter.mask_from_logits(logits, size) if ids is None else segmenter.mask_from_ids(ids, size)
+    if sure is not None:
+        sure = segmenter.mask_from_ids(sure, size)  # the same nearest resize as the mask
     marks.append(clock())
     colours = segmenter.colorize(mask)
     overlay = segmenter.overlay(bgr, mask, alpha, color_mask=colours)
     marks.append(clock())
-    for out in encode_frame(SegmentedFrame(mask, colours, overlay), msg.header, image_type).values():
+    if sure is not None:
+        frame_score(sure, bgr)
+    marks.append(clock())
+    for out in encode_frame(SegmentedFrame(mask, colours, overlay, sure), msg.header, image_type).values():
         store.serialize_cdr(out, out.__msgtype__)
     marks.append(clock())
     return {stage: (b - a) * 1000.0 for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}, mask
 
 
 def _run_frame_on_device(segmenter: Segmenter, bgr: np.ndarray, msg: Any, store: Any, image_type: type,
-                         alpha: float, marks: list[float]) -> tuple[dict[str, float], np.ndarray]:
+                         alpha: float, marks: list[float], confidence: bool = False
+                         ) -> tuple[dict[str, float], np.ndarray]:
     """The stages of a Segmenter whose frame is processed on its device (device_frame.py), the
     device synchronised after each so that each stage's time is its own: preprocess = upload +
     resize + normalisation, postprocess = argmax + nearest resize + the mask's copy back,
@@ -193,12 +228,19 @@ def _run_frame_on_device(segmenter: Segmenter, bgr: np.ndarray, msg: Any, store:
         marks.append(clock())
         mask_t = frames.nearest(frames.argmax(logits)[0], bgr.shape[:2])
         mask = mask_t.cpu().numpy()
+        sure = None
+        if confidence:
+            probability = torch.softmax(logits.float() / segmenter.temperature, 1).amax(1)[0]
+            sure = frames.nearest(confidence_tensor(probability), bgr.shape[:2]).cpu().numpy()
         marks.append(clock())
         colours_t = frames.colorize(mask_t)
         colours = colours_t.cpu().numpy()
         overlay = frames.overlay(frame, colours_t, alpha).cpu().numpy()
         marks.append(clock())
-    for out in encode_frame(SegmentedFrame(mask, colours, overlay), msg.header, image_type).values():
+    if sure is not None:
+        frame_score(sure, bgr)
+    marks.append(clock())
+    for out in encode_frame(SegmentedFrame(mask, colours, overlay, sure), msg.header, image_type).values():
         store.serialize_cdr(out, out.__msgtype__)
     marks.append(clock())
     return {stage: (b - a) * 1000.0 for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}, mask
@@ -265,7 +307,7 @@ def bench_size(segmenters: Sequence[Segmenter], configs: Sequence[PipelineConfig
         for i, segmenter in enumerate(segmenters):
             count = min(block, runs - len(samples[i]))
             for run_index in range(warmup + count if count else 0):
-                times, masks[i] = run_frame(segmenter, msg, store, image_type)
+                times, masks[i] = run_frame(segmenter, msg, store, image_type, confidence=configs[i].confidence)
                 if run_index >= warmup:
                     samples[i].append(times)
     fps = [streamed_fps(s, msg, store, image_type, streamed) if streamed else None for s in segmenters]
@@ -310,7 +352,25 @@ def check_targets(results: Sequence[StageTimes]) -> list[str]:
         lines.append(f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'} {size}: best {best.config} is "
                      f"{speedup:.2f}x faster than {base.config} (target {SPEEDUP_TARGET}x) with "
                      f"{best.agreement:.2%} of mask pixels equal")
-    return lines + _int8_lines(results)
+    return lines + _int8_lines(results) + confidence_lines(results)
+
+
+def confidence_lines(results: Sequence[StageTimes]) -> list[str]:
+    """Each '+conf' row against the same configuration without it: the whole added time
+    (every stage's difference) as a fraction of the plain row's forward pass."""
+    lines = []
+    for row in (r for r in results if CONFIDENCE_SUFFIX in r.config):
+        plain = next((r for r in results if r.size == row.size
+                      and r.config == row.config.replace(CONFIDENCE_SUFFIX, "")), None)
+        if plain is None:
+            continue
+        added = row.total_ms - plain.total_ms
+        share = added / plain.ms["forward"]
+        by_stage = ", ".join(f"{s} {row.ms[s] - plain.ms[s]:+.2f}" for s in STAGES)
+        lines.append(f"{'PASS' if share <= CONFIDENCE_TARGET else 'FAIL'} {row.size}: confidence + frame score on "
+                     f"{plain.config} add {added:.2f} ms = {share:.1%} of its forward pass (target "
+                     f"{CONFIDENCE_TARGET:.0%}); per stage ms: {by_stage}")
+    return lines
 
 
 def _int8_lines(results: Sequence[StageTimes]) -> list[str]:
@@ -351,6 +411,9 @@ def add_parser(subparsers) -> None:
                    help="pre/post-process the frame on the model's device (auto: on CUDA with a torch backend)")
     p.add_argument("--streamed", type=at_least(0), default=0, metavar="N",
                    help="also time N frames back to back through the whole path, no stage timers (fps)")
+    p.add_argument("--confidence", action="store_true",
+                   help="also time each configuration with the confidence and the frame score (its '+conf' twin; "
+                        "or name such configurations, e.g. openvino:fp32+conf)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
     p.set_defaults(func=run)
@@ -358,6 +421,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configs = [PipelineConfig.parse(c) for c in args.configs]
+    if getattr(args, "confidence", False):
+        configs = [twin for c in configs for twin in (c, PipelineConfig(c.backend, c.precision, c.channels_last, True))
+                   if not c.confidence] + [c for c in configs if c.confidence]
     sizes = [parse_size(s) for s in args.sizes]
     inference_hw = args.resize or (0, 0)
     if args.runs < 1 or args.warmup < 0 or args.streamed < 0:

@@ -57,6 +57,8 @@ class ParamSpec:
             return "one of: " + ", ".join(self.choices)
         if isinstance(self.default, list):
             return "list of names, e.g. [front, left]"
+        if isinstance(self.default, bool):
+            return "true or false"
         if self.int_range:
             return f"integer in [{self.int_range[0]}, {self.int_range[1]}]"
         if self.float_range:
@@ -122,6 +124,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "forward pass: more throughput, more latency. auto: on CUDA only (on a 2-core CPU it gave 12-21% more "
               "frames for 30-130% more latency, docs/RESULTS.md); always / never force it. onnxruntime runs frames "
               "one by one either way.", choices=("auto", "always", "never")),
+    ParamSpec("frame_score", True, "Compute every frame's confidence and frame score (0 trustworthy .. 1 not: the "
+              "network's doubt and image cues for fog, blur, noise, darkness, JPEG blocks, a covered lens), smoothed "
+              "into /diagnostics and low_confidence. false: the confidence is made only while 'confidence' is "
+              "subscribed and diagnostics carry no score."),
+    ParamSpec("score_warn_above", 0.5, "/diagnostics turns WARN when the smoothed frame score rises above this "
+              "(0 = trustworthy .. 1 = not).", float_range=(0.0, 1.0), runtime=True),
+    ParamSpec("score_clear_below", 0.35, "The frame-score warning clears only when the smoothed score falls under "
+              "this (hysteresis); at most score_warn_above.", float_range=(0.0, 1.0), runtime=True),
+    ParamSpec("score_window", 15, "Frames the frame score is averaged over for /diagnostics and low_confidence.",
+              int_range=(1, 1000)),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
@@ -150,6 +162,10 @@ class NodeConfig:
     transport: str
     cameras: tuple[str, ...] = ()
     batch_cameras: str = "auto"
+    frame_score: bool = True
+    score_warn_above: float = 0.5
+    score_clear_below: float = 0.35
+    score_window: int = 15
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> NodeConfig:
@@ -161,7 +177,8 @@ class NodeConfig:
             errors += _cross_check(merged)
         if errors:
             raise ParameterError("invalid parameters: " + "; ".join(errors))
-        merged["overlay_alpha"] = float(merged["overlay_alpha"])
+        for name in ("overlay_alpha", "score_warn_above", "score_clear_below"):
+            merged[name] = float(merged[name])
         merged["weights"] = os.path.expanduser(merged["weights"]) if merged["weights"] else ""
         merged["int8_calibration"] = os.path.expanduser(merged["int8_calibration"]) if merged["int8_calibration"] \
             else ""
@@ -245,10 +262,21 @@ def _cross_check(values: Mapping[str, Any]) -> list[str]:
         model_for(values["backbone"], values["attention"])
     except ValueError as exc:
         errors.append(str(exc))
+    threshold_error = score_thresholds_error(values["score_warn_above"], values["score_clear_below"])
+    if threshold_error:
+        errors.append(threshold_error)
     if (values["inference_height"] == 0) != (values["inference_width"] == 0):
         errors.append(f"inference_height={values['inference_height']} and inference_width="
                       f"{values['inference_width']} must both be positive or both 0 (the image's own size)")
     return errors
+
+
+def score_thresholds_error(warn_above: float, clear_below: float) -> Optional[str]:
+    """Why the frame-score thresholds do not fit together, or None."""
+    if clear_below > warn_above:
+        return (f"score_clear_below={clear_below} must not exceed score_warn_above={warn_above} "
+                "(the warning clears under the lower one)")
+    return None
 
 
 def command_line_overrides(argv: Sequence[str]) -> dict[str, tuple[str, Any]]:

@@ -1,5 +1,6 @@
-"""One frame through the model: BGR in, mask (and, when subscribed, colour mask and
-overlay) out, encoded as Image messages with the input's header; ROS-free."""
+"""One frame through the model: BGR in, mask (and, when subscribed, colour mask, overlay and
+confidence; with the frame score on, the confidence and the frame score every frame) out,
+encoded as Image messages with the input's header; ROS-free."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from eacnet_core.confidence import frame_score
 from eacnet_core.inference import Segmenter
 
 from . import codec
@@ -19,11 +21,14 @@ from . import codec
 
 @dataclass
 class SegmentedFrame:
-    """Outputs of one frame; colour mask and overlay are None when nobody wants them."""
+    """Outputs of one frame; colour mask, overlay and confidence are None when nobody wants
+    them; ``score``, the frame score (0 trustworthy .. 1 not), whenever the confidence was made."""
 
     mask: np.ndarray
     color_mask: Optional[np.ndarray] = None
     overlay: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None
+    score: Optional[float] = None
 
 
 class FrameProcessor:
@@ -46,28 +51,40 @@ class FrameProcessor:
         self._alpha = float(value)
 
     def process(self, bgr: np.ndarray, want_color: bool, want_overlay: bool,
-                network_hw: Optional[tuple[int, int]] = None) -> SegmentedFrame:
+                network_hw: Optional[tuple[int, int]] = None, want_confidence: bool = False) -> SegmentedFrame:
         """``network_hw``: run the network at this size instead of the frame's own (see
         ``FrameSizes``); the mask comes back at the frame's size either way."""
-        return self.process_batch([bgr], [(want_color, want_overlay)], [network_hw])[0]
+        return self.process_batch([bgr], [(want_color, want_overlay, want_confidence)], [network_hw])[0]
 
-    def process_batch(self, images: Sequence[np.ndarray], wanted: Sequence[tuple[bool, bool]],
+    def process_batch(self, images: Sequence[np.ndarray], wanted: Sequence[Sequence[bool]],
                       network_sizes: Optional[Sequence[Optional[tuple[int, int]]]] = None) -> list[SegmentedFrame]:
         """Several frames (one per camera) through one forward pass per network size;
-        ``wanted``: (colour, overlay) for each frame; ``network_sizes``: as ``process``'s.
+        ``wanted``: (colour, overlay) or (colour, overlay, confidence) for each frame;
+        ``network_sizes``: as ``process``'s. A frame whose confidence is made also gets its
+        frame score (``eacnet_core.confidence.frame_score``, about a millisecond).
 
         ``Segmenter.segment_frames`` makes only the wanted outputs (on the GPU, it also copies
         only those back). A frame run at another size than its own (an odd-sized frame, see
         ``FrameSizes``) gets its mask only from there: the mask is resized back to the frame
         and its colour mask and overlay are made from the frame itself."""
         sizes = list(network_sizes) if network_sizes is not None else [None] * len(images)
+        wanted = [(bool(w[0]), bool(w[1]), bool(w[2]) if len(w) > 2 else False) for w in wanted]
         resize = [self._resize_to(bgr, hw) for bgr, hw in zip(images, sizes, strict=True)]
         inputs = [_resized(bgr, hw) if r else bgr for bgr, hw, r in zip(images, sizes, resize, strict=True)]
-        asked = [(False, False) if r else tuple(want) for want, r in zip(wanted, resize, strict=True)]
+        asked = [(False, False, want[2]) if r else want for want, r in zip(wanted, resize, strict=True)]
         results = self.segmenter.segment_frames(inputs, asked, self._alpha)
-        return [self._outputs(bgr, _resized(r.mask, bgr.shape[:2], nearest=True), *want) if odd
-                else SegmentedFrame(r.mask, r.color_mask, r.overlay)
-                for bgr, r, want, odd in zip(images, results, wanted, resize, strict=True)]
+        frames = []
+        for bgr, r, want, odd in zip(images, results, wanted, resize, strict=True):
+            if odd:
+                frame = self._outputs(bgr, _resized(r.mask, bgr.shape[:2], nearest=True), *want[:2])
+                if r.confidence is not None:
+                    frame.confidence = _resized(r.confidence, bgr.shape[:2], nearest=True)
+            else:
+                frame = SegmentedFrame(r.mask, r.color_mask, r.overlay, r.confidence)
+            if frame.confidence is not None:
+                frame.score = frame_score(frame.confidence, bgr)
+            frames.append(frame)
+        return frames
 
     def _resize_to(self, bgr: np.ndarray, network_hw: Optional[tuple[int, int]]) -> bool:
         """Whether the frame must be resized to ``network_hw`` first: not when an inference
@@ -81,13 +98,14 @@ class FrameProcessor:
         return SegmentedFrame(mask, colours if want_color else None, overlay)
 
 
-OUTPUT_ENCODINGS = {"mask": "mono8", "color_mask": "bgr8", "overlay": "bgr8"}
+OUTPUT_ENCODINGS = {"mask": "mono8", "color_mask": "bgr8", "overlay": "bgr8", "confidence": "mono8"}
 
 
 def encode_frame(frame: SegmentedFrame, header: Any, image_type: type) -> dict[str, Any]:
     """Output topic -> Image message, each carrying the input's header unchanged so
     rviz and message_filters line them up with the camera frame."""
-    arrays = {"mask": frame.mask, "color_mask": frame.color_mask, "overlay": frame.overlay}
+    arrays = {"mask": frame.mask, "color_mask": frame.color_mask, "overlay": frame.overlay,
+              "confidence": frame.confidence}
     return {topic: codec.array_to_image(image_type, header, pixels, OUTPUT_ENCODINGS[topic])
             for topic, pixels in arrays.items() if pixels is not None}
 

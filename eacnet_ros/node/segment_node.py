@@ -6,9 +6,13 @@ Topics (relative, so ``namespace`` and remapping apply):
 * in:  ``image`` (sensor_msgs/Image) or, with ``transport: compressed``,
   ``image/compressed`` (sensor_msgs/CompressedImage); KEEP_LAST depth 1, reliability
   from the ``reliability`` parameter (``auto``: follows the publishers, re-checked each second).
-* out: ``mask`` (mono8 class ids), ``color_mask`` and ``overlay`` (bgr8), all at the input
-  size with the input's header, reliable KEEP_LAST ``OUTPUT_DEPTH``; ``label_info``
-  (vision_msgs/LabelInfo, transient_local); ``/diagnostics`` once a second.
+* out: ``mask`` (mono8 class ids), ``color_mask`` and ``overlay`` (bgr8), ``confidence``
+  (mono8, 255 = softmax maximum 1.0), all at the input size with the input's header,
+  reliable KEEP_LAST ``OUTPUT_DEPTH``, colour mask, overlay and confidence made only while
+  subscribed; ``low_confidence`` (std_msgs/Float32, the smoothed frame score, 0 trustworthy
+  .. 1 not, per frame while subscribed and ``frame_score`` is on); ``label_info``
+  (vision_msgs/LabelInfo, transient_local); ``/diagnostics`` once a second, WARN while the
+  smoothed frame score is above ``score_warn_above`` (until it falls under ``score_clear_below``).
 * With ``cameras: [front, left]`` each camera ``C`` has the same topics under ``C/``
   (``front/image`` -> ``front/mask``, ...), served by one model (``scheduler``); the
   diagnostics then hold the total and one status per camera.
@@ -49,7 +53,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
+from std_msgs.msg import Float32, Header
 
 from .model import free_model_memory, label_info, load_segmenter, missing_vision_msgs_text
 from .params import (
@@ -61,6 +65,7 @@ from .params import (
     camera_topic,
     check_command_line,
     parameter_update_error,
+    score_thresholds_error,
 )
 from .pipeline import FrameProcessor
 from .process import SignalStop, Stopped, startup_error_text
@@ -92,7 +97,9 @@ except ImportError:
 
 NODE_NAME = "segment_node"
 DIAGNOSTICS_PERIOD_S = 1.0
-OUTPUT_TOPICS = ("mask", "color_mask", "overlay")
+OUTPUT_TOPICS = ("mask", "color_mask", "overlay", "confidence")
+#: The smoothed frame score (std_msgs/Float32), beside the images while ``frame_score`` is on.
+SCORE_TOPIC = "low_confidence"
 #: Output history. Measured on Fast DDS (docs/RESULTS.md, "Output QoS"): depth 1 lost up to
 #: 29 of 40 colour masks to a reliable subscriber, because a new sample replaces one still
 #: being repaired; depth 5 lost none. The cost is memory for 5 frames per output.
@@ -272,10 +279,20 @@ class SegmentationMixin:
             reason = parameter_update_error(parameter.name, parameter.value, state)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+        thresholds = {name: self.get_parameter(name).value for name in ("score_warn_above", "score_clear_below")}
+        thresholds.update({p.name: float(p.value) for p in parameters if p.name in thresholds})
+        reason = score_thresholds_error(thresholds["score_warn_above"], thresholds["score_clear_below"])
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
             if parameter.name == "overlay_alpha" and self.processor is not None:
                 self.processor.overlay_alpha = parameter.value
                 self.get_logger().info(f"overlay_alpha set to {self.processor.overlay_alpha}")
+        if any(p.name in thresholds for p in parameters) and self.stats is not None and self.config is not None:
+            self.stats.configure_score(self.config.score_window, thresholds["score_warn_above"],
+                                       thresholds["score_clear_below"])
+            self.get_logger().info(f"frame score: WARN above {thresholds['score_warn_above']}, cleared under "
+                                   f"{thresholds['score_clear_below']}")
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ configure / cleanup
@@ -289,6 +306,10 @@ class SegmentationMixin:
         self.processor = FrameProcessor(segmenter, config.overlay_alpha)
         self.output_publishers = {camera: {name: self._output_publisher(camera, name) for name in OUTPUT_TOPICS}
                                   for camera in config.camera_names}
+        if config.frame_score:
+            for camera, publishers in self.output_publishers.items():
+                publishers[SCORE_TOPIC] = self.create_publisher(Float32, camera_topic(camera, SCORE_TOPIC),
+                                                                output_qos())
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.label_publisher = self._publish_label_info()
 
@@ -311,6 +332,8 @@ class SegmentationMixin:
         everything it needs exists. Ends with the ready line."""
         config = self.config
         self.stats = CameraStats(config.camera_names)
+        self.stats.configure_score(config.score_window, self.get_parameter("score_warn_above").value,
+                                   self.get_parameter("score_clear_below").value)
         self._scheduler = FrameScheduler(config.camera_names)
         pipelines = {camera: self._pipeline(camera) for camera in config.camera_names}
         batched = batch_frames(config.batch_cameras, self.segmenter.device.type)
@@ -338,7 +361,8 @@ class SegmentationMixin:
         return FrameWorker(self._scheduler.slot(camera), self.processor, self.stats.camera(camera),
                            self.output_publishers[camera], Image,
                            warn=warn if not camera else (lambda text, c=camera: warn(f"camera {c}: {text}")),
-                           active=self.context.ok, max_pixels=self.config.max_input_pixels)
+                           active=self.context.ok, max_pixels=self.config.max_input_pixels,
+                           score=self.config.frame_score, float_type=Float32)
 
     def _deactivate(self) -> None:
         """Stop subscribing and publishing: subscriptions and timer go, the worker thread

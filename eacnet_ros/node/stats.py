@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from eacnet_core.confidence import ScoreSmoother
 from eacnet_core.inference import Segmenter
 
 from .params import NodeConfig, batch_frames
@@ -70,6 +71,7 @@ class FrameStats:
         self._input_since = self._period_start  # start of the current stretch of input
         self._last_received: Optional[float] = None
         self._waiting_since: Optional[float] = None  # oldest frame received since the last publish
+        self._score = ScoreSmoother()  # the frame score, smoothed, and its alarm (configure_score)
 
     def on_received(self, dropped_previous: bool) -> None:
         now = self._clock()
@@ -96,6 +98,21 @@ class FrameStats:
         with self._lock:
             self._total.bad += 1
             self._period.bad += 1
+
+    def configure_score(self, window: int, warn_above: float, clear_below: float) -> None:
+        """Smooth frame scores over ``window`` frames; alarm above ``warn_above``, cleared
+        under ``clear_below`` (checked by ScoreSmoother). Keeps the scores seen so far."""
+        smoother = ScoreSmoother(window, warn_above, clear_below)
+        with self._lock:
+            for score in list(self._score._scores)[-window:]:
+                smoother.update(score)
+            smoother.alarm = self._score.alarm and smoother.value is not None and smoother.value >= clear_below
+            self._score = smoother
+
+    def on_score(self, score: float) -> float:
+        """One frame's score (0 trustworthy .. 1 not); returns the smoothed score."""
+        with self._lock:
+            return self._score.update(score)
 
     def on_failed_frame(self) -> None:
         with self._lock:
@@ -125,7 +142,17 @@ class FrameStats:
                   ("frames_bad", str(total.bad)), ("frames_failed", str(total.failed)),
                   ("dropped_last_period", str(period.dropped)), ("window_s", f"{self._window_s:g}")) + tuple(static)
         level, message = _summary(period, fps, p50, stalled_s, arriving)
-        return DiagnosticReport(level, message, values + (("seconds_since_output", f"{stalled_s:.1f}"),))
+        values += (("seconds_since_output", f"{stalled_s:.1f}"),)
+        with self._lock:
+            smoothed, alarm, warn_above = self._score.value, self._score.alarm, self._score.warn_above
+        if smoothed is not None:
+            values += (("frame_score", f"{smoothed:.3f}"), ("frame_score_alarm", str(alarm).lower()),
+                       ("frame_score_warn_above", f"{warn_above:g}"))
+            if alarm and level == OK:
+                level, message = WARN, (f"low confidence: frame score {smoothed:.2f} > {warn_above:g}, the mask may "
+                                        f"not be trustworthy (fog, blur, darkness, a covered lens, an unfamiliar "
+                                        f"scene); {message}")
+        return DiagnosticReport(level, message, values)
 
 
 #: Frames arriving for this long with none published is an ERROR: the node looks alive
@@ -187,6 +214,11 @@ class _CountInto:
         for stats in self._targets:
             stats.on_failed_frame()
 
+    def on_score(self, score: float) -> float:
+        """Into the camera's own statistics only: a total of several cameras' scores would
+        hide one bad camera (the total's level is the worst camera's)."""
+        return self._targets[0].on_score(score)
+
 
 class CameraStats:
     """Per-camera counters and their total. For the single camera (name ``""``) there is
@@ -195,6 +227,10 @@ class CameraStats:
     def __init__(self, cameras: Sequence[str], clock: Callable[[], float] = time.monotonic):
         self.total = FrameStats(clock=clock)
         self.per_camera = {camera: FrameStats(clock=clock) for camera in cameras if camera}
+
+    def configure_score(self, window: int, warn_above: float, clear_below: float) -> None:
+        for stats in (self.total, *self.per_camera.values()):
+            stats.configure_score(window, warn_above, clear_below)
 
     def camera(self, name: str) -> Any:
         """The FrameStats-like sink for ``name``'s callbacks and pipeline."""

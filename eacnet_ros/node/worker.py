@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Protocol
 
 import numpy as np
@@ -132,9 +132,14 @@ class PublisherLike(Protocol):
 class FrameWorker:
     """Takes the newest frame from ``slot``, runs the pipeline and publishes.
 
-    ``publishers`` maps 'mask', 'color_mask', 'overlay' to rclpy publishers (or anything
-    with ``publish`` and ``get_subscription_count``). A bad frame or an exception is
-    logged (throttled), counted, and the loop goes on: one frame never kills the node."""
+    ``publishers`` maps 'mask', 'color_mask', 'overlay' and (optional) 'confidence' (Image)
+    and 'low_confidence' (a ``float_type`` message) to rclpy publishers (or anything with
+    ``publish`` and ``get_subscription_count``). A bad frame or an exception is logged
+    (throttled), counted, and the loop goes on: one frame never kills the node.
+
+    ``score``: make the confidence and the frame score of every frame (``stats.on_score``
+    smooths it for the diagnostics); otherwise the confidence is made only while someone
+    subscribes to it."""
 
     slot: LatestFrame
     processor: FrameProcessor
@@ -146,6 +151,8 @@ class FrameWorker:
     max_pixels: Optional[int] = DEFAULT_MAX_INPUT_PIXELS
     throttle: Throttle = field(default_factory=Throttle)
     sizes: FrameSizes = field(default_factory=FrameSizes)  # the camera's own frame size
+    score: bool = False
+    float_type: Optional[type] = None  # std_msgs/Float32 for 'low_confidence'
     _thread: Optional[threading.Thread] = field(default=None, init=False)
 
     def start(self) -> None:
@@ -176,7 +183,8 @@ class FrameWorker:
         if bgr is None:
             return False
         try:
-            frame = self.processor.process(bgr, *self.wanted(), self.sizes.network_size(bgr.shape[:2]))
+            color, overlay, confidence = self.wanted()
+            frame = self.processor.process(bgr, color, overlay, self.sizes.network_size(bgr.shape[:2]), confidence)
         except Exception as exc:  # one frame must never kill the node
             return self.failed(exc)
         return self.publish(msg, frame, received_at)
@@ -197,19 +205,30 @@ class FrameWorker:
         """What libpng, libjpeg or OpenCV printed while decoding: into the throttled log."""
         self._warn("image_library", f"image library, while decoding a frame: {text}")
 
-    def wanted(self) -> tuple[bool, bool]:
-        """(colour mask, overlay): each is computed only while someone subscribes to it."""
-        return (self.publishers["color_mask"].get_subscription_count() > 0,
-                self.publishers["overlay"].get_subscription_count() > 0)
+    def wanted(self) -> tuple[bool, bool, bool]:
+        """(colour mask, overlay, confidence): each is computed only while someone subscribes
+        to it; the confidence also for every frame while the frame score is on."""
+        return (self._subscribed("color_mask"), self._subscribed("overlay"),
+                self.score or self._subscribed("confidence"))
+
+    def _subscribed(self, name: str) -> bool:
+        publisher = self.publishers.get(name)
+        return publisher is not None and publisher.get_subscription_count() > 0
 
     def publish(self, msg: Any, frame: SegmentedFrame, received_at: float) -> bool:
         """Encode and publish ``frame`` with ``msg``'s header; True if published."""
         try:
+            if frame.confidence is not None and not self._subscribed("confidence"):
+                frame = replace(frame, confidence=None)  # made for the score only
             messages = encode_frame(frame, msg.header, self.image_type)
             if not self.active():
                 return False
             for topic, out in messages.items():
                 self.publishers[topic].publish(out)
+            if frame.score is not None:
+                smoothed = self.stats.on_score(frame.score)
+                if self.float_type is not None and self._subscribed("low_confidence"):
+                    self.publishers["low_confidence"].publish(self.float_type(data=float(smoothed)))
         except Exception as exc:  # one frame must never kill the node
             return self.failed(exc)
         self.stats.on_published(received_at)
