@@ -67,7 +67,8 @@ def test_each_stage_measures_its_own_work(monkeypatch):
         segmenter.mask_from_logits = clock.taking(2.0, segmenter.mask_from_logits)
         segmenter.colorize = clock.taking(3.0, segmenter.colorize)
     fast, slow = pb.bench_size([instant, slowed], configs, (48, 64), runs=4, warmup=1, block=2)
-    expected = {"decode": 0.0, "preprocess": 1.0, "forward": 0.0, "postprocess": 2.0, "colour": 3.0, "encode": 0.0}
+    expected = {"decode": 0.0, "preprocess": 1.0, "forward": 0.0, "postprocess": 2.0, "colour": 3.0, "score": 0.0,
+                "encode": 0.0}
     assert fast.ms == pytest.approx(expected)
     assert slow.ms == pytest.approx({**expected, "forward": 25.0})
     assert passes == [instant] * 3 + [slowed] * 3 + [instant] * 3 + [slowed] * 3  # blocks of 1 warm-up + 2 runs
