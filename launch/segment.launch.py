@@ -86,6 +86,9 @@ PARAMETER_ARGUMENTS = (
              "namespace (see camera_topics); [] leaves the params_file's value (default: one camera on image_topic)",
              list),
     Argument("batch_cameras", "auto", "several cameras' frames in one forward pass: auto (on CUDA) | always | never"),
+    Argument("camera_height", "360", "the camera's frame height, expected at start-up: backend/precision auto "
+             "choose the engine for it before the node listens", int),
+    Argument("camera_width", "480", "the camera's frame width, expected at start-up (see camera_height)", int),
 )
 #: Arguments of the launch itself (use_sim_time is a parameter too, but rclpy's, not the node's).
 LAUNCH_ARGUMENTS = (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-ROS tests on ROS 2 Jazzy (the LTS release, Fast DDS 2.x) in a virtual environment
 # of its own, .venv-jazzy (EACNET_JAZZY_VENV): the node, process, lifecycle, multi-camera,
-# malformed-input, launch, bag-replay and `ros2` command-line tests. scripts/test.sh runs
+# malformed-input, launch, bag-replay, ready-at-start and `ros2` command-line tests. scripts/test.sh runs
 # the whole suite on Kilted; .ci/run runs both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +14,4 @@ PY
 exec "$EACNET_VENV/bin/python" -m pytest -q "$@" \
   test/test_node_real.py test/test_node_real_process.py test/test_lifecycle_real.py \
   test/test_multi_camera_real.py test/test_node_malformed_real.py test/test_launch_real.py \
-  test/test_bag_replay_real.py test/test_ros2_workflow.py test/test_python310.py
+  test/test_bag_replay_real.py test/test_ros2_workflow.py test/test_node_ready_real.py test/test_python310.py

@@ -109,7 +109,7 @@ def test_parameter_set_matches_the_issue():
     assert [p.name for p in PARAMETERS] == [
         "backbone", "attention", "weights", "device", "precision", "int8_calibration", "backend",
         "inference_height", "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels",
-        "transport", "cameras", "batch_cameras"]
+        "transport", "cameras", "batch_cameras", "camera_height", "camera_width"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")

@@ -86,7 +86,7 @@ MAX_DISTINCT_FRAMES = 30  # frames are cycled beyond this: 30 720p frames are al
 READY_LINE = "listening on "  # what segment_node logs once it takes frames (segment.launch.py waits for it too)
 LOADED_PATTERN = re.compile(r"loaded model=(?P<model>\S+) .*?device=(?P<device>\S+) precision=(?P<precision>\S+) "
                             r"backend=(?P<backend>\S+)(?P<nhwc> channels_last)?")
-#: Segmenter's INFO line when auto settles on the first frame, e.g. "... -> torch:fp32:nhwc", "-> openvino:bf16".
+#: Segmenter's INFO line when auto chooses (at start-up, or for a new size), e.g. "... -> torch:fp32:nhwc"...
 CHOICE_PATTERN = re.compile(r"auto at \d+x\d+ \(\w+\): .* -> (?P<backend>\w+):(?P<precision>\w+)"
                             r"(?::(?P<layout>nhwc|nchw))?$")
 
@@ -228,19 +228,21 @@ class NodeProcess:
 
     def runtime(self, timeout: float = 10.0) -> NodeRuntime:
         """The execution path from the node's log: the 'loaded' line, and with backend=auto
-        the choice it logs on the first frame (so call this after a frame went through)."""
+        the last choice it logged (at start-up, or for a size met later: call this after a
+        frame went through)."""
         loaded = next((r for r in map(NodeRuntime.parse, self.lines) if r is not None), None)
         if loaded is None:
             raise ChildProcessError(f"segment_node never logged its 'loaded model=...' line: {self.log_tail()}")
         deadline = time.monotonic() + timeout
-        while loaded.backend == "auto":
-            chosen = next((r for r in map(loaded.chosen, list(self.lines)) if r is not None), None)
-            if chosen is not None:
-                return chosen
+        while True:  # the last choice logged wins: a size measured after start-up replaces the first
+            chosen = [r for r in map(loaded.chosen, list(self.lines)) if r is not None]
+            if chosen:
+                return chosen[-1]
+            if loaded.backend != "auto":
+                return loaded
             if time.monotonic() > deadline:
                 raise ChildProcessError(f"segment_node never logged its backend=auto choice: {self.log_tail()}")
             time.sleep(0.05)
-        return loaded
 
     @property
     def pid(self) -> Optional[int]:
@@ -542,7 +544,7 @@ def bench_config(args: argparse.Namespace, size_hw: tuple[int, int], transport: 
     namespace = f"/eacnet_bench_dds_{os.getpid()}_{transport}_{size}"
     # The publisher exists before the node starts, so reliability=auto finds it.
     with DdsClient(namespace, transport) as client, \
-            NodeProcess(node_params(args, transport, threads), namespace) as node:
+            NodeProcess(node_params(args, transport, threads, size_hw), namespace) as node:
         client.wait_matched(reliable=args.reliability != "best_effort")
         sized = resized(frames, size_hw)
         messages = client.messages(sized)
@@ -638,9 +640,15 @@ def resolved_threads(requested: int) -> int:
     return requested or torch.get_num_threads()
 
 
-def node_params(args: argparse.Namespace, transport: str, threads: int) -> dict[str, Scalar]:
-    return {"backbone": args.backbone, "attention": args.attention, "backend": args.backend,
-            "threads": threads, "reliability": args.reliability, "transport": transport}
+def node_params(args: argparse.Namespace, transport: str, threads: int,
+                size_hw: Optional[tuple[int, int]] = None) -> dict[str, Scalar]:
+    """The node's parameters; ``size_hw``: the frames' size, which backend auto chooses for
+    at start-up (``camera_height``/``camera_width``), as a camera of that size would be set up."""
+    params: dict[str, Scalar] = {"backbone": args.backbone, "attention": args.attention, "backend": args.backend,
+                                 "threads": threads, "reliability": args.reliability, "transport": transport}
+    if size_hw is not None:
+        params.update(camera_height=size_hw[0], camera_width=size_hw[1])
+    return params
 
 
 def run(args: argparse.Namespace) -> int:

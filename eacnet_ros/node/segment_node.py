@@ -51,6 +51,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from .choice import EngineChoice
 from .model import free_model_memory, label_info, load_segmenter, missing_vision_msgs_text
 from .params import (
     PARAMETERS,
@@ -286,7 +287,8 @@ class SegmentationMixin:
         segmenter = load_segmenter(config, warn=self.get_logger().warning)
         self.config, self.segmenter = config, segmenter
         self.get_logger().info(f"loaded {segmenter.describe()}")
-        self.processor = FrameProcessor(segmenter, config.overlay_alpha)
+        self.processor = FrameProcessor(segmenter, config.overlay_alpha,
+                                        EngineChoice(segmenter, warn=self.get_logger().warning))
         self.output_publishers = {camera: {name: self._output_publisher(camera, name) for name in OUTPUT_TOPICS}
                                   for camera in config.camera_names}
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
@@ -300,6 +302,8 @@ class SegmentationMixin:
         for publisher in (self.diagnostics_publisher, self.label_publisher):
             if publisher is not None:
                 self.destroy_publisher(publisher)
+        if self.processor is not None and self.processor.choice is not None:
+            self.processor.choice.close()
         device = str(self.segmenter.device) if self.segmenter is not None else "cpu"
         self.output_publishers, self.diagnostics_publisher, self.label_publisher = {}, None, None
         self.segmenter = self.processor = self.config = None
@@ -455,6 +459,8 @@ class SegmentationMixin:
         eacnet_core log bridge; for destroy_node."""
         if self._worker is not None:
             self._worker.stop()
+        if self.processor is not None and self.processor.choice is not None:
+            self.processor.choice.close()  # a choice under way must not outlive the node
         core_logger = logging.getLogger("eacnet_core")
         core_logger.removeHandler(self._log_bridge)
         core_logger.setLevel(self._core_level)
