@@ -616,6 +616,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rate", type=number_in(0), default=0.0,
                    help="publish at this rate in Hz (default: closed loop, the next frame "
                         "when the previous mask arrived)")
+    p.add_argument("--duration", type=number_in(0), default=0.0,
+                   help="with --rate: one node, open loop for this many seconds from its ready line, on the first "
+                        "size and transport given: latency per window, frames lost by cause, the node's RSS, fds and "
+                        "threads over time (eacnet_ros/bench/soak.py)")
+    p.add_argument("--window", type=number_in(0, low_open=True), default=60.0,
+                   help="with --duration: seconds per latency window; RSS is fitted after the first (default 60)")
+    p.add_argument("--sample-every", type=number_in(0, low_open=True), default=5.0,
+                   help="with --duration: seconds between samples of the node's RSS, fds and threads (default 5)")
+    p.add_argument("--outputs", nargs="*", default=["color_mask", "overlay"], choices=["color_mask", "overlay"],
+                   help="with --duration: outputs subscribed besides the mask (default: both; none: mask only)")
     p.add_argument("--data-root", help=f"CamVid root for the frames (default: {CAMVID_LOOKUP}; "
                                        "synthetic frames when it finds none)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -624,6 +634,8 @@ def add_parser(subparsers) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.duration and not args.rate:
+        raise ValueError("--duration runs open loop: give --rate HZ too")
     for size in args.sizes:
         parse_size(size)
     model_for(args.backbone, args.attention)  # a clear error before any process starts
@@ -657,6 +669,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     frames, source = source_frames(args.data_root, min(args.frames, MAX_DISTINCT_FRAMES))
     threads = resolved_threads(args.threads)
+    if args.duration:
+        from . import soak
+
+        return soak.run(args, threads, frames)
     references: dict[NodeRuntime, Segmenter] = {}
     results = [bench_config(args, parse_size(size), transport, threads, frames, references)
                for size in args.sizes for transport in dict.fromkeys(args.transports)]
