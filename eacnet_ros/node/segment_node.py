@@ -68,6 +68,7 @@ from .process import SignalStop, Stopped, startup_error_text
 from .qos import BEST_EFFORT, RELIABLE, endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
 from .scheduler import FrameScheduler, MultiCameraWorker
 from .stats import ERROR, OK, WARN, CameraStats, static_diagnostics
+from .steady import freeze_long_lived, steady_allocator
 from .worker import FrameWorker
 
 try:  # Iron and later
@@ -540,10 +541,12 @@ def run(argv: list[str], stop: SignalStop, node_class: Optional[Callable[..., No
     context = node = executor = None
     status = 0
     try:
+        steady_allocator()  # before any frame buffer exists (steady.py)
         context = _init_context(argv)
         node = (node_class or SegmentNode)(command_line=argv, context=context)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
+        freeze_long_lived()  # what exists now lives as long as the process (steady.py)
         stop.raise_now = False
         if not stop.requested:
             _spin(node, executor, stop)
