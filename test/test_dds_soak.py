@@ -48,13 +48,16 @@ def test_tiny_open_loop_soak_reports_windows_losses_and_the_process(tmp_path, ca
     assert set(report["output_counts"]) == {"color_mask", "overlay"}
     assert report["sigterm_exit_code"] == 0
     printed = capsys.readouterr().out
+    assert all({"node_p50", "node_p99"} <= set(w) for w in report["windows"])  # from its /diagnostics
     assert "| window | from s | sent | masks |" in printed and "SIGTERM exit code 0" in printed
 
 
 def test_windows_follow_the_schedule_and_lost_frames_have_no_latency():
-    rows = soak.window_stats([0.0, 0.5, 1.0, 1.5, 2.0], [10.0, None, 30.0, 20.0, None], window_s=1.0)
+    node = [(0.2, 5.0, 8.0), (0.7, 7.0, 9.0), (1.1, 6.0, 7.0), (2.5, float("nan"), float("nan"))]
+    rows = soak.window_stats([0.0, 0.5, 1.0, 1.5, 2.0], [10.0, None, 30.0, 20.0, None], window_s=1.0, node=node)
     assert [(r["sent"], r["masks"], r["max"]) for r in rows] == [(2, 1, 10.0), (2, 2, 30.0), (1, 0, None)]
     assert rows[1]["p50"] == pytest.approx(25.0)
+    assert [(r["node_p50"], r["node_p99"]) for r in rows] == [(6.0, 9.0), (6.0, 7.0), (None, None)]
 
 
 def test_rss_trend_fits_after_the_first_window():

@@ -8,7 +8,8 @@ the node does, with the colour mask and the overlay subscribed as rviz would (``
 It reports:
 
 * latency publish -> mask, p50/p90/p99/max, per window (``--window``, default a minute) by
-  each frame's scheduled send time;
+  each frame's scheduled send time, beside the node's own latency (its subscription callback
+  to its publish, from its /diagnostics): what is left is transport and this process;
 * every frame lost, by cause: never reached the node (the middleware), overwritten in the
   node's keep-last input while another frame was in work (``frames_dropped``: by design,
   zero while the rate is under the node's capacity), not decodable (``frames_bad``), failed
@@ -117,18 +118,26 @@ class SoakResult:
         return asdict(self)
 
 
-def window_stats(scheduled_s: Sequence[float], latencies_ms: Sequence[Optional[float]],
-                 window_s: float) -> list[dict[str, Any]]:
+def window_stats(scheduled_s: Sequence[float], latencies_ms: Sequence[Optional[float]], window_s: float,
+                 node: Sequence[tuple[float, float, float]] = ()) -> list[dict[str, Any]]:
     """Per window of scheduled send time: frames sent, masks back, latency percentiles and
-    max (ms) of the masks back. ``latencies_ms[i]``: frame i's, None when it was lost."""
+    max (ms) of the masks back. ``latencies_ms[i]``: frame i's, None when it was lost.
+    ``node``: (seconds, p50, p99) of the node's own latency (its callback to its publish, over
+    its last 10 s) from each /diagnostics message: the window's median p50 and highest p99
+    (``node_p50``, ``node_p99``) tell the node's share of the tail from the transport's and
+    this process's."""
     count = max(1, math.ceil((max(scheduled_s, default=0.0) + 1e-9) / window_s))
     rows = []
     for w in range(count):
         inside = [lat for t, lat in zip(scheduled_s, latencies_ms, strict=True)
                   if w * window_s <= t < (w + 1) * window_s]
         got = [lat for lat in inside if lat is not None]
+        reports = [(p50, p99) for t, p50, p99 in node if w * window_s <= t < (w + 1) * window_s
+                   and not math.isnan(p50)]
         rows.append({"window": w, "start_s": w * window_s, "sent": len(inside), "masks": len(got),
-                     **latency_percentiles(got), "max": max(got, default=None)})
+                     **latency_percentiles(got), "max": max(got, default=None),
+                     "node_p50": float(np.median([r[0] for r in reports])) if reports else None,
+                     "node_p99": max((r[1] for r in reports), default=None)})
     return rows
 
 
@@ -176,6 +185,7 @@ def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -
     with dds.DdsClient(namespace, transport) as client, \
             dds.NodeProcess(dds.node_params(args, transport, threads, size_hw), namespace) as node:
         outputs = _subscribe_outputs(client, args.outputs)
+        node_latency = _node_latency(client)
         client.wait_matched(reliable=args.reliability != "best_effort")
         messages = client.messages(dds.resized(frames, size_hw))
         gc.freeze()  # this process is the measuring end: no full collection of its imports mid-run
@@ -198,7 +208,8 @@ def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -
                       lost=lost_by_cause(len(keys), masks, node_counts),
                       latency_ms={**latency_percentiles([x for x in latencies if x is not None]),
                                   "max": max((x for x in latencies if x is not None), default=None)},
-                      windows=window_stats([i / args.rate for i in range(len(keys))], latencies, args.window),
+                      windows=window_stats([i / args.rate for i in range(len(keys))], latencies, args.window,
+                                           [(t - start, p50, p99) for t, p50, p99 in node_latency]),
                       process=[asdict(s) for s in sampler.samples], rss_slope_mb_per_min=slope,
                       rss_growth_pct=growth, output_counts={k: len(v) for k, v in outputs.items()},
                       sigterm_exit_code=exit_code)
@@ -207,6 +218,24 @@ def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -
 def _latencies(client: Any, keys: Sequence[tuple[int, int]]) -> list[Optional[float]]:
     with client._cond:
         return [1000.0 * (client._received[k] - client._sent[k]) if k in client._received else None for k in keys]
+
+
+def _node_latency(client: Any) -> list[tuple[float, float, float]]:
+    """(perf_counter, p50, p99) of the node's latency from each of its /diagnostics messages."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile
+
+    found: list[tuple[float, float, float]] = []
+
+    def on_diagnostics(msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith(client._diagnostics_name):
+                values = {kv.key: kv.value for kv in status.values}
+                found.append((time.perf_counter(), float(values.get("latency_ms_p50", "nan")),
+                              float(values.get("latency_ms_p99", "nan"))))
+
+    client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=10))
+    return found
 
 
 def _subscribe_outputs(client: Any, names: Sequence[str]) -> dict[str, list[float]]:
@@ -235,10 +264,12 @@ def _ms(value: Optional[float]) -> str:
 def format_report(r: SoakResult) -> str:
     lines = [f"soak: {r.size} {r.transport}, {r.rate_hz:g} Hz open loop for {r.duration_s:g} s, outputs mask"
              + "".join(f" + {o}" for o in r.outputs) + f", node path {r.runtime}",
-             "| window | from s | sent | masks | p50 ms | p90 | p99 | max |", "|---|---|---|---|---|---|---|---|"]
+             "| window | from s | sent | masks | p50 ms | p90 | p99 | max | node p50 | node p99 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for w in r.windows:
         lines.append(f"| {w['window']} | {w['start_s']:g} | {w['sent']} | {w['masks']} | {_ms(w['p50'])} | "
-                     f"{_ms(w['p90'])} | {_ms(w['p99'])} | {_ms(w['max'])} |")
+                     f"{_ms(w['p90'])} | {_ms(w['p99'])} | {_ms(w['max'])} | {_ms(w['node_p50'])} | "
+                     f"{_ms(w['node_p99'])} |")
     lat = r.latency_ms
     lines.append(f"all: {r.masks} masks of {r.sent} frames; p50 {_ms(lat['p50'])} ms, p90 {_ms(lat['p90'])}, "
                  f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}")
