@@ -9,11 +9,14 @@
   0.1 ms. Instant, so no frame waits for it (a ``gc.collect`` first would take those
   225-275 ms). Only the process does this, never a node embedded in another program; a
   managed node's model, loaded later by configure, stays collectable.
-* ``steady_allocator``: glibc serves a freed large block (a 480x360 frame is 518 KB) from
-  its heaps once its dynamic mmap threshold has risen, and threads allocating frames in
-  several arenas leave fragments behind that the process never returns: RSS crept up for
-  the whole of an 8-minute run. A fixed threshold (which also stops it from moving) maps
-  every block of ``MMAP_THRESHOLD`` or more on its own and unmaps it when freed.
+* ``steady_allocator``: glibc raises its mmap threshold past every mapped block that is
+  freed (up to 32 MiB), and its trim threshold with it: after the first frames, frame-sized
+  blocks (a 480x360 bgr8 frame is 518 KB) come from the heaps of the threads that allocate
+  them, and freed heap memory is kept rather than returned. A fixed threshold stops both
+  from moving: a block of ``MMAP_THRESHOLD`` or more that free heap memory cannot serve is
+  mapped on its own and unmapped when freed, and heap tops over 128 KiB go back to the OS.
+  Memory is then what the process uses, not its high-water mark (docs/RESULTS.md, "Hours of
+  load", has the soak figures with and without).
 """
 
 from __future__ import annotations
