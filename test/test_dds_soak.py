@@ -18,7 +18,7 @@ RATE, DURATION = 10, 2
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eacnet")
-    db.add_parser(parser.add_subparsers())
+    db.add_parser(parser.add_subparsers(), soak=soak.run)
     return parser.parse_args(["bench-dds", *argv])
 
 

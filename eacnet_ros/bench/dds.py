@@ -322,6 +322,47 @@ class DdsClient:
         self.node.destroy_node()
         self.context.try_shutdown()
 
+    def subscribe_outputs(self, names: Sequence[str]) -> dict[str, list[float]]:
+        """Subscribe to the node's outputs ``names`` (colour mask, overlay: the node computes
+        them only while subscribed), as rviz would; the arrival times of each, to count them."""
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        arrivals: dict[str, list[float]] = {name: [] for name in names}
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for name in names:
+            self.node.create_subscription(Image, name, lambda msg, got=arrivals[name]: got.append(time.perf_counter()),
+                                          qos)
+        deadline = time.monotonic() + 30.0
+        while any(self.node.count_publishers(f"{self.node.get_namespace()}/{n}") < 1 for n in names):
+            if time.monotonic() > deadline:
+                raise ChildProcessError(f"the node's {', '.join(names)} publishers were not discovered in 30 s")
+            time.sleep(0.05)
+        return arrivals
+
+    def record_node_latency(self) -> list[tuple[float, float, float]]:
+        """(perf_counter, p50, p99) of the node's own latency from each of its /diagnostics
+        messages from now on, in the list returned."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile
+
+        found: list[tuple[float, float, float]] = []
+
+        def on_diagnostics(msg: Any) -> None:
+            for status in msg.status:
+                if status.name.startswith(self._diagnostics_name):
+                    values = {kv.key: kv.value for kv in status.values}
+                    found.append((time.perf_counter(), float(values.get("latency_ms_p50", "nan")),
+                                  float(values.get("latency_ms_p99", "nan"))))
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=10))
+        return found
+
+    def latencies_or_none(self, keys: Sequence[tuple[int, int]]) -> list[Optional[float]]:
+        """Latency of each key in order; None where no mask arrived."""
+        with self._cond:
+            return [1000.0 * (self._received[k] - self._sent[k]) if k in self._received else None for k in keys]
+
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_mask(self, msg: Any) -> None:
         now = time.perf_counter()
@@ -593,7 +634,10 @@ def check_targets(results: Sequence[DdsResult]) -> list[str]:
 
 # ---------------------------------------------------------------------------- CLI
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, soak: Optional[Callable[[argparse.Namespace, int, Sequence[np.ndarray]], int]] = None,
+               ) -> None:
+    """``soak``: what runs ``--duration`` (``eacnet_ros.bench.soak.run``, passed in by the CLI:
+    that module builds on this one)."""
     p = subparsers.add_parser("bench-dds", help="time the segmentation node end to end through real ROS 2 DDS",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=SPECS["backbone"].default, choices=SPECS["backbone"].choices,
@@ -630,12 +674,14 @@ def add_parser(subparsers) -> None:
                                        "synthetic frames when it finds none)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, soak=soak)
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.duration and not args.rate:
         raise ValueError("--duration runs open loop: give --rate HZ too")
+    if args.duration and args.soak is None:
+        raise ValueError("--duration needs the soak runner (eacnet_ros.bench.soak), which `eacnet` provides")
     for size in args.sizes:
         parse_size(size)
     model_for(args.backbone, args.attention)  # a clear error before any process starts
@@ -670,9 +716,7 @@ def run(args: argparse.Namespace) -> int:
     frames, source = source_frames(args.data_root, min(args.frames, MAX_DISTINCT_FRAMES))
     threads = resolved_threads(args.threads)
     if args.duration:
-        from . import soak
-
-        return soak.run(args, threads, frames)
+        return args.soak(args, threads, frames)
     references: dict[NodeRuntime, Segmenter] = {}
     results = [bench_config(args, parse_size(size), transport, threads, frames, references)
                for size in args.sizes for transport in dict.fromkeys(args.transports)]

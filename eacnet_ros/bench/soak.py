@@ -40,6 +40,7 @@ import numpy as np
 from eacnet_core.outputs import write_json
 
 from ..bags.eval import latency_percentiles
+from . import dds
 from .pipeline import parse_size
 
 NODE_STOP_TIMEOUT_S = 60.0
@@ -176,16 +177,14 @@ def terminate(node: Any, timeout: float = NODE_STOP_TIMEOUT_S) -> Optional[int]:
 
 def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -> SoakResult:
     """One node, one size and transport (the first of each given), ``args.duration`` seconds."""
-    from . import dds
-
     size_hw, transport = parse_size(args.sizes[0]), args.transports[0]
     size = f"{size_hw[1]}x{size_hw[0]}"
     namespace = f"/eacnet_bench_soak_{os.getpid()}_{transport}_{size}"
     count = max(1, int(round(args.duration * args.rate)))
     with dds.DdsClient(namespace, transport) as client, \
             dds.NodeProcess(dds.node_params(args, transport, threads, size_hw), namespace) as node:
-        outputs = _subscribe_outputs(client, args.outputs)
-        node_latency = _node_latency(client)
+        outputs = client.subscribe_outputs(args.outputs)
+        node_latency = client.record_node_latency()
         client.wait_matched(reliable=args.reliability != "best_effort")
         messages = client.messages(dds.resized(frames, size_hw))
         gc.freeze()  # this process is the measuring end: no full collection of its imports mid-run
@@ -200,7 +199,7 @@ def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -
         runtime = node.runtime().label
         exit_code = terminate(node)
     node_counts = {k: int(counters.get(k, 0)) for k in COUNTERS}
-    latencies = _latencies(client, keys)
+    latencies = client.latencies_or_none(keys)
     masks = sum(lat is not None for lat in latencies)
     slope, growth = rss_trend(sampler.samples, args.window)
     return SoakResult(size=size, transport=transport, rate_hz=args.rate, duration_s=args.duration,
@@ -213,48 +212,6 @@ def soak(args: argparse.Namespace, threads: int, frames: Sequence[np.ndarray]) -
                       process=[asdict(s) for s in sampler.samples], rss_slope_mb_per_min=slope,
                       rss_growth_pct=growth, output_counts={k: len(v) for k, v in outputs.items()},
                       sigterm_exit_code=exit_code)
-
-
-def _latencies(client: Any, keys: Sequence[tuple[int, int]]) -> list[Optional[float]]:
-    with client._cond:
-        return [1000.0 * (client._received[k] - client._sent[k]) if k in client._received else None for k in keys]
-
-
-def _node_latency(client: Any) -> list[tuple[float, float, float]]:
-    """(perf_counter, p50, p99) of the node's latency from each of its /diagnostics messages."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import QoSProfile
-
-    found: list[tuple[float, float, float]] = []
-
-    def on_diagnostics(msg: Any) -> None:
-        for status in msg.status:
-            if status.name.startswith(client._diagnostics_name):
-                values = {kv.key: kv.value for kv in status.values}
-                found.append((time.perf_counter(), float(values.get("latency_ms_p50", "nan")),
-                              float(values.get("latency_ms_p99", "nan"))))
-
-    client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=10))
-    return found
-
-
-def _subscribe_outputs(client: Any, names: Sequence[str]) -> dict[str, list[float]]:
-    """Subscribe to the node's colour mask / overlay (the node computes them only then);
-    the arrival times of each, to count them."""
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    arrivals: dict[str, list[float]] = {name: [] for name in names}
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    for name in names:
-        client.node.create_subscription(Image, name, lambda msg, got=arrivals[name]: got.append(time.perf_counter()),
-                                        qos)
-    deadline = time.monotonic() + 30.0
-    while any(client.node.count_publishers(f"{client.node.get_namespace()}/{n}") < 1 for n in names):
-        if time.monotonic() > deadline:
-            raise ChildProcessError(f"the node's {', '.join(names)} publishers were not discovered in 30 s")
-        time.sleep(0.05)
-    return arrivals
 
 
 def _ms(value: Optional[float]) -> str:
