@@ -12,6 +12,11 @@ from setuptools import find_packages, setup
 PACKAGE = "eacnet_ros"
 
 
+def _linux_x86_64(*wheels: str) -> list:
+    """The ROS 2 wheels exist for Linux x86_64 only."""
+    return [f"{wheel}; platform_system == 'Linux' and platform_machine == 'x86_64'" for wheel in wheels]
+
+
 def opencv_requirement() -> list:
     try:
         import cv2  # noqa: F401
@@ -52,15 +57,25 @@ setup(
         # run time (no package depends on it). One release, pinned: the message packages and rclpy
         # must come from the same one; Linux x86_64 is the only platform with wheels. launch and
         # launch_ros have no wheels: scripts/setup.sh installs them from ../shared/ros-launch.
-        "ros": (ros := [f"{wheel}; platform_system == 'Linux' and platform_machine == 'x86_64'" for wheel in (
+        "ros": (ros := _linux_x86_64(
             "ros-rclpy==9.1.2", "ros-rcl-interfaces==2.3.0", "ros-sensor-msgs==5.5.1", "ros-std-msgs==5.5.1",
             "ros-diagnostic-msgs==5.5.1", "ros-lifecycle-msgs==2.3.0", "ros-ament-index-python==1.11.0",
-            "ros-rmw-fastrtps-cpp==9.3.3")]),
+            "ros-rmw-fastrtps-cpp==9.3.3")),
+        # The same set from ROS 2 Jazzy, the LTS release (Fast DDS 2.14): CI runs the real-ROS tests
+        # on it too (scripts/test_jazzy.sh), in a virtual environment of its own (the two sets
+        # cannot share one).
+        "ros-jazzy": (ros_jazzy := _linux_x86_64(
+            "ros-rclpy==7.1.6", "ros-rcl-interfaces==2.0.3", "ros-sensor-msgs==5.3.6", "ros-std-msgs==5.3.6",
+            "ros-diagnostic-msgs==5.3.6", "ros-lifecycle-msgs==2.0.3", "ros-ament-index-python==1.8.1",
+            "ros-rmw-fastrtps-cpp==8.4.3")),
         # With the ROS wheels, so CI runs the node and the launch file on real rclpy; colcon and
         # ament_package (both on the package index) so it also builds the package as a ROS user
         # does (test/test_ros2_workflow.py, docs/ROS.md).
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16", "openvino>=2024.0",
-                 "nncf>=2.10", "colcon-common-extensions>=0.3", "ros-ament-package>=0.17"] + ros,
+        "test": (test := ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.14", "onnxruntime>=1.16",
+                          "openvino>=2024.0", "nncf>=2.10", "colcon-common-extensions>=0.3"])
+        + ["ros-ament-package>=0.17"] + ros,
+        # The test tools with the Jazzy set (and Jazzy's ament_package).
+        "test-jazzy": test + ["ros-ament-package==0.16.4"] + ros_jazzy,
     },
     zip_safe=True,
     maintainer="eacnet_ros developers",

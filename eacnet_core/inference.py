@@ -11,6 +11,7 @@ upsampling C logit planes and taking the argmax there. See ``_restore_size``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -167,6 +168,7 @@ class Segmenter:
         self.autotune_agreement: dict[str, float] = {}  # reduced precisions: share of pixels equal to fp32
         self.autotune_dropped: list[str] = []  # candidates dropped after their first run (not eligible)
         self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
+        self.autotune_complete = False  # reduced precisions were checked too (or none is a candidate)
         self._use(Candidate(self.backend, self.precision, options.channels_last))
 
     # ------------------------------------------------------------------ construction
@@ -548,7 +550,8 @@ class Segmenter:
         """On the CPU with backend or precision auto: time the candidates for ``height`` x
         ``width`` camera images (at the inference size when one is set) and keep the fastest,
         now. Reduced precisions are checked on calibration frames; without any at hand they
-        wait (fp32 only now) unless a camera frame comes through ``segment`` later.
+        wait (fp32 only now, ``autotune_complete`` False) for a camera frame: through
+        ``segment``, or ``chosen_copy`` (the node).
 
         For a caller that knows the camera's size before its first frame; a no-op for an
         explicit backend and precision or a GPU. Logs the timings on the ``eacnet_core`` logger (INFO)."""
@@ -559,6 +562,38 @@ class Segmenter:
             self._pick_fastest_cpu_path(self._blank_batch(size), probes=self._calibration_probes(size))
         elif self._can_autotune_cuda:
             self._pick_fastest_cuda_path(self._network_size(height, width))
+
+    @property
+    def chooses_on_cpu(self) -> bool:
+        """backend or precision auto on the CPU, with more than one candidate to time."""
+        return self._can_autotune
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the network runs at for ``height`` x ``width`` images."""
+        return self._network_size(height, width)
+
+    def chosen_copy(self, bgr: np.ndarray) -> Segmenter:
+        """A second Segmenter, with a copy of the model, that has made the CPU auto choice for
+        ``bgr``'s network size (the frame, with calibration frames at hand, checks reduced
+        precisions). Nothing of this one is touched, so it may keep serving frames on another
+        thread meanwhile (the node measures a new camera size so); ``adopt`` takes the result."""
+        twin = Segmenter(copy.deepcopy(self._model), self.model_name, self.dataset, self.options, self.weights)
+        twin._weights_digest = self._weights_digest
+        batch = twin.preprocess(bgr)
+        size = (batch.shape[2], batch.shape[3])
+        twin._pick_fastest_cpu_path(batch, probes=[batch, *twin._calibration_probes(size)])
+        return twin
+
+    def adopt(self, twin: Segmenter) -> None:
+        """Run the path ``twin`` (``chosen_copy``) chose from now on, with the engine it built:
+        called between frames by the thread that runs them."""
+        key = (twin.backend, twin.precision)
+        if key in twin.engines:
+            self.engines[key] = twin.engines.pop(key)
+        self.autotune_ms, self.autotune_agreement = dict(twin.autotune_ms), dict(twin.autotune_agreement)
+        self.autotune_dropped, self.autotune_complete = list(twin.autotune_dropped), twin.autotune_complete
+        self._keep(Candidate(twin.backend, twin.precision, twin.channels_last),
+                   twin.autotune_size, "adopted", self.autotune_dropped)
 
     def settle(self, batch: np.ndarray) -> None:
         """Make the auto choice now, if it is still open, on this preprocessed frame (1, 3, h, w)
@@ -652,6 +687,7 @@ class Segmenter:
         Reduced precisions need ``probes``; without them only fp32 is timed. The result is
         remembered (``choice.ChoiceCache``): the same situation later reuses it."""
         self._tune_on_first_frame = False
+        self.autotune_complete = bool(probes) or not self._wants_probes()
         size = (batch.shape[2], batch.shape[3])
         reference = "fp32" if self._auto_precision else self.precision
         int8 = self._auto_precision and bool(probes) and self._int8_at_hand()

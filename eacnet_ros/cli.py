@@ -15,7 +15,7 @@ from eacnet_core.options import join_dash_values
 
 from . import demo
 from .bags import cli as bags
-from .bench import bag_replay
+from .bench import bag_replay, soak
 from .bench import dds as dds_bench
 from .bench import pipeline as pipeline_bench
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bags.add_parser(sub)
     demo.add_parser(sub)
     pipeline_bench.add_parser(sub)
-    dds_bench.add_parser(sub)
+    dds_bench.add_parser(sub, soak=soak.run)
     bag_replay.add_parser(sub)
     return parser
 

@@ -92,6 +92,9 @@ PARAMETER_ARGUMENTS = (
     Argument("score_clear_below", "0.35", "the warning clears under this smoothed frame score, 0..score_warn_above",
              float),
     Argument("score_window", "15", "frames the frame score is averaged over, 1..1000", int),
+    Argument("camera_height", "360", "the camera's frame height, expected at start-up: backend/precision auto "
+             "choose the engine for it before the node listens", int),
+    Argument("camera_width", "480", "the camera's frame width, expected at start-up (see camera_height)", int),
 )
 #: Arguments of the launch itself (use_sim_time is a parameter too, but rclpy's, not the node's).
 LAUNCH_ARGUMENTS = (

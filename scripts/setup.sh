@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install eacnet_ros
-# into it, editable, with the test and ONNX extras. torch==2.13.0 goes first: it is the
+# into it, editable, with the test extra (EACNET_EXTRA picks another, e.g. test-jazzy). torch==2.13.0 goes first: it is the
 # CPU build here, and any looser spec could pull a multi-GB CUDA build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EACNET_VENV:-.venv}
+# Which extra: test (the ROS 2 Kilted wheels) or test-jazzy (the Jazzy ones; scripts/test_jazzy.sh).
+EXTRA=${EACNET_EXTRA:-test}
 PYTHON=${PYTHON:-python3}
 
 "$PYTHON" - <<'PY' || { echo "eacnet setup: Python 3.10-3.12 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
@@ -21,7 +23,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "torch==2.13.0"
 fi
 echo "eacnet setup: installing eacnet_ros and its dependencies"
-"${PIP[@]}" install -e ".[test]"
+"${PIP[@]}" install -e ".[$EXTRA]"
 
 VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
 

@@ -111,7 +111,7 @@ def test_parameter_set_matches_the_issue():
         "backbone", "attention", "weights", "device", "precision", "int8_calibration", "backend",
         "inference_height", "inference_width", "threads", "overlay_alpha", "reliability", "max_input_pixels",
         "transport", "cameras", "batch_cameras", "frame_score", "score_warn_above", "score_clear_below",
-        "score_window"]
+        "score_window", "camera_height", "camera_width"]
     assert SPECS["backbone"].choices == ("erfnet", "dabnet")
     assert SPECS["attention"].choices == ("eac", "nonlocal", "none")
     assert SPECS["precision"].choices == ("auto", "fp32", "fp16", "bf16", "int8")

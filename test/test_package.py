@@ -184,9 +184,9 @@ def test_ruff_is_clean_on_launch_node_and_tests():
 ROOMS = {
     "": {"cli", "demo"},
     "node": {"main", "process", "segment_node", "segment_lifecycle_node", "params", "model", "qos", "pipeline",
-             "worker", "scheduler", "stats", "codec"},
+             "worker", "scheduler", "stats", "codec", "choice", "steady"},
     "bags": {"io", "eval", "report", "cli"},
-    "bench": {"pipeline", "dds", "bag_replay"},
+    "bench": {"pipeline", "dds", "bag_replay", "soak"},
 }
 
 

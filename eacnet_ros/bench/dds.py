@@ -86,7 +86,7 @@ MAX_DISTINCT_FRAMES = 30  # frames are cycled beyond this: 30 720p frames are al
 READY_LINE = "listening on "  # what segment_node logs once it takes frames (segment.launch.py waits for it too)
 LOADED_PATTERN = re.compile(r"loaded model=(?P<model>\S+) .*?device=(?P<device>\S+) precision=(?P<precision>\S+) "
                             r"backend=(?P<backend>\S+)(?P<nhwc> channels_last)?")
-#: Segmenter's INFO line when auto settles on the first frame, e.g. "... -> torch:fp32:nhwc", "-> openvino:bf16".
+#: Segmenter's INFO line when auto chooses (at start-up, or for a new size), e.g. "... -> torch:fp32:nhwc"...
 CHOICE_PATTERN = re.compile(r"auto at \d+x\d+ \(\w+\): .* -> (?P<backend>\w+):(?P<precision>\w+)"
                             r"(?::(?P<layout>nhwc|nchw))?$")
 
@@ -228,19 +228,21 @@ class NodeProcess:
 
     def runtime(self, timeout: float = 10.0) -> NodeRuntime:
         """The execution path from the node's log: the 'loaded' line, and with backend=auto
-        the choice it logs on the first frame (so call this after a frame went through)."""
+        the last choice it logged (at start-up, or for a size met later: call this after a
+        frame went through)."""
         loaded = next((r for r in map(NodeRuntime.parse, self.lines) if r is not None), None)
         if loaded is None:
             raise ChildProcessError(f"segment_node never logged its 'loaded model=...' line: {self.log_tail()}")
         deadline = time.monotonic() + timeout
-        while loaded.backend == "auto":
-            chosen = next((r for r in map(loaded.chosen, list(self.lines)) if r is not None), None)
-            if chosen is not None:
-                return chosen
+        while True:  # the last choice logged wins: a size measured after start-up replaces the first
+            chosen = [r for r in map(loaded.chosen, list(self.lines)) if r is not None]
+            if chosen:
+                return chosen[-1]
+            if loaded.backend != "auto":
+                return loaded
             if time.monotonic() > deadline:
                 raise ChildProcessError(f"segment_node never logged its backend=auto choice: {self.log_tail()}")
             time.sleep(0.05)
-        return loaded
 
     @property
     def pid(self) -> Optional[int]:
@@ -319,6 +321,47 @@ class DdsClient:
         self._thread.join(5.0)
         self.node.destroy_node()
         self.context.try_shutdown()
+
+    def subscribe_outputs(self, names: Sequence[str]) -> dict[str, list[float]]:
+        """Subscribe to the node's outputs ``names`` (colour mask, overlay: the node computes
+        them only while subscribed), as rviz would; the arrival times of each, to count them."""
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        arrivals: dict[str, list[float]] = {name: [] for name in names}
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for name in names:
+            self.node.create_subscription(Image, name, lambda msg, got=arrivals[name]: got.append(time.perf_counter()),
+                                          qos)
+        deadline = time.monotonic() + 30.0
+        while any(self.node.count_publishers(f"{self.node.get_namespace()}/{n}") < 1 for n in names):
+            if time.monotonic() > deadline:
+                raise ChildProcessError(f"the node's {', '.join(names)} publishers were not discovered in 30 s")
+            time.sleep(0.05)
+        return arrivals
+
+    def record_node_latency(self) -> list[tuple[float, float, float]]:
+        """(perf_counter, p50, p99) of the node's own latency from each of its /diagnostics
+        messages from now on, in the list returned."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile
+
+        found: list[tuple[float, float, float]] = []
+
+        def on_diagnostics(msg: Any) -> None:
+            for status in msg.status:
+                if status.name.startswith(self._diagnostics_name):
+                    values = {kv.key: kv.value for kv in status.values}
+                    found.append((time.perf_counter(), float(values.get("latency_ms_p50", "nan")),
+                                  float(values.get("latency_ms_p99", "nan"))))
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=10))
+        return found
+
+    def latencies_or_none(self, keys: Sequence[tuple[int, int]]) -> list[Optional[float]]:
+        """Latency of each key in order; None where no mask arrived."""
+        with self._cond:
+            return [1000.0 * (self._received[k] - self._sent[k]) if k in self._received else None for k in keys]
 
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_mask(self, msg: Any) -> None:
@@ -542,7 +585,7 @@ def bench_config(args: argparse.Namespace, size_hw: tuple[int, int], transport: 
     namespace = f"/eacnet_bench_dds_{os.getpid()}_{transport}_{size}"
     # The publisher exists before the node starts, so reliability=auto finds it.
     with DdsClient(namespace, transport) as client, \
-            NodeProcess(node_params(args, transport, threads), namespace) as node:
+            NodeProcess(node_params(args, transport, threads, size_hw), namespace) as node:
         client.wait_matched(reliable=args.reliability != "best_effort")
         sized = resized(frames, size_hw)
         messages = client.messages(sized)
@@ -591,7 +634,10 @@ def check_targets(results: Sequence[DdsResult]) -> list[str]:
 
 # ---------------------------------------------------------------------------- CLI
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, soak: Optional[Callable[[argparse.Namespace, int, Sequence[np.ndarray]], int]] = None,
+               ) -> None:
+    """``soak``: what runs ``--duration`` (``eacnet_ros.bench.soak.run``, passed in by the CLI:
+    that module builds on this one)."""
     p = subparsers.add_parser("bench-dds", help="time the segmentation node end to end through real ROS 2 DDS",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=SPECS["backbone"].default, choices=SPECS["backbone"].choices,
@@ -614,14 +660,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rate", type=number_in(0), default=0.0,
                    help="publish at this rate in Hz (default: closed loop, the next frame "
                         "when the previous mask arrived)")
+    p.add_argument("--duration", type=number_in(0), default=0.0,
+                   help="with --rate: one node, open loop for this many seconds from its ready line, on the first "
+                        "size and transport given: latency per window, frames lost by cause, the node's RSS, fds and "
+                        "threads over time (eacnet_ros/bench/soak.py)")
+    p.add_argument("--window", type=number_in(0, low_open=True), default=60.0,
+                   help="with --duration: seconds per latency window; RSS is fitted after the first (default 60)")
+    p.add_argument("--sample-every", type=number_in(0, low_open=True), default=5.0,
+                   help="with --duration: seconds between samples of the node's RSS, fds and threads (default 5)")
+    p.add_argument("--outputs", nargs="*", default=["color_mask", "overlay"], choices=["color_mask", "overlay"],
+                   help="with --duration: outputs subscribed besides the mask (default: both; none: mask only)")
     p.add_argument("--data-root", help=f"CamVid root for the frames (default: {CAMVID_LOOKUP}; "
                                        "synthetic frames when it finds none)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, soak=soak)
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.duration and not args.rate:
+        raise ValueError("--duration runs open loop: give --rate HZ too")
+    if args.duration and args.soak is None:
+        raise ValueError("--duration needs the soak runner (eacnet_ros.bench.soak), which `eacnet` provides")
     for size in args.sizes:
         parse_size(size)
     model_for(args.backbone, args.attention)  # a clear error before any process starts
@@ -638,9 +698,15 @@ def resolved_threads(requested: int) -> int:
     return requested or torch.get_num_threads()
 
 
-def node_params(args: argparse.Namespace, transport: str, threads: int) -> dict[str, Scalar]:
-    return {"backbone": args.backbone, "attention": args.attention, "backend": args.backend,
-            "threads": threads, "reliability": args.reliability, "transport": transport}
+def node_params(args: argparse.Namespace, transport: str, threads: int,
+                size_hw: Optional[tuple[int, int]] = None) -> dict[str, Scalar]:
+    """The node's parameters; ``size_hw``: the frames' size, which backend auto chooses for
+    at start-up (``camera_height``/``camera_width``), as a camera of that size would be set up."""
+    params: dict[str, Scalar] = {"backbone": args.backbone, "attention": args.attention, "backend": args.backend,
+                                 "threads": threads, "reliability": args.reliability, "transport": transport}
+    if size_hw is not None:
+        params.update(camera_height=size_hw[0], camera_width=size_hw[1])
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
@@ -649,6 +715,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     frames, source = source_frames(args.data_root, min(args.frames, MAX_DISTINCT_FRAMES))
     threads = resolved_threads(args.threads)
+    if args.duration:
+        return args.soak(args, threads, frames)
     references: dict[NodeRuntime, Segmenter] = {}
     results = [bench_config(args, parse_size(size), transport, threads, frames, references)
                for size in args.sizes for transport in dict.fromkeys(args.transports)]

@@ -43,7 +43,9 @@ def segmenter_options(config: NodeConfig, device: str, precision: str) -> Segmen
 
 
 def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter:
-    """Load the model once and warm it, so the first camera frame is not the slow one.
+    """Load the model once, choose its engine (backend/precision auto) and warm it at the
+    size the node expects (``NodeConfig.start_size``), so the first camera frame is not the
+    slow one and no frame waits for the choice (``choice.EngineChoice``).
 
     Errors (missing weights, fp16 on CPU, onnxruntime with fp16...) propagate as
     ValueError subclasses with one clear message; ``main`` prints it and exits 1."""
@@ -52,7 +54,9 @@ def load_segmenter(config: NodeConfig, warn: Callable[[str], None]) -> Segmenter
         warn(warning)
     segmenter = Segmenter.from_name(config.model_name, config.weights or None,
                                     segmenter_options(config, device, precision))
-    segmenter.warmup()
+    height, width = config.start_size  # backend/precision auto chooses here, before the node listens
+    segmenter.tune(height, width)
+    segmenter.warmup(height, width)
     return segmenter
 
 

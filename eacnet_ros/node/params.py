@@ -27,6 +27,8 @@ DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
 #: OpenVINO's pooling fails on the eacnet models below 12 pixels (a 1x1 or 8000x2 frame is
 #: no camera image either).
 MIN_INPUT_SIDE = 16
+#: camera_height x camera_width by default: CamVid's 480x360, what the packaged models were trained at.
+DEFAULT_CAMERA_HW = (360, 480)
 #: A camera name: one or more ROS name tokens (letters, digits, underscores, not starting with
 #: a digit) joined by '/'. Relative, so the node's namespace applies to its topics.
 CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
@@ -134,6 +136,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "this (hysteresis); at most score_warn_above.", float_range=(0.0, 1.0), runtime=True),
     ParamSpec("score_window", 15, "Frames the frame score is averaged over for /diagnostics and low_confidence.",
               int_range=(1, 1000)),
+    ParamSpec("camera_height", DEFAULT_CAMERA_HW[0], "Height of the camera's frames in pixels, as expected at "
+              "start-up: with backend/precision auto and no inference size, the engine is chosen for this size "
+              "(on a stand-in frame) before the node listens. Frames of another size are served on the current "
+              "engine while the choice for their size is measured in the background.",
+              int_range=(MIN_INPUT_SIDE, MAX_INFERENCE_SIZE)),
+    ParamSpec("camera_width", DEFAULT_CAMERA_HW[1], "Width of the camera's frames in pixels, as expected at "
+              "start-up (see camera_height).", int_range=(MIN_INPUT_SIDE, MAX_INFERENCE_SIZE)),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
@@ -166,6 +175,8 @@ class NodeConfig:
     score_warn_above: float = 0.5
     score_clear_below: float = 0.35
     score_window: int = 15
+    camera_height: int = DEFAULT_CAMERA_HW[0]
+    camera_width: int = DEFAULT_CAMERA_HW[1]
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> NodeConfig:
@@ -203,6 +214,12 @@ class NodeConfig:
     def camera_names(self) -> tuple[str, ...]:
         """The cameras served; ``("",)`` for the single camera on the node's own topics."""
         return self.cameras or ("",)
+
+    @property
+    def start_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the engine is chosen and warmed for at start-up."""
+        return (self.inference_height, self.inference_width) if self.inference_height else (
+            self.camera_height, self.camera_width)
 
     def camera_input(self, camera: str) -> str:
         return camera_topic(camera, self.input_topic)

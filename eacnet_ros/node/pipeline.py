@@ -16,6 +16,7 @@ from eacnet_core.confidence import frame_score
 from eacnet_core.inference import Segmenter
 
 from . import codec
+from .choice import EngineChoice
 
 # ---------------------------------------------------------------------------- per-frame pipeline
 
@@ -34,9 +35,11 @@ class SegmentedFrame:
 class FrameProcessor:
     """BGR frame -> mask (always), colour mask and overlay (only when subscribed)."""
 
-    def __init__(self, segmenter: Segmenter, overlay_alpha: float = 0.5):
+    def __init__(self, segmenter: Segmenter, overlay_alpha: float = 0.5, choice: Optional[EngineChoice] = None):
+        """``choice``: backend/precision auto's choices for sizes met while running (the node's)."""
         self.segmenter = segmenter
         self.overlay_alpha = overlay_alpha
+        self.choice = choice
 
     @property
     def overlay_alpha(self) -> float:
@@ -72,6 +75,8 @@ class FrameProcessor:
         resize = [self._resize_to(bgr, hw) for bgr, hw in zip(images, sizes, strict=True)]
         inputs = [_resized(bgr, hw) if r else bgr for bgr, hw, r in zip(images, sizes, resize, strict=True)]
         asked = [(False, False, want[2]) if r else want for want, r in zip(wanted, resize, strict=True)]
+        if self.choice is not None:  # a new size is measured in the background, this frame runs now
+            self.choice.before(inputs)
         results = self.segmenter.segment_frames(inputs, asked, self._alpha)
         frames = []
         for bgr, r, want, odd in zip(images, results, wanted, resize, strict=True):

@@ -55,6 +55,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32, Header
 
+from .choice import EngineChoice
 from .model import free_model_memory, label_info, load_segmenter, missing_vision_msgs_text
 from .params import (
     PARAMETERS,
@@ -72,6 +73,7 @@ from .process import SignalStop, Stopped, startup_error_text
 from .qos import BEST_EFFORT, RELIABLE, endpoint_owner, follow_publishers, incompatible_qos_text, initial_reliability
 from .scheduler import FrameScheduler, MultiCameraWorker
 from .stats import ERROR, OK, WARN, CameraStats, static_diagnostics
+from .steady import freeze_long_lived, steady_allocator
 from .worker import FrameWorker
 
 try:  # Iron and later
@@ -303,7 +305,8 @@ class SegmentationMixin:
         segmenter = load_segmenter(config, warn=self.get_logger().warning)
         self.config, self.segmenter = config, segmenter
         self.get_logger().info(f"loaded {segmenter.describe()}")
-        self.processor = FrameProcessor(segmenter, config.overlay_alpha)
+        self.processor = FrameProcessor(segmenter, config.overlay_alpha,
+                                        EngineChoice(segmenter, warn=self.get_logger().warning))
         self.output_publishers = {camera: {name: self._output_publisher(camera, name) for name in OUTPUT_TOPICS}
                                   for camera in config.camera_names}
         if config.frame_score:
@@ -321,6 +324,8 @@ class SegmentationMixin:
         for publisher in (self.diagnostics_publisher, self.label_publisher):
             if publisher is not None:
                 self.destroy_publisher(publisher)
+        if self.processor is not None and self.processor.choice is not None:
+            self.processor.choice.close()
         device = str(self.segmenter.device) if self.segmenter is not None else "cpu"
         self.output_publishers, self.diagnostics_publisher, self.label_publisher = {}, None, None
         self.segmenter = self.processor = self.config = None
@@ -479,6 +484,8 @@ class SegmentationMixin:
         eacnet_core log bridge; for destroy_node."""
         if self._worker is not None:
             self._worker.stop()
+        if self.processor is not None and self.processor.choice is not None:
+            self.processor.choice.close()  # a choice under way must not outlive the node
         core_logger = logging.getLogger("eacnet_core")
         core_logger.removeHandler(self._log_bridge)
         core_logger.setLevel(self._core_level)
@@ -558,10 +565,12 @@ def run(argv: list[str], stop: SignalStop, node_class: Optional[Callable[..., No
     context = node = executor = None
     status = 0
     try:
+        steady_allocator()  # before any frame buffer exists (steady.py)
         context = _init_context(argv)
         node = (node_class or SegmentNode)(command_line=argv, context=context)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
+        freeze_long_lived()  # what exists now lives as long as the process (steady.py)
         stop.raise_now = False
         if not stop.requested:
             _spin(node, executor, stop)
