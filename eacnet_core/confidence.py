@@ -70,13 +70,7 @@ def ids_and_confidence(logits: np.ndarray | torch.Tensor, temperature: float = 1
         planes = x.float().numpy()
     else:
         planes = logits[0]
-    best = planes[0].astype(np.float32, copy=True)
-    ids = np.zeros(best.shape, np.uint8)
-    greater = np.empty(best.shape, bool)
-    for c in range(1, planes.shape[0]):
-        np.greater(planes[c], best, out=greater)
-        np.copyto(ids, np.uint8(c), where=greater)
-        np.maximum(best, planes[c], out=best)
+    ids, best = argmax_planes(planes)
     total = np.zeros(best.shape, np.float32)
     shifted = np.empty(best.shape, np.float32)
     scale = np.float32(1.0 / temperature)
@@ -86,6 +80,20 @@ def ids_and_confidence(logits: np.ndarray | torch.Tensor, temperature: float = 1
             shifted *= scale
         total += cv2.exp(shifted)  # OpenCV's vectorised exp: ~4x numpy's on this CPU
     return ids, confidence_u8(1.0 / total)
+
+
+def argmax_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, h, w) class planes -> (uint8 ids of the first maximum, as argmax; the float32
+    maximum), walking the C contiguous planes once with a running maximum: the ids in a
+    fraction of a strided argmax's time on NCHW memory (``inference._argmax_classes``)."""
+    best = planes[0].astype(np.float32, copy=True)
+    ids = np.zeros(best.shape, np.uint8)
+    greater = np.empty(best.shape, bool)
+    for c in range(1, planes.shape[0]):
+        np.greater(planes[c], best, out=greater)
+        np.copyto(ids, np.uint8(c), where=greater)
+        np.maximum(best, planes[c], out=best)
+    return ids, best
 
 
 def confidence_tensor(probability: torch.Tensor) -> torch.Tensor:

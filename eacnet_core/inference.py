@@ -30,7 +30,7 @@ from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_err
 from .choice import ChoiceCache, choice_fields
 from .classes import CAMVID, DatasetInfo, generic
 from .compiled import CompiledForward
-from .confidence import ids_and_confidence
+from .confidence import argmax_planes, ids_and_confidence
 from .device_frame import DeviceFrames, FrameResult, ReadyFrames
 from .engines import (
     Engine,
@@ -847,14 +847,7 @@ def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
         planes = x.float().numpy()
     else:
         planes = logits[0]
-    best = planes[0].copy()
-    ids = np.zeros(best.shape, np.uint8)
-    greater = np.empty(best.shape, bool)
-    for c in range(1, planes.shape[0]):
-        np.greater(planes[c], best, out=greater)
-        np.copyto(ids, np.uint8(c), where=greater)
-        np.maximum(best, planes[c], out=best)
-    return ids
+    return argmax_planes(planes)[0]
 
 
 def _stack(batches: Sequence[np.ndarray]) -> np.ndarray:
