@@ -21,7 +21,7 @@ import yaml
 from eacnet_core.classes import CAMVID
 from eacnet_core.datasets import camvid_pairs, default_data_root
 
-#: new class -> the CamVid classes it merges (the issue's grouping).
+#: new class -> the CamVid classes it merges (road, sidewalk, vehicle, person, other).
 GROUPS = {
     "road": ["Road"],
     "sidewalk": ["Pavement"],

@@ -52,14 +52,14 @@ STAGES = ("decode", "preprocess", "forward", "postprocess", "colour", "score", "
 clock: Callable[[], float] = time.perf_counter
 #: A configuration label ending in this also makes the confidence and the frame score.
 CONFIDENCE_SUFFIX = "+conf"
-#: confidence + frame score, as a fraction of the forward pass (issue 29)
+#: confidence + frame score, as a fraction of the forward pass: the target
 CONFIDENCE_TARGET = 0.05
 DEFAULT_SIZES = ("480x360", "1280x720")
 DEFAULT_CONFIGS = ("torch:fp32", "torch:fp32:nchw", "onnxruntime:fp32")
 NON_FORWARD_TARGET = 0.15  # everything but the forward pass, as a fraction of the forward pass
 SPEEDUP_TARGET = 1.5
 AGREEMENT_TARGET = 0.99
-INT8_SPEEDUP_TARGET = 1.8  # end to end over the baseline (issue 12); int8 changes masks, judged by mIoU
+INT8_SPEEDUP_TARGET = 1.8  # end to end over the baseline; int8 changes masks, judged by mIoU
 
 
 @dataclass(frozen=True)
