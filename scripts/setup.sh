@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install eacnet_ros
-# into it, editable, with the test extra (EACNET_EXTRA picks another, e.g. test-jazzy). torch==2.13.0 goes first: it is the
-# CPU build here, and any looser spec could pull a multi-GB CUDA build instead.
+# into it, editable, with the .[test] extra: the test tools and the ROS 2 Kilted wheels
+# (EACNET_EXTRA picks another, e.g. test-jazzy). torch==2.13.0 goes first: it is the CPU
+# build here, and any looser spec could pull a multi-GB CUDA build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EACNET_VENV:-.venv}
