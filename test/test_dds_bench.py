@@ -113,3 +113,28 @@ def test_table_and_targets():
     assert db.check_targets([result])[0].startswith("PASS 480x360 raw") and "(3.0%" in db.check_targets([result])[0]
     result.latency_ms["p50"] = 106.0
     assert db.check_targets([result])[0].startswith("FAIL")
+
+
+def test_discovery_wait_names_what_is_missing():
+    """wait_matched ends at once when all is discovered, and otherwise names the missing piece."""
+    from types import SimpleNamespace
+
+    from eacnet_ros.bench.dds import DdsClient
+
+    reliable, best_effort = "RELIABLE", "BEST_EFFORT"
+    subscribers, publishers, reliability = [0], [0], [best_effort]
+    client = SimpleNamespace(
+        _reliable=reliable,
+        publisher=SimpleNamespace(topic_name="/ns/image", get_subscription_count=lambda: subscribers[0]),
+        mask_subscription=SimpleNamespace(topic_name="/ns/mask", get_publisher_count=lambda: publishers[0]),
+        node=SimpleNamespace(get_subscriptions_info_by_topic=lambda topic: [
+            SimpleNamespace(qos_profile=SimpleNamespace(reliability=reliability[0]))]))
+    client._unmatched = lambda want_reliable: DdsClient._unmatched(client, want_reliable)
+    steps = (("subscription to /ns/image was not discovered", 0, 0), ("publisher of /ns/mask was not discovered", 1, 0),
+             ("subscription to /ns/image did not turn reliable", 1, 1))
+    for expected, subscribers[0], publishers[0] in steps:
+        with pytest.raises(ChildProcessError, match=expected):
+            DdsClient.wait_matched(client, reliable=True, timeout=0.0)
+    DdsClient.wait_matched(client, reliable=False, timeout=0.0)  # best effort is enough without reliable
+    reliability[0] = reliable
+    DdsClient.wait_matched(client, reliable=True, timeout=0.0)

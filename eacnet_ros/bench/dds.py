@@ -80,6 +80,10 @@ DEFAULT_TRANSPORTS = ("raw", "compressed")
 CLOSED_LOOP = "closed loop"
 OVERHEAD_TARGET = 0.05  # end-to-end time outside the forward pass, as a fraction of the forward pass
 NODE_START_TIMEOUT_S = 300.0  # torch import, model load, backend autotune on a busy 2-core CPU
+#: Discovery of the node's input and output (and its input turning reliable) after it said it
+#: listens: seconds at most; ends as soon as it holds. Generous, because a loaded machine
+#: (the node choosing its engine, other processes) slows discovery, and waiting costs nothing.
+DISCOVERY_TIMEOUT_S = 120.0
 FIRST_FRAME_TIMEOUT_S = 180.0  # a new size may make the node export an onnxruntime graph first
 MIN_FRAME_TIMEOUT_S = 10.0
 MAX_DISTINCT_FRAMES = 30  # frames are cycled beyond this: 30 720p frames are already ~80 MB twice over
@@ -388,23 +392,28 @@ class DdsClient:
             return [codec.bgr_to_compressed(self.compressed_type, Header(frame_id="camera"), f, "jpeg") for f in frames]
         return [codec.array_to_image(self.image_type, Header(frame_id="camera"), f, "bgr8") for f in frames]
 
-    def wait_matched(self, reliable: bool, timeout: float = 30.0) -> None:
+    def wait_matched(self, reliable: bool, timeout: float = DISCOVERY_TIMEOUT_S) -> None:
         """Both directions discovered, so no frame is published into the void; with
         ``reliable``, also the node's input subscription reliable: reliability=auto starts
-        best_effort and switches within a second, and a large frame sent before that is lost."""
+        best_effort and switches within a second, and a large frame sent before that is lost.
+        Ends as soon as all that holds; the error names what was still missing."""
         deadline = time.monotonic() + timeout
-        while not self._matched(reliable):
+        while missing := self._unmatched(reliable):
             if time.monotonic() > deadline:
-                raise ChildProcessError(f"the node's {'reliable ' if reliable else ''}subscription or its mask "
-                                        f"publisher was not discovered in {timeout:.0f} s (check ROS_DOMAIN_ID / "
+                raise ChildProcessError(f"{missing} within {timeout:.0f} s (check ROS_DOMAIN_ID / "
                                         "ROS_AUTOMATIC_DISCOVERY_RANGE, and --reliability)")
             time.sleep(0.05)
 
-    def _matched(self, reliable: bool) -> bool:
-        if self.publisher.get_subscription_count() < 1 or self.mask_subscription.get_publisher_count() < 1:
-            return False
+    def _unmatched(self, reliable: bool) -> str:
+        """What discovery still lacks ('' when nothing)."""
+        if self.publisher.get_subscription_count() < 1:
+            return f"the node's subscription to {self.publisher.topic_name} was not discovered"
+        if self.mask_subscription.get_publisher_count() < 1:
+            return f"the node's publisher of {self.mask_subscription.topic_name} was not discovered"
         infos = self.node.get_subscriptions_info_by_topic(self.publisher.topic_name)
-        return not reliable or bool(infos) and all(i.qos_profile.reliability == self._reliable for i in infos)
+        if reliable and not (infos and all(i.qos_profile.reliability == self._reliable for i in infos)):
+            return f"the node's subscription to {self.publisher.topic_name} did not turn reliable"
+        return ""
 
     def publish(self, msg: Any) -> tuple[int, int]:
         """Stamp (unique, wall-clock like a camera's) and publish; returns the stamp key."""
