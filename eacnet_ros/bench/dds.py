@@ -230,7 +230,7 @@ class NodeProcess:
                 why = f"exited with {self._proc.returncode}" if self._proc.poll() is not None else "did not start"
                 raise ChildProcessError(f"segment_node {why} within {timeout:.0f} s: {self.log_tail()}")
 
-    def runtime(self, timeout: float = 10.0) -> NodeRuntime:
+    def runtime(self, timeout: float = 60.0) -> NodeRuntime:
         """The execution path from the node's log: the 'loaded' line, and with backend=auto
         the last choice it logged (at start-up, or for a size met later: call this after a
         frame went through)."""
@@ -449,8 +449,9 @@ class DdsClient:
             span = max(arrivals, default=0.0) - min(self._sent[k] for k in keys)
         return len(arrivals) / span if arrivals and span > 0 else 0.0
 
-    def diagnostics_after(self, moment: float, timeout: float = 5.0) -> Optional[dict[str, str]]:
-        """The node's first /diagnostics values received after ``moment`` (perf_counter);
+    def diagnostics_after(self, moment: float, timeout: float = 30.0) -> Optional[dict[str, str]]:
+        """The node's first /diagnostics values received after ``moment`` (perf_counter; waits at most
+        ``timeout`` s, generous for a loaded machine, ending when they arrive);
         published once a second, so they include every frame received before ``moment``."""
         with self._cond:
             self._cond.wait_for(lambda: self._diagnostics is not None and self._diagnostics[0] > moment, timeout)
