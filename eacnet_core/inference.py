@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -365,11 +365,8 @@ class Segmenter:
         ``confidence.ids_and_confidence``) of a preprocessed (1, 3, h, w) batch at the network
         size: computed inside the running engine where it can (OpenVINO: a second output of
         the graph beside its argmax), else from ``logits``."""
-        if self.backend != "torch":
-            runner = getattr(self.engine(self.backend, self.precision), "ids_confidence_runner", None)
-            if runner is not None:
-                return runner(batch.shape[2], batch.shape[3])(batch)
-        return ids_and_confidence(self.logits(batch), self.temperature)
+        in_graph = self.graph_ids_confidence(batch)
+        return in_graph if in_graph is not None else ids_and_confidence(self.logits(batch), self.temperature)
 
     def segment_confidence(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``segment``'s mask and the confidence of each of its pixels (uint8, 255 = 1.0), both
@@ -380,10 +377,19 @@ class Segmenter:
     def graph_ids(self, batch: np.ndarray) -> Optional[np.ndarray]:
         """The class ids computed inside the running engine (its ``ids_runner``); None where
         the engine has no argmax of its own (torch, onnxruntime)."""
+        return self._in_graph("ids_runner", batch)
+
+    def graph_ids_confidence(self, batch: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The class ids and the confidence computed inside the running engine (its
+        ``ids_confidence_runner``); None where the engine has no such graph (torch, onnxruntime)."""
+        return self._in_graph("ids_confidence_runner", batch)
+
+    def _in_graph(self, runner_name: str, batch: np.ndarray) -> Any:
+        """Run the engine's ``runner_name(height, width)`` on ``batch``; None where it has none."""
         if self.backend == "torch":
             return None
-        ids_runner = getattr(self.engine(self.backend, self.precision), "ids_runner", None)
-        return None if ids_runner is None else ids_runner(batch.shape[2], batch.shape[3])(batch)
+        runner = getattr(self.engine(self.backend, self.precision), runner_name, None)
+        return None if runner is None else runner(batch.shape[2], batch.shape[3])(batch)
 
     def mask_from_ids(self, ids: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         """Class ids at the network size -> the mask at ``size_hw`` (nearest neighbour, only

@@ -102,13 +102,6 @@ def running_label(config: PipelineConfig, segmenter: Segmenter) -> str:
     return f"{config.label}={segmenter.backend}:{segmenter.precision}{layout}"
 
 
-def _graph_confidence(segmenter: Segmenter) -> Optional[Any]:
-    """The running engine's runner of ids + confidence in its graph (OpenVINO), else None."""
-    if segmenter.backend == "torch":
-        return None
-    return getattr(segmenter.engine(segmenter.backend, segmenter.precision), "ids_confidence_runner", None)
-
-
 @dataclass
 class StageTimes:
     """Median milliseconds per stage for one configuration and input size."""
@@ -178,10 +171,9 @@ def run_frame(segmenter: Segmenter, msg: Any, store: Any, image_type: type,
     batch = segmenter.preprocess(bgr)
     marks.append(clock())
     size, sure = bgr.shape[:2], None
-    in_graph = _graph_confidence(segmenter) if confidence else None
+    in_graph = segmenter.graph_ids_confidence(batch) if confidence else None
     if in_graph is not None:  # OpenVINO: ids and confidence are the graph's two outputs
-        ids, sure = in_graph(batch.shape[2], batch.shape[3])(batch)
-        logits = None
+        (ids, sure), logits = in_graph, None
     else:
         ids = None if confidence else segmenter.graph_ids(batch)  # the argmax in the graph: forward includes it
         logits = segmenter.logits(batch) if ids is None else None
