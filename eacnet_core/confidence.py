@@ -224,6 +224,15 @@ class ScoreSmoother:
         self._scores: deque[float] = deque(maxlen=window)
         self.alarm = False
 
+    def reconfigured(self, window: int, warn_above: float, clear_below: float) -> ScoreSmoother:
+        """A smoother with new settings that keeps the last ``window`` scores seen here, and
+        the alarm while their mean has not fallen under the new ``clear_below``."""
+        smoother = ScoreSmoother(window, warn_above, clear_below)
+        for score in list(self._scores)[-window:]:
+            smoother.update(score)
+        smoother.alarm = self.alarm and smoother.value is not None and smoother.value >= clear_below
+        return smoother
+
     @property
     def value(self) -> Optional[float]:
         """The smoothed score; None before the first frame."""

@@ -102,12 +102,8 @@ class FrameStats:
     def configure_score(self, window: int, warn_above: float, clear_below: float) -> None:
         """Smooth frame scores over ``window`` frames; alarm above ``warn_above``, cleared
         under ``clear_below`` (checked by ScoreSmoother). Keeps the scores seen so far."""
-        smoother = ScoreSmoother(window, warn_above, clear_below)
         with self._lock:
-            for score in list(self._score._scores)[-window:]:
-                smoother.update(score)
-            smoother.alarm = self._score.alarm and smoother.value is not None and smoother.value >= clear_below
-            self._score = smoother
+            self._score = self._score.reconfigured(window, warn_above, clear_below)
 
     def on_score(self, score: float) -> float:
         """One frame's score (0 trustworthy .. 1 not); returns the smoothed score."""
