@@ -23,9 +23,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .classes import DatasetInfo
-from .models import MODELS, build_model
-from .outputs import atomic_write
+from eacnet_core.data.classes import DatasetInfo
+from eacnet_core.models import MODELS, build_model
+from eacnet_core.outputs import atomic_write
 
 FORMAT = "eacnet-checkpoint"
 VERSION = 1
@@ -97,7 +97,7 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike, expect_model: Optiona
 def _model_hint(found: str, expected: str) -> str:
     """How to ask for the checkpoint's own network: the node's backbone/attention pair when
     the two models are both node pairs, else the registry name."""
-    from .models.registry import BY_BACKBONE
+    from eacnet_core.models.registry import BY_BACKBONE
 
     pairs = {name: pair for pair, name in BY_BACKBONE.items()}
     if found in pairs and expected in pairs:

@@ -3,22 +3,14 @@
 
 from __future__ import annotations
 
-from . import (
-    bench,
-    bench_confidence,
-    campaign,
-    curves,
-    evaluate,
-    export,
-    labels,
-    packaging,
-    segment,
-    train_cli,
-    train_profile,
-)
+from eacnet_core.data import labels
+from eacnet_core.evaluate import bench, bench_confidence, evaluation, packaging
+from eacnet_core.infer import export, segment
+from eacnet_core.train import campaign, curves, profile
+from eacnet_core.train import cli as train_cli
 
 #: Modules with ``add_parser(subparsers)``, in the order ``eacnet --help`` lists them.
-CORE_COMMANDS = (bench, bench_confidence, export, segment, train_cli, train_profile, campaign, curves, evaluate,
+CORE_COMMANDS = (bench, bench_confidence, export, segment, train_cli, profile, campaign, curves, evaluation,
                  packaging, labels)
 
 

@@ -25,7 +25,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .transforms import parse_hw
+
+def parse_hw(text: str, order: str = "HxW") -> tuple[int, int]:
+    """A size as (height, width). '360x480' is H x W, as the paper writes crops; with
+    ``order="WxH"``, '1280x720' is W x H, as cameras are described. '0' or '' -> (0, 0),
+    meaning "not set"."""
+    text = (text or "").strip().lower()
+    if text in ("", "0"):
+        return (0, 0)
+    parts = text.split("x")
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        example = "360x480" if order == "HxW" else "1280x720"
+        raise ValueError(f"expected a size as {order} (e.g. {example}), got {text!r}") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return (a, b) if order == "HxW" else (b, a)
+
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: CUDA when present)"
 

@@ -22,12 +22,12 @@ from typing import Optional
 
 import torch
 
-from eacnet_core import datasets
-from eacnet_core.inference import Segmenter
+from eacnet_core.data import datasets
+from eacnet_core.infer.args import add_runtime_arguments, options_from_args
+from eacnet_core.infer.segmenter import Segmenter
 from eacnet_core.models import MODELS
 from eacnet_core.options import at_least
 from eacnet_core.outputs import write_bytes
-from eacnet_core.segmenter_args import add_runtime_arguments, options_from_args
 
 from .bags import cli as bags
 from .bags import eval as bag_eval
@@ -115,7 +115,7 @@ def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str =
              overwrite: bool = False) -> bag_eval.BagEvalResult:
     """CamVid val -> bag -> node path -> figures, output bag, JSON and report under ``out``;
     outputs of an earlier run are replaced only with ``overwrite``."""
-    from eacnet_core.inference import SegmenterOptions
+    from eacnet_core.infer.segmenter import SegmenterOptions
 
     root = find_camvid(data_root)
     check_demo_outputs(out, root, overwrite)
@@ -147,7 +147,7 @@ def run_demo(data_root: Optional[Path], out: Path, limit: int = 20, model: str =
 def trained_on_demo_split(weights: Path) -> bool:
     """Whether the checkpoint's training split includes the demo's frames (``trainval``)."""
     from eacnet_core.checkpoint import load_checkpoint
-    from eacnet_core.datasets import COMBINED_SPLITS
+    from eacnet_core.data.datasets import COMBINED_SPLITS
 
     split = load_checkpoint(weights).get("config", {}).get("train_split", "train")
     return SPLIT in COMBINED_SPLITS.get(split, (split,))

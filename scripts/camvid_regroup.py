@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import yaml
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.datasets import camvid_pairs, default_data_root
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.data.datasets import camvid_pairs, default_data_root
 
 #: new class -> the CamVid classes it merges (road, sidewalk, vehicle, person, other).
 GROUPS = {

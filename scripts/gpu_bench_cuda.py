@@ -7,7 +7,7 @@ CUDA graph capture that crashes loses that section only) and writes ``<out>/<sec
 cheapest and most important first:
 
 ``env``       torch / CUDA / Triton versions and the GPU.
-``forward``   the network alone (``eacnet_core.bench``): eager against compiled torch
+``forward``   the network alone (``eacnet_core.evaluate.bench``): eager against compiled torch
               (``graphs``: eager kernels in a CUDA graph; ``inductor+graphs``: torch.compile and
               a graph), fp32 / fp16 / bf16, both EACNets, 480x360, batch 1.
 ``pipeline``  the whole per-frame path of the node in-process through ``Segmenter.submit_frames``
@@ -74,8 +74,7 @@ def plan(dry_run: bool) -> dict[str, Any]:
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from eacnet_core import compiled
-
+    from eacnet_core.infer import compiled
     if args.dry_run:
         compiled.COMPILER = "eager"  # dynamo tracing and guards, no code generation: the logic, quickly
         torch.set_num_threads(1)
@@ -104,7 +103,7 @@ def section_env(args: argparse.Namespace) -> dict[str, Any]:
 def section_forward(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from eacnet_core.bench import BenchConfig, run_bench
+    from eacnet_core.evaluate.bench import BenchConfig, run_bench
 
     p = _setup(args)
     rows, errors = [], {}
@@ -173,9 +172,9 @@ def section_cameras(args: argparse.Namespace) -> dict[str, Any]:
 def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from eacnet_core.classes import CAMVID
-    from eacnet_core.datasets import camvid_pairs
-    from eacnet_core.metrics import ConfusionMatrix
+    from eacnet_core.data.classes import CAMVID
+    from eacnet_core.data.datasets import camvid_pairs
+    from eacnet_core.evaluate.metrics import ConfusionMatrix
 
     p = _setup(args)
     data = Path(args.data)
@@ -235,7 +234,7 @@ def _segmenter(args: argparse.Namespace, model: str, backend: str, precision: st
                net_hw: tuple[int, int], weights: str = "random", compile_mode: str = "auto"):
     import torch
 
-    from eacnet_core.inference import Segmenter, SegmenterOptions
+    from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
     torch.manual_seed(0)
     options = SegmenterOptions(device=args.device, precision=precision, backend=backend, inference_height=net_hw[0],

@@ -16,7 +16,7 @@ minutes, so the number of epochs is fixed by measurement, not guessed:
 5. each run's last.pt is slimmed to fp16 into ``--collect`` with its metrics.jsonl and
    log, and a summary line per model is printed.
 
-``continue`` carries the fixed long schedule (``eacnet_core/campaign.py``: 1,000 epochs of
+``continue`` carries the fixed long schedule (``eacnet_core/train/campaign.py``: 1,000 epochs of
 the model cards' recipe, the DAB pair then the ERF pair, both models of a pair in one
 process on the same batches) on for ``--budget-s`` seconds: the repository's
 ``campaign/`` folder is copied to ``--out``, trained on from its states, and written back
@@ -142,7 +142,7 @@ def plan_epochs(rates: dict[str, float], pairs: list[tuple[str, ...]], images: i
 
 def collect(run: Path, model: str, dest: Path) -> str:
     """fp16 weights of the run's last.pt as dest/<model>.pt; its logs go into logs.tar.gz."""
-    from eacnet_core.packaging import slim
+    from eacnet_core.evaluate.packaging import slim
 
     last = run / "last.pt"
     if not last.is_file():

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 
 from eacnet_core.checkpoint import checkpoint_dataset, load_checkpoint
-from eacnet_core.datasets import build_dataset, folder_info
-from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_core.metrics import ConfusionMatrix
-from eacnet_core.train_init import init_source, read_class_map
+from eacnet_core.data.datasets import build_dataset, folder_info
+from eacnet_core.evaluate.metrics import ConfusionMatrix
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
+from eacnet_core.train.init_from import init_source, read_class_map
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,11 @@ import pytest
 import torch
 from real_data import REAL_CAMVID
 
-import eacnet_core.inference  # noqa: F401 - see PACKAGE_LOGGERS
+import eacnet_core.infer.segmenter  # noqa: F401 - see PACKAGE_LOGGERS
 import eacnet_core.runtime  # noqa: F401
 import eacnet_ros.bags.cli  # noqa: F401 (and with it bags.io, bags.eval)
 from eacnet_core.checkpoint import make_checkpoint, save_atomic
-from eacnet_core.classes import CAMVID, DatasetInfo
+from eacnet_core.data.classes import CAMVID, DatasetInfo
 from eacnet_core.models import build_model
 
 #: The package loggers, created (with the modules above) before any test module imports
@@ -99,7 +99,7 @@ def no_camvid_anywhere(tmp_path, monkeypatch):
     """Nothing where the commands look for CamVid: no $EACNET_DATA, no ../shared beside the
     current folder (a fresh one under tmp_path) or beside the source tree. Returns tmp_path."""
     monkeypatch.delenv("EACNET_DATA", raising=False)
-    monkeypatch.setattr("eacnet_core.datasets.SOURCE_TREE", tmp_path / "site-packages")
+    monkeypatch.setattr("eacnet_core.data.datasets.SOURCE_TREE", tmp_path / "site-packages")
     work = tmp_path / "proj" / "repo"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import ros_harness as h  # noqa: F401  (skips without rclpy; sets the session's ROS isolation)
 
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_ros.bags.eval import EvalOptions, evaluate_bag
 from eacnet_ros.bags.io import Frame, MakeBagOptions, make_bag
 from eacnet_ros.bench import bag_replay

@@ -18,8 +18,8 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.metadata import parse_qos
 from torch import nn
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_ros.bags import eval as bag_eval
 from eacnet_ros.bags import io as bag_io
 from eacnet_ros.bags.eval import EvalOptions, evaluate_bag

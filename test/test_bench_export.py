@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core import bench
-from eacnet_core.export import compare_with_torch, export_onnx, ort_session
+from eacnet_core.evaluate import bench
+from eacnet_core.infer.export import compare_with_torch, export_onnx, ort_session
 from eacnet_core.models import MODELS, build_model
 from eacnet_ros.cli import main
 

@@ -8,10 +8,19 @@ import json
 import pytest
 import torch
 
-from eacnet_core.campaign import RECIPE, adopt, autocast_options, checkout, compact, expand, run_campaign, standing
 from eacnet_core.checkpoint import load_checkpoint
-from eacnet_core.train import train_together
-from eacnet_core.train_config import TrainConfig
+from eacnet_core.train.campaign import (
+    RECIPE,
+    adopt,
+    autocast_options,
+    checkout,
+    compact,
+    expand,
+    run_campaign,
+    standing,
+)
+from eacnet_core.train.config import TrainConfig
+from eacnet_core.train.loop import train_together
 from eacnet_ros.cli import main as cli_main
 
 #: The recipe at toy scale: 6 trainval images of 48x32, batch 2 (3 steps per epoch), 2 epochs.

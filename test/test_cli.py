@@ -9,8 +9,8 @@ import io
 
 import pytest
 
-from eacnet_core.bench import BenchConfig, run_bench
 from eacnet_core.checkpoint import missing_weights_error
+from eacnet_core.evaluate.bench import BenchConfig, run_bench
 from eacnet_core.models import MODELS
 from eacnet_ros.cli import build_parser, main
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from eacnet_core import compiled
-from eacnet_core.classes import CAMVID
-from eacnet_core.compiled import CompiledForward, resolve_compile_mode
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer import compiled
+from eacnet_core.infer.compiled import CompiledForward, resolve_compile_mode
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -52,7 +52,7 @@ def test_each_shape_is_prepared_once_logged_and_kept_in_an_lru(caplog):
     model = pixel_model()
     engine = CompiledForward(model, torch.device("cpu"), torch.float32, channels_last=True, capacity=2)
     x = torch.randn(1, 3, 16, 24)
-    with caplog.at_level(logging.INFO, logger="eacnet_core.compiled"):
+    with caplog.at_level(logging.INFO, logger="eacnet_core.infer.compiled"):
         assert engine.prepare(1, 16, 24) > 0
         assert engine.prepare(1, 16, 24) == 0.0  # ready: nothing to do
         with torch.inference_mode():
@@ -72,7 +72,7 @@ def test_each_shape_is_prepared_once_logged_and_kept_in_an_lru(caplog):
 def test_segmenter_torch_compiled_matches_eager_and_compiles_at_warmup(caplog):
     eager = segmenter(backend="torch", inference_height=16, inference_width=24)
     fast = segmenter(backend="torch_compiled", inference_height=16, inference_width=24)
-    with caplog.at_level(logging.INFO, logger="eacnet_core.compiled"):
+    with caplog.at_level(logging.INFO, logger="eacnet_core.infer.compiled"):
         fast.warmup()
     compiled = fast.engine("torch_compiled", fast.precision)
     assert compiled.shapes == ((1, 16, 24),)  # compiled at start-up, not on a frame
@@ -118,7 +118,7 @@ def test_compiled_frames_on_the_device_and_bad_options():
 def test_cuda_auto_choice_keeps_the_faster_path_and_survives_a_failing_compiler(caplog, monkeypatch):
     """The choice backend=auto makes on CUDA, run on CPU tensors (the timing is device-agnostic)."""
     seg = segmenter(backend="torch", frame_on_device="on")
-    with caplog.at_level(logging.INFO, logger="eacnet_core.inference"):
+    with caplog.at_level(logging.INFO, logger="eacnet_core.infer.segmenter"):
         seg._pick_fastest_cuda_path((16, 24), runs=3)
     assert set(seg.autotune_ms) == {"torch", "torch_compiled"}
     assert seg.backend == min(seg.autotune_ms, key=seg.autotune_ms.get)
@@ -130,7 +130,7 @@ def test_cuda_auto_choice_keeps_the_faster_path_and_survives_a_failing_compiler(
 
     monkeypatch.setattr(seg._compiled, "_prepare_shape", broken)
     seg._compiled.clear()
-    with caplog.at_level(logging.WARNING, logger="eacnet_core.inference"):
+    with caplog.at_level(logging.WARNING, logger="eacnet_core.infer.segmenter"):
         seg._pick_fastest_cuda_path((16, 24), runs=3)
     assert seg.backend == "torch" and set(seg.autotune_ms) == {"torch"}
     assert any("torch_compiled failed" in r.getMessage() for r in caplog.records)
@@ -180,7 +180,7 @@ def test_cuda_segmenter_auto_uses_the_device_frame_path():
 
 
 def test_bench_times_eager_and_compiled_side_by_side():
-    from eacnet_core.bench import BenchConfig, format_table, run_bench
+    from eacnet_core.evaluate.bench import BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(models=("eacnet_erf",), height=32, width=48, classes=11, backend="torch,torch_compiled",
                       warmup=1, runs=2, threads=1)

@@ -1,5 +1,5 @@
 """Per-pixel confidence on every backend, the frame score, its smoother, the corruptions and the
-benchmark's statistics (eacnet_core.confidence, corruptions, bench_confidence)."""
+benchmark's statistics (eacnet_core.infer.confidence, corruptions, bench_confidence)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core.bench_confidence import auroc, calibration, fit_temperature, histogram_auroc
-from eacnet_core.classes import generic
-from eacnet_core.confidence import (
+from eacnet_core.data.classes import generic
+from eacnet_core.data.corruptions import CORRUPTIONS, corrupt
+from eacnet_core.evaluate.bench_confidence import auroc, calibration, fit_temperature, histogram_auroc
+from eacnet_core.infer.confidence import (
     ScoreSmoother,
     cue_anomalies,
     frame_score,
     ids_and_confidence,
     image_cues,
 )
-from eacnet_core.corruptions import CORRUPTIONS, corrupt
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 
 
@@ -239,7 +239,7 @@ def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
 def test_bench_confidence_command_writes_its_json_and_plot(tmp_path, synthetic, monkeypatch):
     """The command end to end on a tiny CamVid-layout folder, an untrained checkpoint."""
     from eacnet_core.checkpoint import make_checkpoint, save_atomic
-    from eacnet_core.classes import CAMVID
+    from eacnet_core.data.classes import CAMVID
     from eacnet_ros.cli import main
 
     synthetic.camvid(tmp_path / "CamVid", {"train": 2, "val": 2}, 48, 64)

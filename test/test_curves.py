@@ -25,7 +25,7 @@ def test_curves_plots_runs_with_and_without_attention(tmp_path):
 
 
 def test_series_skips_epochs_without_the_value():
-    from eacnet_core.curves import series
+    from eacnet_core.train.curves import series
 
     records = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "val_miou": 0.5}]
     assert series(records, "val_miou") == ([2], [0.5])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from real_data import needs_real_camvid
 
-from eacnet_core.classes import CAMVID, CITYSCAPES
-from eacnet_core.datasets import (
+from eacnet_core.data.classes import CAMVID, CITYSCAPES
+from eacnet_core.data.datasets import (
     CITYSCAPES_ID_TO_TRAINID,
     DATA_ENV,
     DatasetError,
@@ -24,7 +24,7 @@ from eacnet_core.datasets import (
     folder_info,
     image_folder,
 )
-from eacnet_core.transforms import TrainTransform, normalize_bgr
+from eacnet_core.data.transforms import TrainTransform, normalize_bgr
 
 # ---------------------------------------------------------------------------- CamVid
 
@@ -343,8 +343,8 @@ def test_cache_in_memory_serves_the_same_pairs_without_reading_files(tmp_path, s
 
 def test_every_command_finds_camvid_in_a_folder_holding_it(no_camvid_anywhere, monkeypatch, synthetic):
     """$EACNET_DATA=/data with /data/CamVid: train and the int8 calibration default read it too."""
-    from eacnet_core import inference
     from eacnet_core.checkpoint import load_checkpoint
+    from eacnet_core.infer import segmenter as inference
     from eacnet_ros.cli import main
 
     camvid_root = synthetic.camvid(no_camvid_anywhere / "data" / "CamVid", {"train": 1, "val": 1}).resolve()

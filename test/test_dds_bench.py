@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pytest
 
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_ros.bench import dds as db
 
 FRAMES = 3

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core.datasets import build_dataset, dataset_info
-from eacnet_core.device_augment import DeviceTrainData
-from eacnet_core.train import train
-from eacnet_core.train_config import TrainConfig
-from eacnet_core.transforms import TrainTransform
+from eacnet_core.data.datasets import build_dataset, dataset_info
+from eacnet_core.data.transforms import TrainTransform
+from eacnet_core.train.config import TrainConfig
+from eacnet_core.train.device_data import DeviceTrainData
+from eacnet_core.train.loop import train
 
 
 def _camvid(tmp_path, synthetic, height=36, width=48, count=6):

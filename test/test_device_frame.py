@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.device_frame import DeviceFrames, FrameResult
-from eacnet_core.inference import Segmenter, SegmenterOptions, mask_at_size
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer.device_frame import DeviceFrames, FrameResult
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions, mask_at_size
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

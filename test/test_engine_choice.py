@@ -100,8 +100,8 @@ def test_chosen_copy_leaves_the_serving_segmenter_alone_until_adopted(monkeypatc
     import pytest
     import torch
 
-    from eacnet_core import inference
-    from eacnet_core.inference import Segmenter, SegmenterOptions
+    from eacnet_core.infer import segmenter as inference
+    from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
     pytest.importorskip("onnxruntime")
     timings = iter(range(1, 10_000))  # each timed run slower than the last: the first candidate wins

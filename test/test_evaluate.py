@@ -12,11 +12,11 @@ import pytest
 import torch
 from real_data import REAL_CAMVID, needs_real_camvid
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.datasets import DatasetError, camvid, image_folder
-from eacnet_core.evaluate import eval_loader, evaluate_model, plot_per_class, predict_to_label_size
-from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.data.datasets import DatasetError, camvid, image_folder
+from eacnet_core.evaluate.evaluation import eval_loader, evaluate_model, plot_per_class, predict_to_label_size
+from eacnet_core.evaluate.metrics import ConfusionMatrix
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main as cli_main
 

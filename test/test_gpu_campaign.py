@@ -79,7 +79,7 @@ def test_tiny_campaign_trains_pairs_equally_and_collects(tmp_path, synthetic, ca
 def test_continue_carries_the_campaign_folder_into_out(tmp_path, synthetic, campaign, monkeypatch):
     """`continue` on a toy recipe (the CPU, two windows): the states land in OUT/campaign and
     the second window starts where the first stopped."""
-    import eacnet_core.campaign as schedule
+    import eacnet_core.train.campaign as schedule
 
     monkeypatch.setattr(schedule, "RECIPE", {**schedule.RECIPE, "crop": (32, 48), "batch_size": 2, "epochs": 2,
                                              "warmup_iters": 0})

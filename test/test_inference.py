@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import save_tiny_checkpoint
 
-from eacnet_core import engines, export, inference
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from eacnet_core.classes import CAMVID
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer import engines, export
+from eacnet_core.infer import segmenter as inference
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main
 
@@ -326,7 +327,7 @@ def test_onnxruntime_sessions_are_a_bounded_lru_over_one_export(counted_onnx):
 
 
 def test_onnxruntime_exports_per_size_when_the_dynamic_graph_fails_its_check(counted_onnx, monkeypatch, caplog):
-    monkeypatch.setattr("eacnet_core.engines._graph_matches", lambda *args: False)
+    monkeypatch.setattr("eacnet_core.infer.engines._graph_matches", lambda *args: False)
     seg = _dabnet(backend="onnxruntime", ort_sessions=1)
     reference = _dabnet(backend="torch", channels_last=False)
     with caplog.at_level(logging.WARNING, logger="eacnet_core"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from eacnet_core.datasets import DatasetError, folder_info
-from eacnet_core.labels import check_labels, from_colours, read_classes
+from eacnet_core.data.datasets import DatasetError, folder_info
+from eacnet_core.data.labels import check_labels, from_colours, read_classes
 from eacnet_ros.cli import main as cli_main
 
 NAMES = ["road", "car", "person"]

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eacnet_core.losses import CrossEntropy, OhemCrossEntropy, build_criterion, class_weights, masked_cross_entropy
+from eacnet_core.train.losses import (
+    CrossEntropy,
+    OhemCrossEntropy,
+    build_criterion,
+    class_weights,
+    masked_cross_entropy,
+)
 
 IGNORE = 255
 

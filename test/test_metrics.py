@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.evaluate.metrics import ConfusionMatrix
 
 
 def _example() -> ConfusionMatrix:

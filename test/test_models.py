@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from eacnet_core.flops import module_macs, total_flops
+from eacnet_core.evaluate.flops import module_macs, total_flops
 from eacnet_core.models import MODELS, SelfCalibrationAttention, build_model, model_for
 
 # The paper's Tables 1 and 3 (params to three decimals) and the exact counts of the reference code, 19 classes.

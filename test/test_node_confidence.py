@@ -10,9 +10,9 @@ import pytest
 import torch
 from rosbags.typesys import Stores, get_typestore
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.corruptions import corrupt
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.data.corruptions import corrupt
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.node import codec
 from eacnet_ros.node.params import NodeConfig, ParameterError, check_command_line

@@ -19,8 +19,8 @@ from conftest import save_tiny_checkpoint
 from rosbags.typesys import Stores, get_typestore
 
 from eacnet_core.checkpoint import CheckpointError, packaged_weights
-from eacnet_core.classes import CAMVID
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.node import codec
 from eacnet_ros.node.model import (

@@ -15,7 +15,7 @@ import time
 import pytest
 import ros_harness as h  # skips this module without rclpy
 
-from eacnet_core.inference import Segmenter
+from eacnet_core.infer.segmenter import Segmenter
 
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")
 

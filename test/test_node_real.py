@@ -427,7 +427,7 @@ def test_diagnostics_error_when_frames_arrive_but_none_is_published(small, probe
 
 def test_core_library_logging_reaches_rosout(main, probe):
     marker = f"core-logging-marker-{time.monotonic_ns()}"
-    logging.getLogger("eacnet_core.inference").warning(marker)
+    logging.getLogger("eacnet_core.infer.segmenter").warning(marker)
     log = probe.rosout.wait_for(lambda m: marker in m.msg and main.namespace.strip("/") in m.name, h.OUTPUT_TIMEOUT_S)
     assert log is not None and h.level(log) >= 30
 

@@ -17,7 +17,7 @@ from real_data import REAL_CAMVID, needs_real_camvid
 from ros_harness import endpoints
 from std_msgs.msg import Float32
 
-from eacnet_core.corruptions import corrupt
+from eacnet_core.data.corruptions import corrupt
 
 pytestmark = [needs_real_camvid, pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")]
 

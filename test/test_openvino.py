@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from eacnet_core.classes import generic
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import generic
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_core.runtime import cpu_supports_bf16
 

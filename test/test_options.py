@@ -8,8 +8,8 @@ import argparse
 
 import pytest
 
-from eacnet_core.segmenter_args import options_from_args
-from eacnet_core.train_cli import config_from_args
+from eacnet_core.infer.args import options_from_args
+from eacnet_core.train.cli import config_from_args
 from eacnet_ros.cli import build_parser
 
 SEGMENTER_COMMANDS = (["segment", "--model", "dabnet", "--input", "x", "--out", "o"],

@@ -11,12 +11,11 @@ import torch
 import yaml
 
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint
-from eacnet_core.classes import CAMVID, DatasetInfo, generic
+from eacnet_core.data.classes import CAMVID, DatasetInfo, generic
 from eacnet_core.models import build_model
-from eacnet_core.train import Trainer, train
-from eacnet_core.train_config import TrainConfig
-from eacnet_core.train_init import init_from, init_source, packaged_sources, read_class_map
-from eacnet_core.train_recipe import RECIPES
+from eacnet_core.train.config import RECIPES, TrainConfig
+from eacnet_core.train.init_from import init_from, init_source, packaged_sources, read_class_map
+from eacnet_core.train.loop import Trainer, train
 from eacnet_ros.cli import main as cli_main
 
 #: The 5-class grouping of CamVid the docs use.
@@ -185,7 +184,7 @@ def test_recipe_and_class_map_validation():
 
 
 def test_head_trains_at_its_own_rate():
-    from eacnet_core.train import build_optimizer
+    from eacnet_core.train.loop import build_optimizer
 
     model = build_model("eacnet_dab", 5)
     cfg = TrainConfig(model="eacnet_dab", out="x", lr=1e-4, head_lr_mult=10.0)

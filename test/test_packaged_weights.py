@@ -9,8 +9,8 @@ import torch
 from real_data import REAL_CAMVID, needs_real_camvid
 
 from eacnet_core.checkpoint import WEIGHTS_DIR, load_checkpoint, packaged_weights
-from eacnet_core.classes import CAMVID
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models.registry import BY_BACKBONE
 from eacnet_ros.cli import main
 

@@ -144,7 +144,7 @@ def test_synthetic_frame_is_deterministic_and_structured():
 
 @pytest.fixture(scope="module", params=[True, False], ids=["nhwc", "nchw"])
 def segmenter(request):
-    from eacnet_core.inference import Segmenter, SegmenterOptions
+    from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
     torch.manual_seed(3)
     return Segmenter.from_name("eacnet_erf", options=SegmenterOptions(device="cpu", channels_last=request.param),
@@ -165,7 +165,7 @@ def test_mask_is_the_argmax_of_the_logits(segmenter):
 
 
 def test_argmax_keeps_the_first_maximum_for_every_input_kind():
-    from eacnet_core.inference import _argmax_classes
+    from eacnet_core.infer.segmenter import _argmax_classes
 
     logits = np.random.default_rng(1).standard_normal((1, 11, 7, 9)).astype(np.float32)
     logits[0, 4, :2] = logits[0, 7, :2] = 99.0  # ties: the lower id wins, as in argmax

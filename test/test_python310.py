@@ -25,7 +25,7 @@ def python_files() -> list[Path]:
 
 def test_the_project_has_python_files():
     names = {p.relative_to(REPO).as_posix() for p in python_files()}
-    assert {"setup.py", "eacnet_core/inference.py", "eacnet_ros/node/segment_node.py",
+    assert {"setup.py", "eacnet_core/infer/segmenter.py", "eacnet_ros/node/segment_node.py",
             "launch/segment.launch.py"} <= names
 
 

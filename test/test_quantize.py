@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import save_tiny_checkpoint
 
-from eacnet_core import quantize
-from eacnet_core.classes import generic
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.data.classes import generic
+from eacnet_core.infer import quantize
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_core.runtime import resolve_precision
 
@@ -119,8 +119,7 @@ def test_no_calibration_frames_is_a_clear_error(tmp_path):
 
 def test_a_cached_artefact_serves_where_no_calibration_frames_are(tmp_path, frames, monkeypatch, caplog):
     """A robot without the dataset: the int8 model built earlier for these weights is used."""
-    from eacnet_core import inference
-
+    from eacnet_core.infer import segmenter as inference
     weights = _weights(tmp_path, 0)
     built = _segmenter(weights, frames)
     monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")

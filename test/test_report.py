@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eacnet_core.classes import CAMVID
+from eacnet_core.data.classes import CAMVID
 from eacnet_ros.bags.eval import BagEvalResult, ReportSample
 from eacnet_ros.bags.report import (
     COLUMNS,

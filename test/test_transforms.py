@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.inference import Segmenter, SegmenterOptions
-from eacnet_core.models import build_model
-from eacnet_core.transforms import (
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.data.transforms import (
     EvalTransform,
     TrainTransform,
     crop_with_fill,
     normalize_bgr,
-    parse_hw,
     random_crop_box,
 )
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
+from eacnet_core.models import build_model
+from eacnet_core.options import parse_hw
 
 IGNORE = 11
 

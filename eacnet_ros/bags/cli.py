@@ -20,9 +20,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
+from eacnet_core.infer.args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 from eacnet_core.options import at_least, number_in, opacity
 from eacnet_core.outputs import OutputError, check_outputs, real_path, write_json
-from eacnet_core.segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
 
 from .eval import BagEvalResult, EvalOptions, evaluate_bag, format_result
 from .io import (

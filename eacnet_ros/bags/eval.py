@@ -3,7 +3,7 @@
 by header stamp, and gather mIoU, per-class IoU, latency and FPS into a ``BagEvalResult``
 (plain data the JSON and the HTML report are written from); optionally write the node's
 outputs into a new bag beside the input frames. Every frame also gets the node's frame score
-(``eacnet_core.confidence``: 0 trustworthy .. 1 not, unsmoothed) and every scored frame its
+(``eacnet_core.infer.confidence``: 0 trustworthy .. 1 not, unsmoothed) and every scored frame its
 own mIoU, so the report shows where the model struggles and whether the score saw it."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader, Writer
 
-from eacnet_core.inference import Segmenter
-from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.evaluate.metrics import ConfusionMatrix
+from eacnet_core.infer.segmenter import Segmenter
 from eacnet_core.progress import progress_bar
 
 from ..node import codec

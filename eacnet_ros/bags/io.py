@@ -23,7 +23,7 @@ import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from eacnet_core import datasets
+from eacnet_core.data import datasets
 from eacnet_core.progress import progress_bar
 
 from ..node import codec
@@ -183,7 +183,7 @@ def _camvid_iter(pairs: list[tuple[Path, Path]], labels_dir: Optional[Path]) -> 
 def folder_frames(images: Path, labels_dir: Optional[Path] = None) -> Iterator[Frame]:
     """Sorted images of a folder (or one video), labels matched by file stem as ``<stem>.png``.
     The first frame is read now, so a missing or empty source fails before any output."""
-    from eacnet_core.segment import iter_frames
+    from eacnet_core.infer.segment import iter_frames
 
     if labels_dir is not None and not labels_dir.is_dir():
         raise FileNotFoundError(f"labels folder {labels_dir} does not exist")

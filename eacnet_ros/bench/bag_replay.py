@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from eacnet_core.classes import CAMVID
-from eacnet_core.metrics import ConfusionMatrix
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.evaluate.metrics import ConfusionMatrix
 from eacnet_core.options import add_overwrite, at_least, number_in
 from eacnet_core.outputs import check_outputs, write_json
 

@@ -53,8 +53,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from eacnet_core.datasets import CAMVID_LOOKUP, DatasetError, default_data_root
-from eacnet_core.inference import BACKENDS, Segmenter
+from eacnet_core.data.datasets import CAMVID_LOOKUP, DatasetError, default_data_root
+from eacnet_core.infer.segmenter import BACKENDS, Segmenter
 from eacnet_core.models.registry import model_for
 from eacnet_core.options import add_overwrite, at_least, number_in
 from eacnet_core.outputs import check_outputs, write_json

@@ -11,7 +11,7 @@ rosbags and sent through a CDR round trip, for several backend/precision configu
                  only the resize after an in-graph argmax (Segmenter.mask_from_ids)
     colour       colour mask and overlay (Segmenter.colorize / overlay)
     score        configurations ending in ``+conf``: the frame score (image cues + the
-                 confidence's doubt, ``eacnet_core.confidence.frame_score``); their forward
+                 confidence's doubt, ``eacnet_core.infer.confidence.frame_score``); their forward
                  (OpenVINO: a second output of the graph) or postprocess (the softmax maximum
                  beside the argmax, the nearest resize of the confidence) include the confidence
     encode       three Image messages (codec; four with the confidence) + rosbags CDR
@@ -34,14 +34,13 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from eacnet_core.confidence import confidence_tensor, frame_score, ids_and_confidence
-from eacnet_core.inference import Segmenter, SegmenterOptions
+from eacnet_core.infer.args import add_int8_calibration
+from eacnet_core.infer.confidence import confidence_tensor, frame_score, ids_and_confidence
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import MODELS
-from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, at_least, wxh
+from eacnet_core.options import Alias, add_device, add_overwrite, add_resize, add_threads, at_least, parse_hw, wxh
 from eacnet_core.outputs import check_outputs, write_json
 from eacnet_core.runtime import sync
-from eacnet_core.segmenter_args import add_int8_calibration
-from eacnet_core.transforms import parse_hw
 
 from ..node import codec
 from ..node.pipeline import SegmentedFrame, encode_frame

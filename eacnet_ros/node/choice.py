@@ -2,7 +2,7 @@
 chosen again in the background for a new size while frames keep flowing; ROS-free.
 
 Why: on the CPU the Segmenter chooses its engine by timing its candidates
-(``eacnet_core.inference``). Done on the first camera frame, that took seconds after the
+(``eacnet_core.infer.segmenter``). Done on the first camera frame, that took seconds after the
 node had said "listening on", and frames that arrived meanwhile were dropped (frames 1-6 at
 10 Hz; 34 of the first 300 at 5 Hz with a choice not cached yet). So:
 

@@ -7,7 +7,7 @@ import gc
 from collections.abc import Callable
 from typing import Any, Optional
 
-from eacnet_core.inference import Segmenter, SegmenterOptions, return_freed_memory
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions, return_freed_memory
 from eacnet_core.runtime import device_or_reason
 
 from .params import NodeConfig

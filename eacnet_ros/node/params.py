@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from eacnet_core.inference import BACKENDS, SegmenterOptions
+from eacnet_core.infer.segmenter import BACKENDS, SegmenterOptions
 from eacnet_core.models.registry import model_for
 from eacnet_core.runtime import PRECISIONS
 

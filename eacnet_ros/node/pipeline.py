@@ -12,8 +12,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from eacnet_core.confidence import frame_score
-from eacnet_core.inference import Segmenter
+from eacnet_core.infer.confidence import frame_score
+from eacnet_core.infer.segmenter import Segmenter
 
 from . import codec
 from .choice import EngineChoice
@@ -64,7 +64,7 @@ class FrameProcessor:
         """Several frames (one per camera) through one forward pass per network size;
         ``wanted``: (colour, overlay) or (colour, overlay, confidence) for each frame;
         ``network_sizes``: as ``process``'s. A frame whose confidence is made also gets its
-        frame score (``eacnet_core.confidence.frame_score``, about a millisecond).
+        frame score (``eacnet_core.infer.confidence.frame_score``, about a millisecond).
 
         ``Segmenter.segment_frames`` makes only the wanted outputs (on the GPU, it also copies
         only those back). A frame run at another size than its own (an odd-sized frame, see

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from eacnet_core.confidence import ScoreSmoother
-from eacnet_core.inference import Segmenter
+from eacnet_core.infer.confidence import ScoreSmoother
+from eacnet_core.infer.segmenter import Segmenter
 
 from .params import NodeConfig, batch_frames
 

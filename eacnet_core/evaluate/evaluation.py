@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import (
+from eacnet_core.checkpoint import (
     CheckpointError,
     checkpoint_dataset,
     load_checkpoint,
@@ -32,8 +32,8 @@ from .checkpoint import (
     model_from_checkpoint,
     weights_for,
 )
-from .classes import DatasetInfo
-from .datasets import (
+from eacnet_core.data.classes import DatasetInfo
+from eacnet_core.data.datasets import (
     DATA_ROOT_HELP,
     DATASET_KINDS,
     DatasetError,
@@ -42,15 +42,33 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
-from .inference import BACKENDS, Segmenter, SegmenterOptions, mask_at_size
-from .metrics import ConfusionMatrix
-from .models import MODELS
-from .options import Alias, add_batch_size, add_device, add_out, add_overwrite, add_resize, add_threads, at_least, hxw
-from .outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
-from .progress import progress_bar
-from .runtime import DTYPES, PRECISIONS, collective_device, configure_torch, resolve_device, resolve_precision, sync
-from .segmenter_args import add_int8_calibration
-from .transforms import EvalTransform
+from eacnet_core.data.transforms import EvalTransform
+from eacnet_core.evaluate.metrics import ConfusionMatrix
+from eacnet_core.infer.args import add_int8_calibration
+from eacnet_core.infer.segmenter import BACKENDS, Segmenter, SegmenterOptions, mask_at_size
+from eacnet_core.models import MODELS
+from eacnet_core.options import (
+    Alias,
+    add_batch_size,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_resize,
+    add_threads,
+    at_least,
+    hxw,
+)
+from eacnet_core.outputs import check_output_folder, check_outputs, write_bytes, write_image, write_json
+from eacnet_core.progress import progress_bar
+from eacnet_core.runtime import (
+    DTYPES,
+    PRECISIONS,
+    collective_device,
+    configure_torch,
+    resolve_device,
+    resolve_precision,
+    sync,
+)
 
 #: Called per batch with (class-id predictions at label size (B, H, W) uint8/int64, dataset indices).
 PredictionHook = Callable[[np.ndarray, list[int]], None]

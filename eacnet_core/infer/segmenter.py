@@ -26,13 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import checkpoint_dataset, load_checkpoint, missing_weights_error, model_from_checkpoint, weights_for
-from .choice import ChoiceCache, choice_fields
-from .classes import CAMVID, DatasetInfo, generic
-from .compiled import CompiledForward
-from .confidence import argmax_planes, ids_and_confidence
-from .device_frame import DeviceFrames, FrameResult, ReadyFrames
-from .engines import (
+from eacnet_core.checkpoint import (
+    checkpoint_dataset,
+    load_checkpoint,
+    missing_weights_error,
+    model_from_checkpoint,
+    weights_for,
+)
+from eacnet_core.data.classes import CAMVID, DatasetInfo, generic
+from eacnet_core.data.transforms import normalisation_lut
+from eacnet_core.infer.choice import ChoiceCache, choice_fields
+from eacnet_core.infer.compiled import CompiledForward
+from eacnet_core.infer.confidence import argmax_planes, ids_and_confidence
+from eacnet_core.infer.device_frame import DeviceFrames, FrameResult, ReadyFrames
+from eacnet_core.infer.engines import (
     Engine,
     OrtSessions,
     OvModels,
@@ -41,9 +48,8 @@ from .engines import (
     _ov_available,
     return_freed_memory,  # noqa: F401  (the node imports it from here)
 )
-from .models import build_model
-from .runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision, sync
-from .transforms import normalisation_lut
+from eacnet_core.models import build_model
+from eacnet_core.runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision, sync
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,7 @@ class SegmenterOptions:
     # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present. precision auto
     # builds int8 models only from frames given here; without them it uses cached ones.
     calibration_data: str = ""
-    choice_cache: bool = True  # remember auto's choice in the user cache (eacnet_core.choice)
+    choice_cache: bool = True  # remember auto's choice in the user cache (eacnet_core.infer.choice)
     compiled_shapes: int = 4  # backend torch_compiled: (batch, height, width) shapes kept compiled; LRU beyond
     compile_mode: str = "auto"  # backend torch_compiled: compiled.COMPILE_MODES (auto: inductor, + CUDA graphs on CUDA)
     # the frame's pre/post-processing as tensor ops on the model's device (device_frame.py):
@@ -111,7 +117,7 @@ class Segmenter:
     run at: in ``warmup()`` when that size is known (an inference size, or the size passed),
     else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced precision is
     eligible only if its masks equal fp32's on >= 99% of the pixels of calibration frames
-    and/or the first camera frame. The choice is remembered (``eacnet_core.choice``).
+    and/or the first camera frame. The choice is remembered (``eacnet_core.infer.choice``).
 
     The confidence (``segment_confidence``, ``segment_frames`` with a third ``wanted`` flag)
     plays no part in that choice: candidates are timed and checked on their logits (and
@@ -201,7 +207,7 @@ class Segmenter:
         """fp32 dynamic-size graph -> the int8 model of ``backend`` for these weights (cached;
         see quantize.py). precision auto builds only from frames given (``calibration_data``):
         building takes a while, so it is never started by default; cached models serve."""
-        from .quantize import CalibrationSpec, int8_graph, openvino_int8_model
+        from eacnet_core.infer.quantize import CalibrationSpec, int8_graph, openvino_int8_model
 
         root = self.options.calibration_data or ("" if self._auto_precision else _default_calibration_root())
         height, width = self._network_size(None, None) or _WARMUP_HW
@@ -214,7 +220,7 @@ class Segmenter:
     def weights_digest(self) -> str:
         """sha256 of the weights file (or of the in-memory weights); keys the caches."""
         if self._weights_digest is None:
-            from .quantize import file_digest, state_digest
+            from eacnet_core.infer.quantize import file_digest, state_digest
 
             self._weights_digest = (file_digest(self.weights) if self.weights
                                     else state_digest(self._model.state_dict()))
@@ -654,7 +660,7 @@ class Segmenter:
     def _int8_at_hand(self) -> bool:
         """precision auto times int8 only where its model needs no long build now: calibration
         frames were given (the build is then the user's request), or a model is cached."""
-        from .quantize import Int8Cache
+        from eacnet_core.infer.quantize import Int8Cache
 
         if self.options.calibration_data:
             return True
@@ -664,7 +670,7 @@ class Segmenter:
     def _calibration_probes(self, size_hw: tuple[int, int]) -> list[np.ndarray]:
         """A few calibration frames (never val or test) at the network size, preprocessed: what
         reduced precisions are compared with fp32 on. [] when no frames are at hand."""
-        from .quantize import calibration_images
+        from eacnet_core.infer.quantize import calibration_images
 
         root = self.options.calibration_data or _default_calibration_root()
         if not root or not self._auto_precision:
@@ -902,7 +908,7 @@ def _resolve_backend(backend: str, precision: str) -> str:
 
 def _default_calibration_root() -> str:
     """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''."""
-    from .datasets import find_camvid
+    from eacnet_core.data.datasets import find_camvid
 
     root = find_camvid()
     return str(root) if root is not None and (root / "train").is_dir() else ""

@@ -143,7 +143,7 @@ class OrtSessions:
         return _export_bytes(_cpu_copy(self._model), height, width)
 
     def _create(self, height: int, width: int):
-        from .export import ort_session  # onnx is an optional extra
+        from eacnet_core.infer.export import ort_session  # onnx is an optional extra
 
         self.prepare()
         if self._graph is not None:
@@ -364,7 +364,7 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
 
 def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool = False) -> bytes:
     """The model's ONNX graph as bytes; the temporary file is removed at once."""
-    from .export import export_onnx
+    from eacnet_core.infer.export import export_onnx
 
     folder = Path(tempfile.mkdtemp(prefix="eacnet-onnx-"))
     try:
@@ -376,7 +376,7 @@ def _export_bytes(model: nn.Module, height: int, width: int, dynamic_size: bool 
 def _graph_matches(graph: bytes, model: nn.Module, threads: int) -> bool:
     """Does the dynamic-size graph compute ``model`` at sizes it was not traced at? Checked on
     the CPU provider at tiny sizes (milliseconds); the graph, not the provider, is in question."""
-    from .export import ort_session
+    from eacnet_core.infer.export import ort_session
 
     for height, width in _CHECK_HW:
         x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))

@@ -20,10 +20,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classes import DatasetInfo
-from .datasets import FOLDER_YAML_NAMES, IMAGE_EXTS, LABEL_EXTS, DatasetError, classes_from_yaml, folder_info
-from .options import add_overwrite
-from .outputs import check_output_folder, check_outputs, write_image
+from eacnet_core.data.classes import DatasetInfo
+from eacnet_core.data.datasets import (
+    FOLDER_YAML_NAMES,
+    IMAGE_EXTS,
+    LABEL_EXTS,
+    DatasetError,
+    classes_from_yaml,
+    folder_info,
+)
+from eacnet_core.options import add_overwrite
+from eacnet_core.outputs import check_output_folder, check_outputs, write_image
 
 #: Bad files named in full before the rest are counted.
 SHOWN = 20

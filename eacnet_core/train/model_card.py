@@ -17,10 +17,10 @@ from typing import Optional
 
 import torch
 
-from .classes import DatasetInfo
-from .models.registry import BY_BACKBONE
-from .outputs import write_text
-from .train_config import TrainConfig
+from eacnet_core.data.classes import DatasetInfo
+from eacnet_core.models.registry import BY_BACKBONE
+from eacnet_core.outputs import write_text
+from eacnet_core.train.config import TrainConfig
 
 CARD = "model_card.md"
 #: Config fields the card's recipe section lists (the rest are in the checkpoints' config).

@@ -38,9 +38,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
-from .classes import DatasetInfo
-from .datasets import (
+from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from eacnet_core.data.classes import DatasetInfo
+from eacnet_core.data.datasets import (
     DatasetError,
     SegmentationDataset,
     build_dataset,
@@ -49,16 +49,15 @@ from .datasets import (
     default_data_root,
     prepare_worker_fork,
 )
-from .device_augment import DeviceTrainData
-from .evaluate import EvalResult, eval_loader, evaluate_model
-from .losses import build_criterion, class_weights
-from .model_card import write_model_card
-from .models import build_model
-from .models.attention import SelfCalibrationAttention
-from .progress import progress_bar
-from .runtime import configure_torch, resolve_precision
-from .train_config import RESUME_OVERRIDABLE, TrainConfig
-from .train_distributed import (
+from eacnet_core.data.transforms import EvalTransform, TrainTransform
+from eacnet_core.evaluate.evaluation import EvalResult, eval_loader, evaluate_model
+from eacnet_core.models import build_model
+from eacnet_core.models.attention import SelfCalibrationAttention
+from eacnet_core.progress import progress_bar
+from eacnet_core.runtime import configure_torch, resolve_precision
+from eacnet_core.train.config import RESUME_OVERRIDABLE, TrainConfig, sized_config
+from eacnet_core.train.device_data import DeviceTrainData
+from eacnet_core.train.distributed import (
     DistInfo,
     ShardSampler,
     all_reduce_values,
@@ -68,10 +67,10 @@ from .train_distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from .train_init import freeze_unused, init_from, summarise_keys
-from .train_recipe import sized_config
-from .train_step import LossMeter, WeightEma, adam_implementation, compile_mode_for, compiled_loss
-from .transforms import EvalTransform, TrainTransform
+from eacnet_core.train.init_from import freeze_unused, init_from, summarise_keys
+from eacnet_core.train.losses import build_criterion, class_weights
+from eacnet_core.train.model_card import write_model_card
+from eacnet_core.train.step import LossMeter, WeightEma, adam_implementation, compile_mode_for, compiled_loss
 
 __all__ = ["PolyWarmup", "ShardSampler", "Trainer", "TrainResult", "build_optimizer", "freeze_unused", "init_from",
            "train", "train_together"]

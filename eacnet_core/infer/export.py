@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, weights_for
-from .models import MODELS, build_model
-from .options import (
+from eacnet_core.checkpoint import load_checkpoint, model_from_checkpoint, weights_for
+from eacnet_core.models import MODELS, build_model
+from eacnet_core.options import (
     add_height_width_aliases,
     add_out,
     add_overwrite,
@@ -24,8 +24,8 @@ from .options import (
     size_from_height_width,
     wxh,
 )
-from .outputs import check_outputs, write_bytes
-from .runtime import configure_torch
+from eacnet_core.outputs import check_outputs, write_bytes
+from eacnet_core.runtime import configure_torch
 
 #: Names of the image's (and logits') height and width axes in a ``dynamic_size`` export.
 SIZE_AXES = ("height", "width")

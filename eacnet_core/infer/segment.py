@@ -1,7 +1,7 @@
 """``eacnet segment``: run a model over an image, a folder of images or a video and write,
 per frame, the class-id PNG, the colour PNG and the overlay PNG; with ``--confidence`` also
 the confidence PNG (uint8, 255 = softmax maximum 1.0), and with ``--json`` each frame's
-unsmoothed frame score (0 = trustworthy .. 1 = not; ``eacnet_core.confidence``)."""
+unsmoothed frame score (0 = trustworthy .. 1 = not; ``eacnet_core.infer.confidence``)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .confidence import frame_score
-from .inference import Segmenter
-from .options import Alias, add_out, add_overwrite, opacity
-from .outputs import OutputError, check_output_folder, check_outputs, write_image, write_json
-from .progress import progress_bar
-from .segmenter_args import add_model_arguments, add_runtime_arguments, segmenter_from_args
+from eacnet_core.infer.args import add_model_arguments, add_runtime_arguments, segmenter_from_args
+from eacnet_core.infer.confidence import frame_score
+from eacnet_core.infer.segmenter import Segmenter
+from eacnet_core.options import Alias, add_out, add_overwrite, opacity
+from eacnet_core.outputs import OutputError, check_output_folder, check_outputs, write_image, write_json
+from eacnet_core.progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}

@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 import torch
 
-from .confidence import CAMVID_REFERENCE, doubt, frame_score, ids_and_confidence, image_cues
-from .corruptions import CORRUPTIONS, corrupt
-from .options import add_overwrite, at_least
-from .outputs import check_outputs, write_json
-from .progress import progress_bar
-from .segmenter_args import add_runtime_arguments, options_from_args
+from eacnet_core.data.corruptions import CORRUPTIONS, corrupt
+from eacnet_core.infer.args import add_runtime_arguments, options_from_args
+from eacnet_core.infer.confidence import CAMVID_REFERENCE, doubt, frame_score, ids_and_confidence, image_cues
+from eacnet_core.options import add_overwrite, at_least
+from eacnet_core.outputs import check_outputs, write_json
+from eacnet_core.progress import progress_bar
 
 ECE_BINS = 15
 #: pixels per frame kept (at random, fixed seed) for fitting the temperature
@@ -99,7 +99,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _frames(root: Path, split: str, count: int) -> list[tuple[Path, Path]]:
-    from .datasets import camvid_pairs
+    from eacnet_core.data.datasets import camvid_pairs
 
     pairs = camvid_pairs(root, split)
     if count and count < len(pairs):  # spread over the split's sequences, not its first minute
@@ -259,10 +259,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, save_atomic
-    from .classes import CAMVID
-    from .datasets import find_camvid
-    from .inference import Segmenter
+    from eacnet_core.checkpoint import load_checkpoint, save_atomic
+    from eacnet_core.data.classes import CAMVID
+    from eacnet_core.data.datasets import find_camvid
+    from eacnet_core.infer.segmenter import Segmenter
 
     root = find_camvid(args.data or None)
     if root is None:

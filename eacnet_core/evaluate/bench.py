@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .flops import module_macs, total_flops
-from .models import MODELS, build_model
-from .options import (
+from eacnet_core.evaluate.flops import module_macs, total_flops
+from eacnet_core.models import MODELS, build_model
+from eacnet_core.options import (
     Alias,
     add_batch_size,
     add_device,
@@ -31,9 +31,9 @@ from .options import (
     size_from_height_width,
     wxh,
 )
-from .outputs import check_outputs, write_json
-from .progress import progress_bar
-from .runtime import DTYPES, configure_torch, resolve_device, resolve_precision, sync
+from eacnet_core.outputs import check_outputs, write_json
+from eacnet_core.progress import progress_bar
+from eacnet_core.runtime import DTYPES, configure_torch, resolve_device, resolve_precision, sync
 
 #: The clock every timed run reads (seconds); a module attribute so a test can put in a
 #: clock it drives and check the figures exactly.
@@ -85,7 +85,7 @@ def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     forward = model
     if compiled:  # compiled.py: torch.compile (+ a CUDA graph on CUDA), prepared here, untimed and logged
-        from .compiled import CompiledForward
+        from eacnet_core.infer.compiled import CompiledForward
 
         forward = CompiledForward(model, device, DTYPES[precision], cfg.channels_last, mode=cfg.compile_mode)
         forward.prepare(cfg.batch, cfg.height, cfg.width)
@@ -99,7 +99,7 @@ def _torch_runner(model: torch.nn.Module, cfg: BenchConfig, device: torch.device
 
 
 def _ort_runner(model: torch.nn.Module, name: str, cfg: BenchConfig, device: torch.device, folder: Path) -> Callable:
-    from .export import export_onnx, ort_session
+    from eacnet_core.infer.export import export_onnx, ort_session
 
     path = export_onnx(model, folder / f"{name}.onnx", cfg.height, cfg.width, dynamic_batch=cfg.batch > 1)
     session = ort_session(path, device, cfg.threads)

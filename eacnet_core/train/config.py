@@ -4,14 +4,28 @@ Every choice a run makes lives in ``TrainConfig``; ``resolved()`` replaces the "
 dataset's / optimiser's default" markers (0, empty) with concrete values, and the
 resolved config is what the checkpoint stores (``to_dict``), so a checkpoint says
 exactly how it was trained and ``--resume`` continues with the same settings.
+
+Named training recipes (``eacnet train --recipe NAME``): a set of defaults for the
+options a user does not give, some of them sized to the data once it is read.
+
+``finetune`` is for a trained model moved to a team's own images and classes
+(``--init-from eacnet_dab --recipe finetune``): a short schedule sized by the number of
+training images, a lower learning rate for the loaded layers than for the tensors that
+start fresh (the class-sized head), and a warm-up so the fresh head's first large
+gradients do not wreck the loaded features. Every value it picks is written into the
+run's config (``metrics.jsonl``'s run, the checkpoints, the model card), so a run says
+exactly how it was trained; an option given on the command line always wins.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
-from .losses import LOSSES, WEIGHTINGS
-from .transforms import PAPER_SCALES
+from eacnet_core.data.transforms import PAPER_SCALES
+from eacnet_core.train.losses import LOSSES, WEIGHTINGS
 
 OPTIMIZERS = ("adam", "sgd")
 AMP_DTYPES = ("auto", "fp16", "bf16")
@@ -35,7 +49,7 @@ class TrainConfig:
     out: str = ""
     init_from: str = ""  # checkpoint or packaged model name whose weights initialise the model
     class_map: str = ""  # YAML new class -> old classes: class-sized rows start from the old ones (--init-from)
-    recipe: str = ""  # a named set of defaults (train_recipe.RECIPES), sized to the data by the Trainer
+    recipe: str = ""  # a named set of defaults (RECIPES below), sized to the data by the Trainer
     head_lr_mult: float = 1.0  # lr of the tensors --init-from did not load as trained, as a multiple of lr
     train_split: str = "train"  # "trainval" (CamVid) = train + val, the paper's test-set protocol
     val_split: str = "val"
@@ -88,9 +102,8 @@ class TrainConfig:
         return replace(self, crop=tuple(crop), lr=lr, ohem_min_kept=min_kept)
 
     def validate(self) -> None:
-        from .datasets import DATASET_KINDS
-        from .models import MODELS
-        from .train_recipe import RECIPES
+        from eacnet_core.data.datasets import DATASET_KINDS
+        from eacnet_core.models import MODELS
 
         checks = [
             (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}"),
@@ -130,3 +143,58 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         return cls(**values)
+
+
+#: ``epochs`` / ``warmup_iters`` values that mean "the recipe sizes it from the data".
+SIZED_EPOCHS, SIZED_WARMUP = 0, -1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Fixed defaults, plus the rule sizing the schedule: enough epochs that the run sees
+    about ``images_seen`` training images (within ``epochs_range``), and a warm-up over
+    ``warmup_fraction`` of its iterations."""
+
+    name: str
+    summary: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    images_seen: int = 0
+    epochs_range: tuple[int, int] = (1, 1)
+    warmup_fraction: float = 0.0
+
+    def overlay(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The config values: the recipe's defaults (sized ones marked) under ``given``."""
+        values = {**self.defaults, "epochs": SIZED_EPOCHS, "warmup_iters": SIZED_WARMUP}
+        values.update(given)
+        values["recipe"] = self.name
+        return values
+
+    def epochs_for(self, num_images: int) -> int:
+        low, high = self.epochs_range
+        return max(low, min(high, math.ceil(self.images_seen / max(1, num_images))))
+
+    def sized(self, cfg: TrainConfig, num_images: int, iters_per_epoch: int) -> TrainConfig:
+        """``cfg`` with its marked epochs and warm-up replaced by values for this data."""
+        epochs = self.epochs_for(num_images) if cfg.epochs == SIZED_EPOCHS else cfg.epochs
+        warmup = (math.ceil(self.warmup_fraction * epochs * iters_per_epoch) if cfg.warmup_iters == SIZED_WARMUP
+                  else cfg.warmup_iters)
+        return replace(cfg, epochs=epochs, warmup_iters=warmup)
+
+    def describe(self) -> str:
+        fixed = ", ".join(f"{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"{k.replace('_', '-')} {v}"
+                          for k, v in self.defaults.items())
+        low, high = self.epochs_range
+        return (f"{self.name}: {self.summary}; {fixed}; epochs = ceil({self.images_seen} / training images) in "
+                f"[{low}, {high}]; warm-up over {100 * self.warmup_fraction:g}% of the iterations")
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("finetune", "a trained model moved to new images and classes (use with --init-from)",
+           defaults={"optimizer": "adam", "lr": 2e-4, "head_lr_mult": 10.0, "warmup_ratio": 0.1},
+           images_seen=1200, epochs_range=(4, 60), warmup_fraction=0.05),
+)}
+
+
+def sized_config(cfg: TrainConfig, num_images: int, iters_per_epoch: int) -> TrainConfig:
+    """The config with the recipe's data-sized values filled in (unchanged without a recipe)."""
+    return RECIPES[cfg.recipe].sized(cfg, num_images, iters_per_epoch) if cfg.recipe else cfg

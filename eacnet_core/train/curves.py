@@ -13,8 +13,8 @@ import io
 import json
 from pathlib import Path
 
-from .options import add_out, add_overwrite
-from .outputs import check_outputs, write_bytes
+from eacnet_core.options import add_out, add_overwrite
+from eacnet_core.outputs import check_outputs, write_bytes
 
 LOG = "metrics.jsonl"
 

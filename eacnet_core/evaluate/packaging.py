@@ -12,13 +12,13 @@ import argparse
 import os
 from pathlib import Path
 
-from .checkpoint import load_checkpoint, save_atomic
-from .classes import CAMVID
-from .datasets import camvid
-from .inference import Segmenter, SegmenterOptions
-from .metrics import ConfusionMatrix
-from .options import add_out, add_overwrite, at_least, warn_deprecated
-from .outputs import check_outputs
+from eacnet_core.checkpoint import load_checkpoint, save_atomic
+from eacnet_core.data.classes import CAMVID
+from eacnet_core.data.datasets import camvid
+from eacnet_core.evaluate.metrics import ConfusionMatrix
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
+from eacnet_core.options import add_out, add_overwrite, at_least, warn_deprecated
+from eacnet_core.outputs import check_outputs
 
 #: Fields a deployed checkpoint keeps; optimiser, scheduler and RNG state only matter to --resume.
 DEPLOY_FIELDS = ("format", "version", "model", "num_classes", "dataset", "state_dict", "model_kwargs", "config",

@@ -23,7 +23,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, WEIGHTS_DIR, CheckpointError, checked_checkpoint, packaged_weights, read_torch_file
+from eacnet_core.checkpoint import (
+    FORMAT,
+    WEIGHTS_DIR,
+    CheckpointError,
+    checked_checkpoint,
+    packaged_weights,
+    read_torch_file,
+)
 
 
 @dataclass

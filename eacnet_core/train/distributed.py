@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .runtime import collective_device, resolve_device
+from eacnet_core.runtime import collective_device, resolve_device
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .outputs import write_bytes
-from .transforms import normalize_bgr
+from eacnet_core.data.transforms import normalize_bgr
+from eacnet_core.outputs import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def user_cache_dir() -> Path:
 def _package_owned(path: Path) -> bool:
     """Weights shipped with the package (its own folder, or any installed package)."""
     resolved = path.resolve()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     return package in resolved.parents or any(p in ("site-packages", "dist-packages") for p in resolved.parts)
 
 

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .evaluate import autocast
-from .losses import build_criterion
-from .models import MODELS, build_model
-from .options import add_option, add_threads, at_least, wxh
-from .runtime import configure_torch, resolve_device, sync
-from .train import build_optimizer
-from .train_config import COMPILE_MODES, TrainConfig
-from .train_step import compile_mode_for, compiled_loss
+from eacnet_core.evaluate.evaluation import autocast
+from eacnet_core.models import MODELS, build_model
+from eacnet_core.options import add_option, add_threads, at_least, wxh
+from eacnet_core.runtime import configure_torch, resolve_device, sync
+from eacnet_core.train.config import COMPILE_MODES, TrainConfig
+from eacnet_core.train.loop import build_optimizer
+from eacnet_core.train.losses import build_criterion
+from eacnet_core.train.step import compile_mode_for, compiled_loss
 
 STAGES = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -67,9 +67,9 @@ class _Batches:
         self.batch, self.crop, self.device, self.classes, self.step = batch, crop, device, classes, 0
         self.data = None
         if data_root:
-            from .datasets import build_dataset, dataset_info
-            from .device_augment import DeviceTrainData
-            from .transforms import TrainTransform
+            from eacnet_core.data.datasets import build_dataset, dataset_info
+            from eacnet_core.data.transforms import TrainTransform
+            from eacnet_core.train.device_data import DeviceTrainData
 
             info = dataset_info("camvid", data_root)
             tf = TrainTransform(crop, info.mean, info.std, info.ignore_index)

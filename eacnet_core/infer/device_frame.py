@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .confidence import confidence_tensor
-from .transforms import normalisation_lut
+from eacnet_core.data.transforms import normalisation_lut
+from eacnet_core.infer.confidence import confidence_tensor
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -9,15 +9,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .datasets import DATA_ROOT_HELP, DATASET_KINDS
-from .losses import LOSSES, WEIGHTINGS
-from .models import MODELS
-from .options import Alias, add_device, add_option, add_threads, hxw, wxh
-from .train import BEST, NonFiniteLoss, train, train_together
-from .train import __doc__ as TRAIN_DOC
-from .train_config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, TrainConfig
-from .train_init import packaged_sources
-from .train_recipe import RECIPES
+from eacnet_core.data.datasets import DATA_ROOT_HELP, DATASET_KINDS
+from eacnet_core.models import MODELS
+from eacnet_core.options import Alias, add_device, add_option, add_threads, hxw, wxh
+from eacnet_core.train.config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, RECIPES, TrainConfig
+from eacnet_core.train.init_from import packaged_sources
+from eacnet_core.train.loop import BEST, NonFiniteLoss, train, train_together
+from eacnet_core.train.loop import __doc__ as TRAIN_DOC
+from eacnet_core.train.losses import LOSSES, WEIGHTINGS
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -24,7 +24,7 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-from .outputs import write_bytes
+from eacnet_core.outputs import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ChoiceCache:
 
     @classmethod
     def default(cls) -> ChoiceCache:
-        from .quantize import user_cache_dir
+        from eacnet_core.infer.quantize import user_cache_dir
 
         return cls(user_cache_dir() / "choices")
 

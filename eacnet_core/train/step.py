@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .evaluate import autocast
-from .train_config import COMPILE_MODES
+from eacnet_core.evaluate.evaluation import autocast
+from eacnet_core.train.config import COMPILE_MODES
 
 #: Modes whose graphs are replayed as CUDA graphs (each step must be marked, outputs are reused).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")

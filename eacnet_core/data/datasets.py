@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .classes import CAMVID, CITYSCAPES, DatasetInfo, generic
-from .transforms import EvalTransform
+from eacnet_core.data.classes import CAMVID, CITYSCAPES, DatasetInfo, generic
+from eacnet_core.data.transforms import EvalTransform
 
 DATASET_KINDS = ("camvid", "cityscapes", "folder")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
@@ -394,7 +394,7 @@ DATA_ENV = "EACNET_DATA"
 #: Where a checkout beside a shared data folder finds CamVid (from the current folder, then the source tree).
 SHARED_CAMVID = Path("..") / "shared" / "data" / "CamVid"
 #: The checkout this package runs from (in a source or editable install).
-SOURCE_TREE = Path(__file__).resolve().parents[1]
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 CAMVID_SPLITS = ("train", "val", "test")
 #: The order above in words, for --help.
 CAMVID_LOOKUP = f"${DATA_ENV} (or its CamVid/), else ../shared/data/CamVid"

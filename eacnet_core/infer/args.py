@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from .datasets import CAMVID_LOOKUP
-from .inference import BACKENDS, Segmenter, SegmenterOptions
-from .models import MODELS
-from .options import INFERENCE_SIZE_HXW, add_device, add_resize, add_threads
-from .runtime import PRECISIONS
+from eacnet_core.data.datasets import CAMVID_LOOKUP
+from eacnet_core.infer.segmenter import BACKENDS, Segmenter, SegmenterOptions
+from eacnet_core.models import MODELS
+from eacnet_core.options import INFERENCE_SIZE_HXW, add_device, add_resize, add_threads
+from eacnet_core.runtime import PRECISIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

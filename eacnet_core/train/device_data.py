@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import SegmentationDataset
-from .transforms import TrainTransform, random_crop_box
+from eacnet_core.data.datasets import SegmentationDataset
+from eacnet_core.data.transforms import TrainTransform, random_crop_box
 
 
 class DeviceTrainData:
