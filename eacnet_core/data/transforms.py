@@ -1,7 +1,7 @@
 """Image/label transforms for training and evaluation.
 
 Normalisation is the one step that MUST be identical to the inference path
-(``inference.Segmenter.preprocess``): BGR uint8 from cv2 -> RGB float32 -> subtract
+(``Segmenter.preprocess``): BGR uint8 from cv2 -> RGB float32 -> subtract
 the RGB mean, multiply by the reciprocal std (0..255 units) -> CHW. A model trained on
 anything else would see shifted inputs on the robot. ``normalize_bgr`` performs exactly
 those float operations in that order, so the two paths agree bit for bit.

@@ -1,9 +1,9 @@
 """Making the packaged weights: ``eacnet slim`` (a training checkpoint -> a deployable fp16
 one) and ``record_check`` (score it on CamVid through the Segmenter and store the result).
 
-Its own module because it sits above both ``checkpoint`` (which it writes) and
-``inference`` (which it runs): kept in ``checkpoint`` it made the import cycle
-checkpoint -> inference -> export -> checkpoint.
+Its own module because it sits above both ``checkpoint`` (which it writes) and the
+Segmenter (which it runs): kept in ``checkpoint`` it made the import cycle
+checkpoint -> infer.segmenter -> infer.export -> checkpoint.
 """
 
 from __future__ import annotations
