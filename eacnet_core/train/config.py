@@ -30,7 +30,7 @@ from eacnet_core.train.losses import LOSSES, WEIGHTINGS
 OPTIMIZERS = ("adam", "sgd")
 AMP_DTYPES = ("auto", "fp16", "bf16")
 #: ``--compile`` modes of the training step: "" = eager; "auto" = reduce-overhead (CUDA graphs) on CUDA,
-#: torch.compile's default elsewhere (train_step.compile_mode_for).
+#: torch.compile's default elsewhere (train.step.compile_mode_for).
 COMPILE_MODES = ("", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: H x W crops of the paper / reference code.
 DEFAULT_CROPS = {"camvid": (360, 480), "cityscapes": (512, 1024), "folder": (512, 512)}
@@ -87,7 +87,7 @@ class TrainConfig:
     sync_bn: bool = False
     pool: int = 0  # EAC key/value pooling for eacnet_erf / eacnet_dab; 0 = model default
     channels_last: bool = False
-    compile: str = ""  # torch.compile mode of the training step ("" = eager; see train_step.COMPILE_MODES)
+    compile: str = ""  # torch.compile mode of the training step ("" = eager; see train.step.COMPILE_MODES)
     ema: float = 0.0  # decay of the weights' exponential moving average (evaluated and shipped); 0 = off
     attention_gamma_init: float = 0.0  # the attention's residual scale at the start (the paper: 0)
     tensorboard: bool = True
