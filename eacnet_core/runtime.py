@@ -1,4 +1,5 @@
-"""Device and precision choice, shared by inference, benchmarks and training.
+"""Device and precision choice (and autocast to a chosen dtype), shared by inference,
+evaluation, benchmarks and training.
 
 Rules: ``auto`` means CUDA when present else CPU; an explicitly requested but unavailable
 CUDA device falls back to CPU with one warning (a robot must still start); fp16 only on
@@ -7,6 +8,7 @@ CUDA; bf16 only where the hardware runs it natively.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Optional
@@ -81,6 +83,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         raise ValueError("precision bf16 requested but this CPU has no native bf16 support; use fp32")
     return precision
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """torch.autocast for fp16/bf16, a no-op context for fp32 (None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def configure_torch(device: torch.device, threads: int = 0) -> None:

@@ -20,7 +20,7 @@ from eacnet_core.train.campaign import (
     standing,
 )
 from eacnet_core.train.config import TrainConfig
-from eacnet_core.train.loop import train_together
+from eacnet_core.train.together import train_together
 from eacnet_ros.cli import main as cli_main
 
 #: The recipe at toy scale: 6 trainval images of 48x32, batch 2 (3 steps per epoch), 2 epochs.

@@ -184,7 +184,7 @@ def test_recipe_and_class_map_validation():
 
 
 def test_head_trains_at_its_own_rate():
-    from eacnet_core.train.loop import build_optimizer
+    from eacnet_core.train.parts import build_optimizer
 
     model = build_model("eacnet_dab", 5)
     cfg = TrainConfig(model="eacnet_dab", out="x", lr=1e-4, head_lr_mult=10.0)

@@ -21,7 +21,10 @@ from eacnet_core.data.classes import generic
 from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_core.train.config import TrainConfig
-from eacnet_core.train.loop import PolyWarmup, ShardSampler, Trainer, freeze_unused, init_from, train
+from eacnet_core.train.distributed import ShardSampler
+from eacnet_core.train.init_from import freeze_unused, init_from
+from eacnet_core.train.loop import Trainer, train
+from eacnet_core.train.parts import PolyWarmup
 from eacnet_ros.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +186,7 @@ class _NanAfter(torch.nn.Module):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
     root = synthetic.folder(tmp_path / "data", count=4)
-    monkeypatch.setattr("eacnet_core.train.loop.build_criterion", lambda *a, **k: _NanAfter(3))
+    monkeypatch.setattr("eacnet_core.train.parts.build_criterion", lambda *a, **k: _NanAfter(3))
     rc = cli_main(["train", "--model", "dabnet", "--dataset", "folder", "--data-root", str(root), "--out",
                    str(tmp_path / "run"), "--epochs", "3", "--batch-size", "2", "--crop-size", "48x32",
                    "--workers", "0", "--val-every", "0", "--no-progress", "--no-tensorboard"])
@@ -412,7 +415,7 @@ def test_real_camvid_smoke_with_limit(tmp_path, capsys):
 
 def test_attention_parameter_group_has_its_own_lr_and_weight_decay():
     from eacnet_core.models import build_model
-    from eacnet_core.train.loop import build_optimizer
+    from eacnet_core.train.parts import build_optimizer
 
     model = build_model("eacnet_dab", 3)
     cfg = TrainConfig(model="eacnet_dab", out="x", lr=1e-3, weight_decay=2e-4, attention_lr_mult=10.0,

@@ -10,8 +10,9 @@ from torch import nn
 
 from eacnet_core.checkpoint import load_checkpoint
 from eacnet_core.train.config import TrainConfig
-from eacnet_core.train.loop import Trainer, train, train_together
+from eacnet_core.train.loop import Trainer, train
 from eacnet_core.train.step import LossMeter, WeightEma, compile_mode_for
+from eacnet_core.train.together import train_together
 
 
 def _cfg(root, out, **overrides) -> TrainConfig:
@@ -48,7 +49,7 @@ def _tiny_net(_name: str, num_classes: int, **_kwargs) -> nn.Module:
 
 def test_compiled_step_trains_like_the_eager_step(tmp_path, synthetic, monkeypatch):
     root = synthetic.folder(tmp_path / "data", count=4)
-    monkeypatch.setattr("eacnet_core.train.loop.build_model", _tiny_net)
+    monkeypatch.setattr("eacnet_core.train.parts.build_model", _tiny_net)
     runs = {}
     for mode in ("", "auto"):
         runs[mode] = train(_cfg(root, tmp_path / f"run{mode}", epochs=2, loss="weighted-ce", compile=mode,

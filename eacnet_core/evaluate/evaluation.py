@@ -10,7 +10,6 @@ validation calls ``evaluate_model`` too, so the two numbers are the same number.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import time
 from collections.abc import Callable
@@ -63,6 +62,7 @@ from eacnet_core.progress import progress_bar
 from eacnet_core.runtime import (
     DTYPES,
     PRECISIONS,
+    autocast,
     collective_device,
     configure_torch,
     resolve_device,
@@ -88,11 +88,6 @@ class EvalResult:
     @property
     def model_images_per_s(self) -> float:
         return self.images / self.model_seconds if self.model_seconds > 0 else 0.0
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
-    """torch.autocast for fp16/bf16, a no-op context for fp32 (None)."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np.ndarray:

@@ -33,7 +33,9 @@ from eacnet_core.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from eacnet_core.options import add_threads, at_least, number_in
 from eacnet_core.runtime import resolve_device
 from eacnet_core.train.config import COMPILE_MODES, TrainConfig
-from eacnet_core.train.loop import LAST, LOG, NonFiniteLoss, Trainer, train_together
+from eacnet_core.train.loop import NonFiniteLoss, Trainer
+from eacnet_core.train.run_files import LAST, LOG
+from eacnet_core.train.together import train_together
 
 STATE = "state.pt"
 #: The schedule every campaign model follows (eacnet_core/weights/eacnet_dab_camvid.md's recipe, 1,000 epochs).

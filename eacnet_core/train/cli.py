@@ -14,9 +14,11 @@ from eacnet_core.models import MODELS
 from eacnet_core.options import Alias, add_device, add_option, add_threads, hxw, wxh
 from eacnet_core.train.config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, RECIPES, TrainConfig
 from eacnet_core.train.init_from import packaged_sources
-from eacnet_core.train.loop import BEST, NonFiniteLoss, train, train_together
+from eacnet_core.train.loop import NonFiniteLoss, train
 from eacnet_core.train.loop import __doc__ as TRAIN_DOC
 from eacnet_core.train.losses import LOSSES, WEIGHTINGS
+from eacnet_core.train.run_files import BEST
+from eacnet_core.train.together import train_together
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -14,52 +14,38 @@ CUDA stream on a GPU), so an equal-budget pair sees identical data and costs one
 pipeline. Each model keeps its own run folder, checkpoints and random state, and ends
 exactly where it would have trained alone.
 
-The processes (``train_distributed``), ``--init-from`` (``train_init``), the step's
-device-side pieces (``train_step``) and the command line (``train_cli``) live beside
-this loop.
+The run's parts (``train.parts``), its files and --resume (``train.run_files``), the
+attention's statistics (``train.attention_stats``), several models on the same batches
+(``train.together``), the processes (``train.distributed``), ``--init-from``
+(``train.init_from``), the step's device-side pieces (``train.step``) and the command
+line (``train.cli``) live beside this loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader
 
-from eacnet_core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
-from eacnet_core.data.classes import DatasetInfo
-from eacnet_core.data.datasets import (
-    DatasetError,
-    SegmentationDataset,
-    build_dataset,
-    class_pixel_counts,
-    dataset_info,
-    default_data_root,
-    prepare_worker_fork,
-)
-from eacnet_core.data.transforms import EvalTransform, TrainTransform
+from eacnet_core.checkpoint import make_checkpoint, save_atomic
+from eacnet_core.data.datasets import DatasetError, default_data_root, prepare_worker_fork
 from eacnet_core.evaluate.evaluation import EvalResult, eval_loader, evaluate_model
-from eacnet_core.models import build_model
-from eacnet_core.models.attention import SelfCalibrationAttention
 from eacnet_core.progress import progress_bar
-from eacnet_core.runtime import configure_torch, resolve_precision
-from eacnet_core.train.config import RESUME_OVERRIDABLE, TrainConfig, sized_config
+from eacnet_core.runtime import configure_torch
+from eacnet_core.train.attention_stats import attention_entropy, attention_gamma
+from eacnet_core.train.config import TrainConfig, sized_config
 from eacnet_core.train.device_data import DeviceTrainData
 from eacnet_core.train.distributed import (
-    DistInfo,
-    ShardSampler,
     all_reduce_values,
     gather_rng_states,
     seed_everything,
@@ -67,21 +53,22 @@ from eacnet_core.train.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from eacnet_core.train.init_from import freeze_unused, init_from, summarise_keys
-from eacnet_core.train.losses import build_criterion, class_weights
 from eacnet_core.train.model_card import write_model_card
+from eacnet_core.train.parts import (
+    RunData,
+    amp_dtype_for,
+    build_optimisation,
+    build_run_data,
+    build_run_model,
+    grad_scaler,
+)
+from eacnet_core.train.run_files import BEST, LAST, EpochLog, resumable_checkpoint, resumed_config
 from eacnet_core.train.step import LossMeter, WeightEma, adam_implementation, compile_mode_for, compiled_loss
 
-__all__ = ["PolyWarmup", "ShardSampler", "Trainer", "TrainResult", "build_optimizer", "freeze_unused", "init_from",
-           "train", "train_together"]
+__all__ = ["NonFiniteLoss", "StopSignal", "Trainer", "TrainResult", "train"]
 
-LAST, BEST, LOG = "last.pt", "best.pt", "metrics.jsonl"
 #: The progress bar's loss (a device read) is refreshed every this many steps.
 PROGRESS_LOSS_EVERY = 20
-#: Options that must agree for models to train on the same batches (``train_together``).
-SHARED_DATA_FIELDS = ("dataset", "data_root", "train_split", "val_split", "epochs", "batch_size", "crop", "scales",
-                      "flip", "val_every", "val_size", "limit", "seed", "device", "cache", "data_on_device",
-                      "channels_last", "workers")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -121,62 +108,6 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# ============================================================================ schedule
-class PolyWarmup:
-    """lr factor: linear warm-up from ``warmup_ratio`` to 1 over ``warmup_iters``, times
-    (1 - it / total) ** power, per iteration (the reference WarmupPolyLR). A class, not a
-    closure, so LambdaLR's state_dict keeps its numbers (weights_only-safe primitives)."""
-
-    def __init__(self, total_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 1 / 3):
-        self.total_iters, self.power = int(total_iters), float(power)
-        self.warmup_iters, self.warmup_ratio = int(warmup_iters), float(warmup_ratio)
-
-    def __call__(self, it: int) -> float:
-        factor = max(0.0, 1.0 - it / max(1, self.total_iters)) ** self.power
-        if it < self.warmup_iters:
-            alpha = it / self.warmup_iters
-            factor *= self.warmup_ratio * (1 - alpha) + alpha
-        return factor
-
-
-def parameter_groups(cfg: TrainConfig, model: nn.Module, head: Sequence[str] = ()) -> list[dict]:
-    """The backbone's parameters, then (when the model has one) the attention's in a group
-    of their own: its own learning-rate multiple and weight decay. gamma starts at 0 and,
-    at the base rate with weight decay, stayed below 0.02 in 50 epochs here; DANet-style
-    heads train at 10x. Both groups follow the same poly schedule (LambdaLR scales each).
-    With ``head`` (the tensors ``--init-from`` did not load as trained) and a
-    ``head_lr_mult`` other than 1, those form a last group at lr x head_lr_mult: fine-tuning
-    moves the fresh head fast and the loaded features slowly."""
-    head_ids = ({id(p) for n, p in model.named_parameters() if n in set(head)} if cfg.head_lr_mult != 1.0
-                else set())
-    wd = cfg.attention_weight_decay if cfg.attention_weight_decay >= 0 else cfg.weight_decay
-    own_attention = cfg.attention_lr_mult != 1.0 or wd != cfg.weight_decay
-    attention_ids = {id(p) for m in model.modules() if isinstance(m, SelfCalibrationAttention)
-                     for p in m.parameters()} - head_ids if own_attention else set()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not own_attention and not head_ids:
-        return [{"params": trainable, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]  # one group, as before
-    groups = [{"params": [p for p in trainable if id(p) not in attention_ids | head_ids], "lr": cfg.lr,
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for p in trainable if id(p) in attention_ids], "lr": cfg.lr * cfg.attention_lr_mult,
-               "weight_decay": wd},
-              {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.lr * cfg.head_lr_mult,
-               "weight_decay": cfg.weight_decay}]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, device: Optional[torch.device] = None,
-                    head: Sequence[str] = ()) -> torch.optim.Optimizer:
-    """Adam (betas 0.9/0.999, eps 1e-8, as ERFNet's reference; fused on CUDA, multi-tensor
-    elsewhere) or SGD with momentum."""
-    groups = parameter_groups(cfg, model, head)
-    if cfg.optimizer == "adam":
-        device = device or next(model.parameters()).device
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
-                                **adam_implementation(device))
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
-
-
 # ============================================================================ stopping
 class StopSignal:
     """SIGINT/SIGTERM ask the loop to stop after the current step, save and exit. A
@@ -210,173 +141,6 @@ class StopSignal:
                 signal.signal(s, handler)
 
 
-# ============================================================================ a run's parts
-@dataclass
-class RunData:
-    """What a run trains and validates on, and how the training set is dealt out."""
-
-    info: DatasetInfo
-    train_set: SegmentationDataset
-    val_set: Optional[SegmentationDataset]
-    device_data: Optional[DeviceTrainData]  # --data-on-device: the set held and augmented there
-    sampler: ShardSampler
-
-    @property
-    def iters_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
-
-
-def build_run_data(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, log: Callable[[str], None]) -> RunData:
-    """The datasets of ``cfg`` (its ``data_root`` resolved), cached or moved to ``device`` as asked."""
-    root = Path(cfg.data_root)
-    dataset = dataset_info(cfg.dataset, root)
-    train_tf = TrainTransform(cfg.crop, dataset.mean, dataset.std, dataset.ignore_index, tuple(cfg.scales), cfg.flip)
-    val_tf = EvalTransform(dataset.mean, dataset.std, cfg.val_size if cfg.val_size != (0, 0) else None)
-    train_set = build_dataset(cfg.dataset, root, cfg.train_split, cfg.limit, train_tf, cfg.seed)
-    if cfg.cache or cfg.data_on_device:
-        megabytes = train_set.cache_in_memory() / 2**20
-        log(f"data: {len(train_set)} training pairs decoded into memory ({megabytes:.0f} MB)")
-    device_data: Optional[DeviceTrainData] = None
-    if cfg.data_on_device:
-        device_data = DeviceTrainData(train_set, train_tf, device)
-        log(f"data: training set on {device} ({device_data.nbytes / 2**20:.0f} MB), augmented there")
-    val_set: Optional[SegmentationDataset] = None
-    if cfg.val_every > 0:
-        val_set = build_dataset(cfg.dataset, root, cfg.val_split, cfg.limit, val_tf, cfg.seed)
-        train_images = {s.image for s in train_set.samples}
-        if all(s.image in train_images for s in val_set.samples):
-            log(f"note: every {cfg.val_split} image is also a training image: val mIoU measures fit, "
-                "not generalisation (choose schedules on runs that hold val out)")
-    sampler = ShardSampler(len(train_set), cfg.batch_size, dist_info.world_size, dist_info.rank, cfg.seed)
-    if sampler.batches_per_epoch == 0:
-        raise ValueError(f"{train_set.name}: {len(train_set)} training images are fewer than "
-                         f"--batch-size {cfg.batch_size} x {dist_info.world_size} process(es)")
-    log(f"data: {train_set} (train), {val_set or 'no validation'} (val), root {root}")
-    return RunData(dataset, train_set, val_set, device_data, sampler)
-
-
-@dataclass
-class RunModel:
-    """The network of a run: ``model`` is saved and validated, ``forward`` (the model, or its
-    DistributedDataParallel wrapper) is what training steps run."""
-
-    model: nn.Module
-    forward: nn.Module
-    kwargs: dict  # build_model's extra arguments, recorded in checkpoints
-    head: list[str] = field(default_factory=list)  # tensors --init-from did not load as trained
-
-
-def build_run_model(cfg: TrainConfig, info: DatasetInfo, dist_info: DistInfo, device: torch.device,
-                    log: Callable[[str], None], initialise: bool) -> RunModel:
-    """The registry model on ``device`` (``--init-from`` weights when ``initialise``, moved to
-    ``info``'s classes), its unused parameters frozen, in channels-last memory when asked,
-    wrapped for DDP when distributed."""
-    kwargs = {"pool": cfg.pool} if cfg.pool else {}
-    head: list[str] = []
-    try:
-        model = build_model(cfg.model, info.num_classes, **kwargs)
-    except TypeError:
-        raise ValueError(f"--pool applies to eacnet_erf and eacnet_dab, not {cfg.model}") from None
-    if initialise and cfg.attention_gamma_init:
-        set_attention_gamma(model, cfg.attention_gamma_init)
-    if cfg.init_from and initialise:
-        report = init_from(model, cfg.init_from, info.class_names, cfg.class_map or None)
-        log(report.format())
-        head = report.head
-    model.to(device)
-    frozen = freeze_unused(model)
-    if frozen:
-        log(f"unused by {cfg.model}'s forward, frozen: {summarise_keys(frozen)}")
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward: nn.Module = model
-    if dist_info.enabled:
-        if cfg.sync_bn and device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif cfg.sync_bn:
-            log("note: --sync-bn needs CUDA; using per-process BatchNorm")
-        ids = [device.index] if device.type == "cuda" else None
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return RunModel(model, forward, kwargs, head)
-
-
-@dataclass
-class Optimisation:
-    """Loss, optimiser and the poly learning-rate schedule of a run."""
-
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    poly: PolyWarmup
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-
-
-def build_optimisation(cfg: TrainConfig, model: nn.Module, data: RunData, total_iters: int,
-                       device: torch.device, log: Callable[[str], None], head: Sequence[str] = ()) -> Optimisation:
-    """The criterion (class weights counted on the training set for weighted-ce), optimiser and schedule."""
-    weight = None
-    if cfg.loss == "weighted-ce":
-        counts, image_pixels = class_pixel_counts(data.train_set)
-        weights = class_weights(counts, image_pixels, cfg.class_weights, cfg.class_weight_c)
-        log(f"class weights ({cfg.class_weights}): "
-            + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.info.class_names, weights, strict=True)))
-        weight = torch.tensor(weights, dtype=torch.float32)
-    criterion = build_criterion(cfg.loss, data.info.ignore_index, weight, cfg.ohem_thresh,
-                                cfg.ohem_min_kept).to(device)
-    optimizer = build_optimizer(cfg, model, device, head)
-    poly = PolyWarmup(total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
-    return Optimisation(criterion, optimizer, poly, torch.optim.lr_scheduler.LambdaLR(optimizer, poly))
-
-
-def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    """--amp's autocast dtype (auto: fp16 on CUDA, bf16 on CPU), None without --amp."""
-    if not cfg.amp:
-        return None
-    wanted = cfg.amp_dtype if cfg.amp_dtype != "auto" else ("fp16" if device.type == "cuda" else "bf16")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[resolve_precision(wanted, device)]
-
-
-class EpochLog:
-    """Where the main process writes each epoch's record: a line of ``metrics.jsonl`` and,
-    with --tensorboard (when installed; it is optional), its scalars."""
-
-    SCALARS = ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "attention_gamma",
-               "attention_entropy")
-
-    def __init__(self, out: Path, tensorboard: bool):
-        self.path = out / LOG
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                return
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key in self.SCALARS:
-                if key in record:
-                    self.writer.add_scalar(key, record[key], record["epoch"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def resumable_checkpoint(out: Path) -> dict:
-    """``out``'s last.pt, checked to hold what --resume needs (optimiser state and config)."""
-    path = out / LAST
-    if not path.is_file():
-        raise CheckpointError(f"{path}: nothing to resume (no {LAST} in --out {out})")
-    ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path}: not a resumable training checkpoint (no optimiser state)")
-    return ckpt
-
-
 # ============================================================================ the run
 @dataclass
 class TrainResult:
@@ -406,7 +170,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.resume_ckpt = resumable_checkpoint(self.out) if resume else None
         if self.resume_ckpt is not None:
-            cfg = _resumed_config(self.resume_ckpt, cfg, self._log)
+            cfg = resumed_config(self.resume_ckpt, cfg, self._log)
         else:
             for name in (LAST, BEST):  # a new run would replace them
                 if (self.out / name).exists():
@@ -450,7 +214,7 @@ class Trainer:
         configure_torch(self.device, self.cfg.threads)
         seed_everything(self.cfg.seed + self.dist.rank)
         self.amp_dtype = amp_dtype_for(self.cfg, self.device)
-        self.scaler = _grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, enabled=self.amp_dtype == torch.float16)
 
     def _log_model(self) -> None:
         params = sum(p.numel() for p in self.model.parameters())
@@ -745,53 +509,6 @@ class Trainer:
         teardown_distributed(self.dist)
 
 
-def set_attention_gamma(model: nn.Module, value: float) -> None:
-    """Start the attention's residual scale at ``value`` instead of 0: at 0 the attention's
-    own weights get no gradient until gamma has moved, so a small positive start lets both
-    learn from the first step."""
-    modules = [m for m in model.modules() if isinstance(m, SelfCalibrationAttention)]
-    if not modules:
-        raise ValueError("--attention-gamma-init applies to models with the attention (eacnet_erf, eacnet_erf_nl, "
-                         "eacnet_dab)")
-    with torch.no_grad():
-        for module in modules:
-            module.gamma.fill_(value)
-
-
-def attention_gamma(model: nn.Module) -> Optional[float]:
-    """The attention's residual scale, or None for a model without one. It starts at 0, so
-    it is the quickest sign of whether fine-tuning is using the attention at all."""
-    for module in model.modules():
-        if isinstance(module, SelfCalibrationAttention):
-            return float(module.gamma.detach().float().cpu())
-    return None
-
-
-@torch.no_grad()
-def attention_entropy(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
-                      images: int = 2) -> Optional[tuple[float, float]]:
-    """Mean entropy (nats) of the attention's rows on the first ``images`` of ``dataset``,
-    and the entropy a uniform row would have (log N'). Near the uniform value the module
-    only averages; far below it, each pixel attends to a few regions. None without attention."""
-    modules = [m for m in model.modules() if isinstance(m, SelfCalibrationAttention)]
-    if not modules or len(dataset) == 0:
-        return None
-    inputs: list[torch.Tensor] = []
-    hook = modules[0].register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index in range(min(images, len(dataset))):
-                model(dataset[index][0].unsqueeze(0).to(device))
-    finally:
-        hook.remove()
-        model.train(was_training)
-    rows = [modules[0].attention_map(x.float()) for x in inputs]
-    entropy = torch.stack([-(p * p.clamp_min(1e-12).log()).sum(-1).mean() for p in rows]).mean()
-    return float(entropy), float(math.log(rows[0].shape[-1]))
-
-
 def _epoch_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
             f"{record['images_per_s']:.1f} img/s  {record['seconds_per_iter']:.2f} s/it")
@@ -804,26 +521,6 @@ def _epoch_line(record: dict, epochs: int) -> str:
     return line
 
 
-def _grad_scaler(device: torch.device, enabled: bool):
-    """GradScaler for fp16 autocast (bf16 needs none); torch.amp's where available."""
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
-
-
-def _resumed_config(ckpt: dict, given: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
-    """The checkpoint's config, with only the options that do not change the training
-    state taken from the command line; others given differently are reported and ignored."""
-    saved = TrainConfig.from_dict(ckpt["config"])
-    default = TrainConfig()
-    overrides = {k: getattr(given, k) for k in RESUME_OVERRIDABLE if getattr(given, k) != getattr(default, k)}
-    ignored = [k for k in given.__dataclass_fields__ if k not in RESUME_OVERRIDABLE and k != "out"
-               and getattr(given, k) != getattr(default, k) and getattr(given, k) != getattr(saved, k)]
-    if ignored:
-        log(f"note: --resume keeps the run's config; ignored: {', '.join('--' + k.replace('_', '-') for k in ignored)}")
-    return replace(saved, out=given.out, **overrides)
-
-
 def train(cfg: TrainConfig, resume: bool = False, on_step: Optional[Callable[[Trainer], None]] = None,
           log: Callable[[str], None] = print) -> TrainResult:
     """Programmatic entry point (the CLI and the tests use it)."""
@@ -833,127 +530,3 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Optional[Callable[[Tr
         return trainer.run()
     finally:
         trainer.close()
-
-
-
-# ============================================================================ several models, one process
-class _MemberRng:
-    """A model's own torch random stream (dropout masks) while several models take turns
-    on one process: swapped in around each of its steps, so each model draws exactly what
-    it would draw training alone. Only models with dropout need one."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        outside = _MemberRng(self.device)
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-        try:
-            yield
-        finally:
-            self.cpu = torch.get_rng_state()
-            if self.cuda is not None:
-                self.cuda = torch.cuda.get_rng_state(self.device)
-            torch.set_rng_state(outside.cpu)
-            if outside.cuda is not None:
-                torch.cuda.set_rng_state(outside.cuda, self.device)
-
-
-def _stochastic(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
-
-
-@contextlib.contextmanager
-def _on_stream(stream, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Run the block on ``stream`` (None: the current one) after the work queued so far,
-    the shared ``tensors`` kept alive until the stream has used them."""
-    if stream is None:
-        yield
-        return
-    stream.wait_stream(torch.cuda.current_stream(stream.device))
-    with torch.cuda.stream(stream):
-        yield
-    for tensor in tensors:
-        tensor.record_stream(stream)
-
-
-def _check_together(cfgs: Sequence[TrainConfig]) -> None:
-    if len({c.model for c in cfgs}) != len(cfgs) or len({c.out for c in cfgs}) != len(cfgs):
-        raise ValueError("--models: each model once, each with its own run folder")
-    for name in SHARED_DATA_FIELDS:
-        values = {repr(getattr(c, name)) for c in cfgs}
-        if len(values) > 1:
-            raise ValueError(f"models trained together share their batches: --{name.replace('_', '-')} differs "
-                             f"({', '.join(sorted(values))})")
-
-
-def train_together(cfgs: Sequence[TrainConfig], resume: bool = False, log: Callable[[str], None] = print,
-                   on_step: Optional[Callable[[Trainer], None]] = None) -> list[TrainResult]:
-    """Train several models (e.g. an equal-budget pair) in one process on the same batches.
-
-    One batch per step, augmented once, feeds each model in turn (each on its own CUDA
-    stream on a GPU, so one model's small kernels fill the other's gaps); each model has
-    its own run folder, checkpoints, log, optimiser and random stream, so it ends exactly
-    where training it alone would have (the same draws). A signal stops all of them at
-    the same step. Records' ``seconds`` are the shared epoch's wall time."""
-    if len(cfgs) == 1:
-        return [train(cfgs[0], resume=resume, on_step=on_step, log=log)]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--models trains in one process; under torchrun train one model per run")
-    _check_together(cfgs)
-    members: list[Trainer] = []
-    rngs: list[Optional[_MemberRng]] = []
-    try:
-        for cfg in cfgs:
-            members.append(Trainer(cfg, resume=resume, log=log, data=members[0].data if members else None))
-            rngs.append(_MemberRng(members[-1].device) if _stochastic(members[-1].model) else None)
-        positions = {(m.epoch, m.epoch_iteration) for m in members}
-        if len(positions) > 1:
-            raise CheckpointError("--models --resume: the runs stand at different points (epoch, iteration): "
-                                  f"{sorted(positions)}; resume them one by one to the same point first")
-        return _run_together(members, rngs, on_step)
-    finally:
-        for member in members:
-            member.close()
-
-
-def _run_together(members: list[Trainer], rngs: list, on_step) -> list[TrainResult]:
-    first = members[0]
-    for member in members:
-        member.stop, member.on_step = first.stop, on_step
-        member.out.mkdir(parents=True, exist_ok=True)
-        member.announce()
-    cuda = first.device.type == "cuda"
-    streams = [torch.cuda.Stream(first.device) if cuda else None for _ in members]
-    histories: list[list[dict]] = [[] for _ in members]
-    with first.stop.installed():
-        while first.epoch < first.cfg.epochs:
-            started = time.perf_counter()
-            for member in members:
-                member.begin_epoch()
-            try:
-                for image, label in first.batches():
-                    image, label = first.to_device(image, label)
-                    for member, stream, rng in zip(members, streams, rngs, strict=True):
-                        with _on_stream(stream, (image, label)), (rng.active() if rng else contextlib.nullcontext()):
-                            member.step(image, label)
-                    if cuda:
-                        for stream in streams:
-                            torch.cuda.current_stream(first.device).wait_stream(stream)
-                    if first.stop.signum and not first.epoch_done:
-                        return [m.stopped_mid_epoch(h) for m, h in zip(members, histories, strict=True)]
-                    if first.stop.signum:
-                        break
-            except DatasetError as exc:
-                raise DatasetError.clean(exc) from None
-            seconds = time.perf_counter() - started
-            for member, history in zip(members, histories, strict=True):
-                history.append(member.end_epoch(seconds))
-            if first.stop.signum:
-                return [m.stopped_after_epoch(h) for m, h in zip(members, histories, strict=True)]
-    return [m._result(h, 0) for m, h in zip(members, histories, strict=True)]

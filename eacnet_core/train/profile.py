@@ -26,13 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eacnet_core.evaluate.evaluation import autocast
 from eacnet_core.models import MODELS, build_model
 from eacnet_core.options import add_option, add_threads, at_least, wxh
-from eacnet_core.runtime import configure_torch, resolve_device, sync
+from eacnet_core.runtime import autocast, configure_torch, resolve_device, sync
 from eacnet_core.train.config import COMPILE_MODES, TrainConfig
-from eacnet_core.train.loop import build_optimizer
 from eacnet_core.train.losses import build_criterion
+from eacnet_core.train.parts import build_optimizer
 from eacnet_core.train.step import compile_mode_for, compiled_loss
 
 STAGES = ("data", "forward", "loss", "backward", "optimizer")

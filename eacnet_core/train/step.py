@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from eacnet_core.evaluate.evaluation import autocast
+from eacnet_core.runtime import autocast
 from eacnet_core.train.config import COMPILE_MODES
 
 #: Modes whose graphs are replayed as CUDA graphs (each step must be marked, outputs are reused).
