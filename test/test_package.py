@@ -152,7 +152,8 @@ def test_readme_layout_names_every_module():
     layout = readme().split("## Layout", 1)[1]
     named = set(re.findall(r"[a-z_]+", layout))
     for package in ("eacnet_core", "eacnet_ros"):
-        modules = {p.stem for p in (REPO / package).glob("*.py") if p.stem != "__init__"}
+        modules = {p.stem for p in (REPO / package).rglob("*.py") if p.stem != "__init__"}
+        modules |= {p.parent.name for p in (REPO / package).rglob("*/__init__.py")}
         assert modules <= named, f"README Layout misses {sorted(modules - named)} of {package}"
 
 
@@ -195,8 +196,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every eacnet_ros module ``path`` imports, at any level (function bodies included)."""
+def _imports(path: Path, prefix: str = "eacnet_ros") -> set[str]:
+    """Every module of the package ``prefix`` that ``path`` imports, at any level (function
+    bodies included)."""
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -208,7 +210,7 @@ def _imports(path: Path) -> set[str]:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
-    return {name for name in found if name.startswith("eacnet_ros")}
+    return {name for name in found if name.startswith(prefix)}
 
 
 def test_the_ros_side_is_in_rooms_by_purpose():
@@ -220,12 +222,26 @@ def test_the_ros_side_is_in_rooms_by_purpose():
     assert all((REPO / PACKAGE / room / "__init__.py").is_file() for room in ROOMS)
 
 
-def test_no_import_cycles_in_the_ros_side():
+def _import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a name imported from a module counts as
+    the module; a package's own ``__init__`` above a module is not an edge)."""
+    modules = {_module_name(p): p for p in (REPO / package).rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports(path, package):
+            while imported not in modules and "." in imported:
+                imported = imported.rsplit(".", 1)[0]
+            if imported in modules and imported != name and not name.startswith(imported + "."):
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+@pytest.mark.parametrize("package", ["eacnet_ros", "eacnet_core"])
+def test_no_import_cycles(package):
     """Function-level imports included: a cycle hidden in a function still ties the modules."""
-    modules = {_module_name(p): p for p in (REPO / PACKAGE).rglob("*.py")}
-    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
-    for name in graph:  # a package's __init__ is imported with each of its modules: not an edge worth following
-        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    graph = _import_graph(package)
     state: dict[str, int] = {}
 
     def visit(name: str, trail: list[str]) -> None:
@@ -240,6 +256,42 @@ def test_no_import_cycles_in_the_ros_side():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+#: eacnet_core's floors, bottom up: a module imports only from its own floor or below, so data
+#: flows one way (the shared helpers, data, the networks, checkpoints, inference, evaluation,
+#: training, the command registry). A room is a floor of its own; ``None`` marks a top-level module.
+CORE_FLOORS = (
+    {"eacnet_core", "eacnet_core.options", "eacnet_core.outputs", "eacnet_core.progress", "eacnet_core.runtime"},
+    {"eacnet_core.data"},
+    {"eacnet_core.models"},
+    {"eacnet_core.checkpoint"},
+    {"eacnet_core.infer"},
+    {"eacnet_core.evaluate"},
+    {"eacnet_core.train"},
+    {"eacnet_core.cli"},
+)
+
+
+def _core_floor(module: str) -> int:
+    parts = module.split(".")
+    for depth in (2, 1):
+        place = ".".join(parts[:depth])
+        for floor, places in enumerate(CORE_FLOORS):
+            if place in places:
+                return floor
+    raise AssertionError(f"{module} is on no floor of CORE_FLOORS: add its room")
+
+
+def test_the_core_is_in_rooms_and_no_import_runs_back_up():
+    graph = _import_graph("eacnet_core")
+    upward = sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
+                    if _core_floor(target) > _core_floor(name))
+    assert not upward, upward
+    rooms = {p.parent.name for p in (REPO / "eacnet_core").glob("*/__init__.py")}
+    assert rooms == {"data", "models", "infer", "evaluate", "train"}
+    for room in rooms:  # each room's __init__ says what lives there
+        assert ast.get_docstring(ast.parse((REPO / "eacnet_core" / room / "__init__.py").read_text()))
 
 
 # ---------------------------------------------------------------------------- docs/ROS.md

@@ -1,3 +1,2 @@
-"""Training: the config and recipes, the loop with its parts, step, run files and attention
-statistics, several models on the same batches, distributed helpers, starting from other
-weights, the long campaign, losses, curves and the model card a run writes."""
+"""Training: the run's config and recipes, the loop and its parts (step, run files, attention
+statistics, several models at once, distributed, init-from), the campaign, losses, curves, model card."""
