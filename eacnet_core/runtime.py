@@ -69,7 +69,7 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Validate a precision for a device; 'auto' -> fp16 on CUDA, fp32 on CPU. On the CPU
     that is where a Segmenter starts: its precision auto then times bf16 and int8 against
-    fp32 and keeps one only if its masks agree with fp32's (the infer room's CPU choice, AGREEMENT_MIN)."""
+    fp32 and keeps one only if its masks agree with fp32's (infer/chooser.py, AGREEMENT_MIN)."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")

@@ -118,8 +118,8 @@ def test_compiled_frames_on_the_device_and_bad_options():
 def test_cuda_auto_choice_keeps_the_faster_path_and_survives_a_failing_compiler(caplog, monkeypatch):
     """The choice backend=auto makes on CUDA, run on CPU tensors (the timing is device-agnostic)."""
     seg = segmenter(backend="torch", frame_on_device="on")
-    with caplog.at_level(logging.INFO, logger="eacnet_core.infer.segmenter"):
-        seg._pick_fastest_cuda_path((16, 24), runs=3)
+    with caplog.at_level(logging.INFO, logger="eacnet_core.infer.chooser"):
+        seg.chooser.choose_cuda((16, 24), runs=3)
     assert set(seg.autotune_ms) == {"torch", "torch_compiled"}
     assert seg.backend == min(seg.autotune_ms, key=seg.autotune_ms.get)
     assert seg.autotune_size == (16, 24)
@@ -130,8 +130,8 @@ def test_cuda_auto_choice_keeps_the_faster_path_and_survives_a_failing_compiler(
 
     monkeypatch.setattr(seg._compiled, "_prepare_shape", broken)
     seg._compiled.clear()
-    with caplog.at_level(logging.WARNING, logger="eacnet_core.infer.segmenter"):
-        seg._pick_fastest_cuda_path((16, 24), runs=3)
+    with caplog.at_level(logging.WARNING, logger="eacnet_core.infer.chooser"):
+        seg.chooser.choose_cuda((16, 24), runs=3)
     assert seg.backend == "torch" and set(seg.autotune_ms) == {"torch"}
     assert any("torch_compiled failed" in r.getMessage() for r in caplog.records)
 
@@ -143,9 +143,9 @@ def test_the_first_frame_settles_the_cuda_choice_on_either_frame_path(frame_on_d
     path (segment_frames) or the CPU one (segment), and never the CPU's candidate timing.
     (Run on CPU tensors: the CUDA flag is set by hand, the timing is device-agnostic.)"""
     seg = segmenter(backend="auto", precision="fp32", frame_on_device=frame_on_device)
-    monkeypatch.setattr(seg, "_can_autotune_cuda", True)
-    monkeypatch.setattr(seg, "_can_autotune", False)
-    monkeypatch.setattr(seg, "_pick_fastest_cpu_path", lambda *a, **k: pytest.fail("CPU choice on CUDA"))
+    monkeypatch.setattr(seg.chooser, "on_cuda", True)
+    monkeypatch.setattr(seg.chooser, "on_cpu", False)
+    monkeypatch.setattr(seg.chooser, "choose_cpu", lambda *a, **k: pytest.fail("CPU choice on CUDA"))
     seg.warmup()
     assert "backend=auto (chosen on the first frame)" in seg.describe()
     image = frame(16, 24, seed=3)

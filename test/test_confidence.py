@@ -13,6 +13,7 @@ import torch
 from eacnet_core.data.classes import generic
 from eacnet_core.data.corruptions import CORRUPTIONS, corrupt
 from eacnet_core.evaluate.bench_confidence import auroc, calibration, fit_temperature, histogram_auroc
+from eacnet_core.infer import chooser
 from eacnet_core.infer.confidence import (
     ScoreSmoother,
     cue_anomalies,
@@ -109,6 +110,7 @@ def test_openvino_confidence_graph_and_the_remembered_choice(tmp_path, monkeypat
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(chooser, "machine_load", lambda: 0.0)  # idle: the choice is remembered
     frame = _frame()
     first = _segmenter("auto")
     first.tune(40, 56)

@@ -344,12 +344,12 @@ def test_cache_in_memory_serves_the_same_pairs_without_reading_files(tmp_path, s
 def test_every_command_finds_camvid_in_a_folder_holding_it(no_camvid_anywhere, monkeypatch, synthetic):
     """$EACNET_DATA=/data with /data/CamVid: train and the int8 calibration default read it too."""
     from eacnet_core.checkpoint import load_checkpoint
-    from eacnet_core.infer import segmenter as inference
+    from eacnet_core.infer.quantize import default_calibration_root
     from eacnet_ros.cli import main
 
     camvid_root = synthetic.camvid(no_camvid_anywhere / "data" / "CamVid", {"train": 1, "val": 1}).resolve()
     monkeypatch.setenv(DATA_ENV, str(no_camvid_anywhere / "data"))
-    assert inference._default_calibration_root() == str(camvid_root)
+    assert default_calibration_root() == str(camvid_root)
     out = no_camvid_anywhere / "run"
     assert main(["train", "--model", "dabnet", "--out", str(out), "--epochs", "1", "--batch-size", "1",
                  "--crop-size", "48x32", "--val-every", "0", "--workers", "0", "--no-progress",

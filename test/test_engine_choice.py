@@ -100,21 +100,23 @@ def test_chosen_copy_leaves_the_serving_segmenter_alone_until_adopted(monkeypatc
     import pytest
     import torch
 
-    from eacnet_core.infer import segmenter as inference
+    from eacnet_core.infer import chooser
     from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
     pytest.importorskip("onnxruntime")
     timings = iter(range(1, 10_000))  # each timed run slower than the last: the first candidate wins
-    monkeypatch.setattr(inference, "_elapsed_ms", lambda run, *args: [run(*args), float(next(timings))][1])
+    monkeypatch.setattr(chooser, "elapsed_ms", lambda run, *args: [run(*args), float(next(timings))][1])
     torch.manual_seed(0)
     segmenter = Segmenter.from_name("dabnet", options=SegmenterOptions(device="cpu", threads=1, precision="fp32",
                                                                       choice_cache=False), allow_untrained=True)
     segmenter.tune(24, 40)
     assert segmenter.autotune_size == (24, 40) and segmenter.autotune_complete
     before = (segmenter.backend, segmenter.precision)
+    segmenter.temperature = 1.7  # as a checkpoint's fitted one: the engines the copy builds use it too
     image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     twin = segmenter.chosen_copy(image)
     assert twin.autotune_size == (32, 48) and twin._model is not segmenter._model
+    assert twin.temperature == 1.7
     assert segmenter.autotune_size == (24, 40) and (segmenter.backend, segmenter.precision) == before
     reference = twin.segment(image)
     segmenter.adopt(twin)

@@ -14,8 +14,8 @@ from conftest import save_tiny_checkpoint
 
 from eacnet_core.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from eacnet_core.data.classes import CAMVID
-from eacnet_core.infer import engines, export
-from eacnet_core.infer import segmenter as inference
+from eacnet_core.infer import chooser, engines, export, quantize
+from eacnet_core.infer.chooser import Chooser
 from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 from eacnet_core.models import build_model
 from eacnet_ros.cli import main
@@ -29,8 +29,11 @@ CPU = SegmenterOptions(device="cpu")
 
 @pytest.fixture(autouse=True)
 def _own_user_cache(monkeypatch, tmp_path):
-    """Choices and int8 models go to this test's own user cache: none is reused across tests."""
+    """Choices and int8 models go to this test's own user cache: none is reused across tests.
+    The machine reads as idle, so a choice is remembered whatever else runs beside the tests
+    (test_chooser.py covers the busy machine)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    monkeypatch.setattr(chooser, "machine_load", lambda: 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -341,13 +344,13 @@ def test_onnxruntime_exports_per_size_when_the_dynamic_graph_fails_its_check(cou
 def test_auto_with_native_size_times_once_at_the_first_frames_size(monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
     timed = []
-    real = Segmenter._pick_fastest_cpu_path
+    real = Chooser.choose_cpu
 
     def recording(self, batch, runs=3, probes=()):
         timed.append(batch.shape[2:])
         return real(self, batch, runs, probes)
 
-    monkeypatch.setattr(Segmenter, "_pick_fastest_cpu_path", recording)
+    monkeypatch.setattr(Chooser, "choose_cpu", recording)
     caplog.set_level(logging.INFO, logger="eacnet_core")
     seg = _dabnet()
     seg.warmup(runs=1)
@@ -392,13 +395,13 @@ def _clock_by_backend(monkeypatch, ms_by_backend: dict[str, float]) -> list[str]
         timed.append(run.__self__.backend)
         return ms_by_backend[run.__self__.backend]
 
-    monkeypatch.setattr(inference, "_elapsed_ms", elapsed)
+    monkeypatch.setattr(chooser, "elapsed_ms", elapsed)
     return timed
 
 
 def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(inference, "_ov_available", lambda: False)  # torch against onnxruntime alone
+    monkeypatch.setattr(chooser, "_ov_available", lambda: False)  # torch against onnxruntime alone
     _clock_by_backend(monkeypatch, {"onnxruntime": 400.0, "torch": 4.0})
     seg = _dabnet()
     seg.tune(24, 40)
@@ -409,7 +412,7 @@ def test_auto_frees_onnxruntime_when_torch_wins(monkeypatch):
 
 def test_auto_drops_a_clear_loser_after_its_first_run(monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(inference, "_ov_available", lambda: False)  # torch against onnxruntime alone
+    monkeypatch.setattr(chooser, "_ov_available", lambda: False)  # torch against onnxruntime alone
     timed = _clock_by_backend(monkeypatch, {"onnxruntime": 2.0, "torch": 200.0})
     caplog.set_level(logging.INFO, logger="eacnet_core")
     seg = _dabnet()
@@ -486,12 +489,12 @@ def _fake_clock(monkeypatch, ms_by_precision: dict[str, float]) -> list[str]:
         timed.append(f"{seg.backend}:{seg.precision}")
         return ms_by_precision[seg.precision]
 
-    monkeypatch.setattr(inference, "_elapsed_ms", elapsed)
+    monkeypatch.setattr(chooser, "elapsed_ms", elapsed)
     return timed
 
 
 def _probe_agreement(monkeypatch, by_precision: dict[str, float]) -> None:
-    monkeypatch.setattr(Segmenter, "_agreement", lambda self, probes, truth: by_precision[self.precision])
+    monkeypatch.setattr(Chooser, "agreement_with", lambda self, probes, truth: by_precision[self.segmenter.precision])
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
@@ -522,21 +525,21 @@ def test_precision_auto_measures_real_agreement_on_the_frames(camera_frames):
     assert unchecked <= set(seg.autotune_dropped)  # every reduced one timed in full was checked
     assert all(0.0 <= a <= 1.0 for a in seg.autotune_agreement.values())
     chosen = f"{seg.backend}:{seg.precision}"
-    assert seg.precision == "fp32" or seg.autotune_agreement[chosen] >= inference.AGREEMENT_MIN
+    assert seg.precision == "fp32" or seg.autotune_agreement[chosen] >= chooser.AGREEMENT_MIN
     frame = _image(24, 40)
     assert (seg.segment(frame) == _dabnet().segment(frame)).mean() >= (0.99 if seg.precision == "fp32" else 0.95)
 
 
 def test_precision_auto_without_frames_to_check_waits_for_the_first_frame(monkeypatch):
     pytest.importorskip("openvino")
-    monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # a reduced precision to check
+    monkeypatch.setattr(quantize, "default_calibration_root", lambda: "")
+    monkeypatch.setattr(chooser, "cpu_supports_bf16", lambda: True)  # a reduced precision to check
     _fake_clock(monkeypatch, {"fp32": 10.0, "bf16": 5.0})  # none dropped after its first run
     seg = _dabnet(precision="auto", inference_height=24, inference_width=40)
     seg.warmup(runs=0)
     assert seg.autotune_size is None and "chosen on the first frame" in seg.describe()
     probes = []
-    monkeypatch.setattr(Segmenter, "_agreement", lambda self, p, truth: probes.append(len(p)) or 1.0)
+    monkeypatch.setattr(Chooser, "agreement_with", lambda self, p, truth: probes.append(len(p)) or 1.0)
     seg.segment(_image(48, 80))
     assert seg.autotune_size == (24, 40) and probes and set(probes) == {1}  # the camera frame was the probe
 
@@ -568,7 +571,7 @@ def test_the_choice_is_remembered_per_size_and_weights(camera_frames, monkeypatc
     assert timed  # the cache switched off
 
 
-def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
+def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     timed = _fake_clock(monkeypatch, {"fp32": 10.0})
     _dabnet().tune(24, 40)
@@ -576,9 +579,11 @@ def test_a_broken_choice_record_is_measured_again(monkeypatch, tmp_path):
     assert len(records) == 1
     records[0].write_text('{"choice": "nosuch:fp32"')
     timed.clear()
+    caplog.set_level(logging.INFO, logger="eacnet_core")
     seg = _dabnet()
     seg.tune(24, 40)
     assert timed and seg.autotune_size == (24, 40)
+    assert any(m.startswith(f"choice cache: ignoring {records[0]} (unreadable") for m in caplog.messages)
 
 
 def test_bench_pipeline_reports_what_auto_chose_beside_explicit_configs(tmp_path, capsys, monkeypatch):

@@ -119,10 +119,9 @@ def test_no_calibration_frames_is_a_clear_error(tmp_path):
 
 def test_a_cached_artefact_serves_where_no_calibration_frames_are(tmp_path, frames, monkeypatch, caplog):
     """A robot without the dataset: the int8 model built earlier for these weights is used."""
-    from eacnet_core.infer import segmenter as inference
     weights = _weights(tmp_path, 0)
     built = _segmenter(weights, frames)
-    monkeypatch.setattr(inference, "_default_calibration_root", lambda: "")
+    monkeypatch.setattr(quantize, "default_calibration_root", lambda: "")
     caplog.clear()  # the build above may have been captured too
     with caplog.at_level(logging.INFO, logger="eacnet_core"):
         reused = _segmenter(weights, "")

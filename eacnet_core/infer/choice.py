@@ -1,4 +1,5 @@
-"""What ``precision``/``backend`` auto chose, remembered per machine and situation.
+"""What ``precision``/``backend`` auto chose (``chooser.Chooser``), remembered per machine and
+situation.
 
 Timing every candidate at a new size costs seconds (each engine compiled and run a few
 times; about 10 s at 1280x720 on a loaded 2-core CPU), and the answer only changes when
@@ -9,12 +10,15 @@ weights, the candidates offered and the versions of the libraries that run them.
 start on the same machine then builds only the chosen engine.
 
 A record holds the choice, every candidate's timing (and which were dropped after their first
-run) and each reduced precision's mask agreement with fp32, so the log of a cached start says
-what the measured one said.
+run), each reduced precision's mask agreement with fp32, and the machine's load per core
+while they were timed (and when), so the log of a cached start says what the measured one
+said, and a reader can see the conditions it was measured in. The Chooser stores no choice
+measured on a busy machine; a record that says otherwise is not trusted.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import importlib.metadata
@@ -28,8 +32,10 @@ from eacnet_core.outputs import write_bytes
 
 log = logging.getLogger(__name__)
 
-#: Bump when the way candidates are timed or checked changes: old records are then ignored.
-RECORD_VERSION = 1
+#: Bump when the way candidates are timed, checked or kept changes: old records are then
+#: ignored (the version is part of the key). 2: records hold the load they were measured at,
+#: and none was measured on a busy machine (a version 1 record may have been).
+RECORD_VERSION = 2
 #: Libraries whose versions change what the engines compute or how fast.
 LIBRARIES = ("torch", "onnxruntime", "openvino", "nncf", "onnx")
 
@@ -70,8 +76,12 @@ def choice_fields(model: str, weights_digest: str, size_hw: tuple[int, int], thr
 
 
 class ChoiceCache:
-    """Choice records on disk, one JSON file per key; unreadable or mismatching files are
-    ignored (and replaced by the next measurement), never trusted."""
+    """Choice records on disk, one JSON file per key (a digest of the fields). Unreadable,
+    mismatching or earlier-version files are ignored, with a line saying which and why, and
+    replaced by the next measurement: never trusted, never a failure."""
+
+    #: what a record holds beside its fields and choice, and the types of each
+    SHAPE = {"ms": (dict,), "agreement": (dict,), "dropped": (list,), "load_per_core": (float, int, type(None))}
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -86,26 +96,56 @@ class ChoiceCache:
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return self.folder / f"{fields['model']}-{key}.json"
 
-    def load(self, fields: dict) -> Optional[dict]:
+    def load(self, fields: dict, busy_load: Optional[float] = None) -> Optional[dict]:
+        """The record for ``fields``; None (measure) when there is none or it cannot be trusted,
+        as one measured above ``busy_load`` (per core) cannot."""
         path = self.path(fields)
+        if not path.is_file():
+            self._note_earlier_versions(fields)
+            return None
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        shape = {"ms": dict, "agreement": dict, "dropped": list}
-        if not isinstance(record, dict) or record.get("fields") != fields \
-                or record.get("choice") not in fields["candidates"] \
-                or not all(isinstance(record.get(k), kind) for k, kind in shape.items()):
-            log.debug("choice cache: ignoring %s (it does not match)", path)
-            return None
+        except (OSError, ValueError) as exc:
+            return self._ignore(path, f"unreadable: {exc}")
+        if not isinstance(record, dict) or record.get("fields") != fields:
+            return self._ignore(path, "its fields do not match")
+        if record.get("choice") not in fields["candidates"]:
+            return self._ignore(path, f"its choice {record.get('choice')!r} is not a candidate")
+        wrong = [k for k, kinds in self.SHAPE.items() if k not in record or not isinstance(record[k], kinds)]
+        if wrong:
+            return self._ignore(path, f"missing or malformed: {', '.join(wrong)}")
+        load = record["load_per_core"]
+        if busy_load is not None and load is not None and load > busy_load:
+            return self._ignore(path, f"measured on a busy machine, load {load:.2f} per core")
         return record
 
-    def store(self, fields: dict, choice: str, ms: dict, agreement: dict, dropped: list) -> Optional[Path]:
-        """Atomically; a read-only cache folder only costs the next start its timing."""
-        record = {"fields": fields, "choice": choice, "ms": ms, "agreement": agreement, "dropped": dropped}
+    def store(self, fields: dict, choice: str, ms: dict, agreement: dict, dropped: list,
+              load_per_core: Optional[float] = None) -> Optional[Path]:
+        """Atomically; a read-only cache folder only costs the next start its timing.
+        ``load_per_core``: the machine's load while ``ms`` were measured (None: not known)."""
+        record = {"fields": fields, "choice": choice, "ms": ms, "agreement": agreement, "dropped": dropped,
+                  "load_per_core": None if load_per_core is None else round(load_per_core, 3),
+                  "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             return write_bytes(self.path(fields), json.dumps(record, indent=1, sort_keys=True).encode())
         except OSError as exc:
             log.warning("choice cache: cannot write in %s (%s): the next start times again", self.folder, exc)
             return None
+
+    def _ignore(self, path: Path, why: str) -> None:
+        log.info("choice cache: ignoring %s (%s); measuring again", path, why)
+
+    def _note_earlier_versions(self, fields: dict) -> None:
+        """Records of an earlier version live under other names (the version is part of the
+        key) and are never read: say so for those of this situation, which the measurement
+        about to run replaces."""
+        same = {k: v for k, v in fields.items() if k != "version"}
+        for path in sorted(self.folder.glob(f"{fields['model']}-*.json")):
+            try:
+                old = json.loads(path.read_text())["fields"]
+                if old["version"] == RECORD_VERSION or {k: v for k, v in old.items() if k != "version"} != same:
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not this situation's record, as far as can be read
+            self._ignore(path, f"a version {old['version']} record, which may have been measured on a busy machine")

@@ -70,6 +70,15 @@ class CalibrationSpec:
                              f"{self.width}x{self.height}")
 
 
+def default_calibration_root() -> str:
+    """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''.
+    Where int8 calibrates, and precision auto checks reduced precisions, without frames given."""
+    from eacnet_core.data.datasets import find_camvid
+
+    root = find_camvid()
+    return str(root) if root is not None and (root / "train").is_dir() else ""
+
+
 def calibration_images(root: str | os.PathLike, count: int) -> list[Path]:
     """``count`` training images spread evenly over ``root``: CamVid's ``train/`` when it
     exists (never val or test: those judge the result), else the folder's own images."""

@@ -7,6 +7,10 @@ Mask back to input size: the network already returns logits at the inference siz
 (bilinear from 1/8 inside the model); when the camera image is larger we take the
 argmax at the inference size and resize the *mask* with nearest neighbour, instead of
 upsampling C logit planes and taking the argmax there. See ``_restore_size``.
+
+Which engine, precision and compiled path run is backend/precision auto's choice, made by
+the ``Chooser`` beside the Segmenter (chooser.py): the Segmenter preprocesses, runs the
+network on the path chosen, and postprocesses.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import copy
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from eacnet_core.checkpoint import (
 )
 from eacnet_core.data.classes import CAMVID, DatasetInfo, generic
 from eacnet_core.data.transforms import normalisation_lut
-from eacnet_core.infer.choice import ChoiceCache, choice_fields
+from eacnet_core.infer.chooser import Candidate, Chooser
 from eacnet_core.infer.compiled import CompiledForward
 from eacnet_core.infer.confidence import argmax_planes, ids_and_confidence
 from eacnet_core.infer.device_frame import DeviceFrames, FrameResult, ReadyFrames
@@ -49,7 +52,7 @@ from eacnet_core.infer.engines import (
     return_freed_memory,  # noqa: F401  (the node imports it from here)
 )
 from eacnet_core.models import build_model
-from eacnet_core.runtime import DTYPES, configure_torch, cpu_supports_bf16, resolve_device, resolve_precision, sync
+from eacnet_core.runtime import DTYPES, configure_torch, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +65,6 @@ FRAME_ON_DEVICE = ("auto", "on", "off")
 GRAPH_BACKENDS = ("onnxruntime", "openvino")
 
 _WARMUP_HW = (360, 480)  # start-up warm-up frames when the camera's size is not known yet
-#: precision auto keeps a reduced precision only if its masks equal fp32's on this share of pixels
-AGREEMENT_MIN = 0.99
-#: calibration frames (beside any camera frame) on which precision auto compares masks with fp32
-PROBE_FRAMES = 2
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to run the network on the CPU: backend, precision and (torch) memory layout."""
-
-    backend: str
-    precision: str
-    channels_last: bool = False
-
-    @property
-    def label(self) -> str:
-        layout = (":nhwc" if self.channels_last else ":nchw") if self.backend == "torch" else ""
-        return f"{self.backend}:{self.precision}{layout}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +83,7 @@ class SegmenterOptions:
     # folder of camera images); "" = $EACNET_DATA or ../shared/data/CamVid when present. precision auto
     # builds int8 models only from frames given here; without them it uses cached ones.
     calibration_data: str = ""
-    choice_cache: bool = True  # remember auto's choice in the user cache (eacnet_core.infer.choice)
+    choice_cache: bool = True  # remember auto's choice in the user cache (choice.ChoiceCache)
     compiled_shapes: int = 4  # backend torch_compiled: (batch, height, width) shapes kept compiled; LRU beyond
     compile_mode: str = "auto"  # backend torch_compiled: compiled.COMPILE_MODES (auto: inductor, + CUDA graphs on CUDA)
     # the frame's pre/post-processing as tensor ops on the model's device (device_frame.py):
@@ -111,13 +96,14 @@ class Segmenter:
 
     ``segment(bgr)`` returns a uint8 (H, W) class-id mask at the input image's size.
 
-    On the CPU, backend=auto and precision=auto time their candidates (``Candidate``: torch,
-    onnxruntime, OpenVINO; fp32, bf16 where the CPU runs it natively, int8 where its model is
-    cached or calibration frames are given) and keep the fastest, at the size the network will
-    run at: in ``warmup()`` when that size is known (an inference size, or the size passed),
-    else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced precision is
-    eligible only if its masks equal fp32's on >= 99% of the pixels of calibration frames
-    and/or the first camera frame. The choice is remembered (``eacnet_core.infer.choice``).
+    On the CPU, backend=auto and precision=auto time their candidates (``chooser.Candidate``:
+    torch, onnxruntime, OpenVINO; fp32, bf16 where the CPU runs it natively, int8 where its
+    model is cached or calibration frames are given) and keep the fastest, at the size the
+    network will run at: in ``warmup()`` when that size is known (an inference size, or the
+    size passed), else on the first frame after ``warmup()``; ``tune()`` forces it. A reduced
+    precision is eligible only if its masks equal fp32's on >= 99% of the pixels of calibration
+    frames and/or the first camera frame. The choice is remembered unless the machine was busy
+    while it was measured. The ``Chooser`` beside it (``chooser``) makes it; ``autotune_*`` show it.
 
     The confidence (``segment_confidence``, ``segment_frames`` with a third ``wanted`` flag)
     plays no part in that choice: candidates are timed and checked on their logits (and
@@ -148,8 +134,6 @@ class Segmenter:
         self.options = options
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
-        # precision auto on the CPU chooses among fp32, bf16 and int8 by measurement, fp32 the reference
-        self._auto_precision = (options.precision or "auto").lower() == "auto" and self.device.type == "cpu"
         self.backend = _resolve_backend(options.backend, self.precision)
         if self.backend == "openvino" and self.device.type != "cpu":
             raise ValueError(f"backend openvino runs on the CPU; got device {self.device}")
@@ -164,18 +148,9 @@ class Segmenter:
         self.engines: dict[tuple[str, str], Engine] = {}
         self._weights_digest: Optional[str] = None
         self._frames = self._device_frames(DTYPES.get(self.precision, torch.float32))
-        # backend=auto on CUDA: time eager and compiled torch and keep the faster (_pick_fastest_cuda_path).
-        self._can_autotune_cuda = (options.backend == "auto" and self.device.type == "cuda"
-                                   and self.precision in DTYPES)
-        # On the CPU with more than one candidate: time them and keep the fastest (_pick_fastest_cpu_path).
-        self._can_autotune = self.device.type == "cpu" and len(self._candidates(int8=False)) > 1
-        self._tune_on_first_frame = False  # set by warmup() when it does not know the network size
-        self.autotune_ms: dict[str, float] = {}  # the last timing: candidate label -> least ms of its runs
-        self.autotune_agreement: dict[str, float] = {}  # reduced precisions: share of pixels equal to fp32
-        self.autotune_dropped: list[str] = []  # candidates dropped after their first run (not eligible)
-        self.autotune_size: Optional[tuple[int, int]] = None  # (height, width) it was timed at
-        self.autotune_complete = False  # reduced precisions were checked too (or none is a candidate)
-        self._use(Candidate(self.backend, self.precision, options.channels_last))
+        #: backend/precision auto: which path runs (CPU candidates, CUDA eager or compiled, when)
+        self.chooser = Chooser(self)
+        self.use(Candidate(self.backend, self.precision, options.channels_last))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -207,9 +182,14 @@ class Segmenter:
         """fp32 dynamic-size graph -> the int8 model of ``backend`` for these weights (cached;
         see quantize.py). precision auto builds only from frames given (``calibration_data``):
         building takes a while, so it is never started by default; cached models serve."""
-        from eacnet_core.infer.quantize import CalibrationSpec, int8_graph, openvino_int8_model
+        from eacnet_core.infer.quantize import (
+            CalibrationSpec,
+            default_calibration_root,
+            int8_graph,
+            openvino_int8_model,
+        )
 
-        root = self.options.calibration_data or ("" if self._auto_precision else _default_calibration_root())
+        root = self.options.calibration_data or ("" if self.chooser.auto_precision else default_calibration_root())
         height, width = self._network_size(None, None) or _WARMUP_HW
         spec = CalibrationSpec(root, height=height, width=width) if root else None
         build = int8_graph if backend == "onnxruntime" else openvino_int8_model
@@ -254,11 +234,23 @@ class Segmenter:
         """The compiled torch forward at the running precision (backend torch_compiled)."""
         return self.engine("torch_compiled", self.precision)
 
-    def _drop_compiled(self) -> None:
+    def drop_compiled(self) -> None:
         """Free the compiled code and captured graphs (backend auto on CUDA kept eager torch)."""
         engine = self.engines.pop(("torch_compiled", self.precision), None)
         if engine is not None:
             engine.clear()
+
+    def release_engines(self, chosen: Candidate) -> None:
+        """Free every engine but the one running ``chosen`` (what backend auto built to time
+        the others). OpenVINO keeps onnxruntime's fp32 graph: it compiles other sizes from it."""
+        graph_source = ("onnxruntime", "fp32")
+        for key in list(self.engines):
+            if key == (chosen.backend, chosen.precision):
+                continue
+            if key == graph_source and chosen.backend == "openvino":
+                self.engines[key].clear(keep_graph=True)
+            else:  # (onnxruntime's int8 graph, once made, needs the fp32 one no more)
+                self.engines.pop(key).clear()
 
     @property
     def loaded_from_file(self) -> bool:
@@ -270,10 +262,10 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
-    def _use(self, candidate: Candidate) -> None:
-        """Switch execution path; the model's memory format follows the torch layout (the
-        compiled engine's for torch_compiled). Under precision auto the torch model stays fp32
-        (a round trip through bf16 would round it)."""
+    def use(self, candidate: Candidate) -> None:
+        """Switch execution path (the Chooser's, to time or keep a candidate); the model's
+        memory format follows the torch layout (the compiled engine's for torch_compiled).
+        Under precision auto the torch model stays fp32 (a round trip through bf16 would round it)."""
         self.backend, self.precision = candidate.backend, candidate.precision
         self.channels_last = candidate.channels_last and candidate.backend == "torch"
         if candidate.backend in TORCH_BACKENDS:
@@ -311,18 +303,7 @@ class Segmenter:
         size = (f"{self.options.inference_width}x{self.options.inference_height}"
                 if self.options.inference_height else "input size")
         weights = str(self.weights) if self.weights else "UNTRAINED (random weights)"
-        # backend=auto on CPU chooses in warmup() or on the first frame: before that, say so
-        # rather than name the starting path (a description taken early once recorded torch for onnxruntime).
-        precision = self.precision  # "(chosen by auto)" after the backend covers both
-        if self._can_autotune and self.autotune_size is None:
-            backend = "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)"
-            precision = "auto" if self._auto_precision else precision
-        else:
-            backend = (self.backend + (" channels_last" if self.channels_last else "")
-                       + (" (chosen by auto)" if self._can_autotune else ""))
-        if self._can_autotune_cuda:
-            backend = (f"{self.backend} (chosen by auto)" if self.autotune_size else
-                       "auto (chosen on the first frame)" if self._tune_on_first_frame else "auto (not chosen yet)")
+        precision, backend = self.chooser.described()
         frames = " frame=on-device" if self.frame_on_device else ""
         return (f"model={self.model_name} classes={self.num_classes} device={self.device} "
                 f"precision={precision} backend={backend} inference={size}{frames} weights={weights}")
@@ -355,8 +336,8 @@ class Segmenter:
         if self.frame_on_device:
             return self.segment_frames([bgr])[0].mask
         batch = self.preprocess(bgr)
-        if self._tune_on_first_frame:
-            self.settle(batch)
+        if self.chooser.pending:
+            self.chooser.settle(batch)
         return _restore_size(self.class_ids(batch), bgr.shape[:2])
 
     def class_ids(self, batch: np.ndarray) -> np.ndarray:
@@ -422,8 +403,8 @@ class Segmenter:
         """``segment_batch``'s work on the CPU path: (mask, confidence where asked, else None)
         per image, at its own size."""
         batches = [self.preprocess(bgr) for bgr in images]
-        if self._tune_on_first_frame and batches:
-            self.settle(batches[0])
+        if self.chooser.pending and batches:
+            self.chooser.settle(batches[0])
         groups: dict[object, list[int]] = {}
         for i, batch in enumerate(batches):
             key = i if self.backend in GRAPH_BACKENDS else batch.shape[2:]
@@ -467,11 +448,8 @@ class Segmenter:
             raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
         for bgr in images:
             _check_image(bgr)
-        if self._tune_on_first_frame and images:  # backend=auto settles on the first frame's network size
-            if self._can_autotune_cuda:  # timed on the device: no CPU preprocessing needed
-                self._pick_fastest_cuda_path(self._network_size(*images[0].shape[:2]))
-            else:  # the CPU choice, the frame among what reduced precisions are checked on
-                self.settle(self.preprocess(images[0]))
+        if images:  # backend=auto settles on the first frame's network size
+            self.chooser.first_frame(images[0])
         if not self.frame_on_device:
             if not any(w[2] for w in wanted):
                 masks = self.segment_batch(images) if len(images) > 1 else [self.segment(bgr) for bgr in images]
@@ -481,7 +459,7 @@ class Segmenter:
             return ReadyFrames([self._cpu_outputs(bgr, mask, conf, want, alpha)
                                 for bgr, (mask, conf), want in zip(images, pairs, wanted, strict=True)])
         with torch.inference_mode():
-            return self._frames.submit(images, self._device_forward, wanted, alpha, self.temperature)
+            return self._frames.submit(images, self.device_forward, wanted, alpha, self.temperature)
 
     def _cpu_outputs(self, bgr: np.ndarray, mask: np.ndarray, confidence: Optional[np.ndarray],
                      want: tuple[bool, bool, bool], alpha: float) -> FrameResult:
@@ -489,9 +467,9 @@ class Segmenter:
         overlay = self.overlay(bgr, mask, alpha, color_mask=colours) if want[1] else None
         return FrameResult(mask, colours if want[0] else None, overlay, confidence)
 
-    def _device_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def device_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a device batch, for DeviceFrames (which consumes the logits at once,
-        so a CUDA graph's output buffer needs no copy)."""
+        so a CUDA graph's output buffer needs no copy) and the Chooser's CUDA timing."""
         if self.backend == "torch_compiled":
             return self._compiled(x)
         return self._model(x)
@@ -531,24 +509,14 @@ class Segmenter:
         then only exports the ONNX graph (size-independent); the first frame's timing runs
         are its warm-up."""
         size = self._network_size(height, width)
-        if self._can_autotune_cuda and self.autotune_size is None:
-            if size:
-                self._pick_fastest_cuda_path(size)
-            else:
-                self._tune_on_first_frame = True
+        self.chooser.at_warmup(size)
         if self.backend == "torch_compiled" and size:
             self._compiled.prepare(1, *size)  # compile now, not on the first frame (logged)
-        if self._can_autotune and self.autotune_size is None:
-            probes = self._calibration_probes(size) if size else []
-            if size and (probes or not self._wants_probes()):
-                self._pick_fastest_cpu_path(self._blank_batch(size), probes=probes)
-            else:  # the size, or frames to check reduced precisions on, come with the first frame
-                self._tune_on_first_frame = True
         if self.backend in GRAPH_BACKENDS:
             self.engine(self.backend, self.precision).prepare()  # size-independent: pay it now
-        elif self._tune_on_first_frame and self._can_autotune and _ort_available():
+        elif self.chooser.pending and self.chooser.on_cpu and _ort_available():
             self.engine("onnxruntime", "fp32").prepare()  # the export does not depend on the size
-        if size is None and (self._tune_on_first_frame or self.backend in (*GRAPH_BACKENDS, "torch_compiled")):
+        if size is None and (self.chooser.pending or self.backend in (*GRAPH_BACKENDS, "torch_compiled")):
             return  # timing, a session or compiled code at a guessed size would be for the wrong shapes
         if self.frame_on_device:  # the device's pre/post-processing warms up with the network
             for _ in range(runs):
@@ -569,16 +537,38 @@ class Segmenter:
         explicit backend and precision or a GPU. Logs the timings on the ``eacnet_core`` logger (INFO)."""
         if height < 1 or width < 1:
             raise ValueError(f"tune needs a positive image size; got height={height} width={width}")
-        if self._can_autotune:
-            size = self._network_size(height, width)
-            self._pick_fastest_cpu_path(self._blank_batch(size), probes=self._calibration_probes(size))
-        elif self._can_autotune_cuda:
-            self._pick_fastest_cuda_path(self._network_size(height, width))
+        self.chooser.tune(self._network_size(height, width))
 
     @property
     def chooses_on_cpu(self) -> bool:
         """backend or precision auto on the CPU, with more than one candidate to time."""
-        return self._can_autotune
+        return self.chooser.on_cpu
+
+    # what auto chose (the Chooser's record of it)
+    @property
+    def autotune_ms(self) -> dict[str, float]:
+        """The last timing: candidate label -> least ms of its runs (CUDA: backend -> median ms)."""
+        return self.chooser.ms
+
+    @property
+    def autotune_agreement(self) -> dict[str, float]:
+        """Reduced precisions: the share of pixels whose class equals fp32's."""
+        return self.chooser.agreement
+
+    @property
+    def autotune_dropped(self) -> list[str]:
+        """Candidates dropped after their first runs (not eligible)."""
+        return self.chooser.dropped
+
+    @property
+    def autotune_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) the choice was made at; None before it."""
+        return self.chooser.size
+
+    @property
+    def autotune_complete(self) -> bool:
+        """Reduced precisions were checked too (or none is a candidate)."""
+        return self.chooser.complete
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the network runs at for ``height`` x ``width`` images."""
@@ -589,11 +579,13 @@ class Segmenter:
         ``bgr``'s network size (the frame, with calibration frames at hand, checks reduced
         precisions). Nothing of this one is touched, so it may keep serving frames on another
         thread meanwhile (the node measures a new camera size so); ``adopt`` takes the result."""
-        twin = Segmenter(copy.deepcopy(self._model), self.model_name, self.dataset, self.options, self.weights)
+        twin = Segmenter(copy.deepcopy(self._model), self.model_name, self.dataset, self.options, self.weights,
+                         temperature=self.temperature)
         twin._weights_digest = self._weights_digest
+        twin.chooser = self.chooser.beside(twin)
         batch = twin.preprocess(bgr)
         size = (batch.shape[2], batch.shape[3])
-        twin._pick_fastest_cpu_path(batch, probes=[batch, *twin._calibration_probes(size)])
+        twin.chooser.choose_cpu(batch, probes=[batch, *twin.chooser.calibration_probes(size)])
         return twin
 
     def adopt(self, twin: Segmenter) -> None:
@@ -602,22 +594,14 @@ class Segmenter:
         key = (twin.backend, twin.precision)
         if key in twin.engines:
             self.engines[key] = twin.engines.pop(key)
-        self.autotune_ms, self.autotune_agreement = dict(twin.autotune_ms), dict(twin.autotune_agreement)
-        self.autotune_dropped, self.autotune_complete = list(twin.autotune_dropped), twin.autotune_complete
-        self._keep(Candidate(twin.backend, twin.precision, twin.channels_last),
-                   twin.autotune_size, "adopted", self.autotune_dropped)
+        self.chooser.adopt(twin.chooser)
 
     def settle(self, batch: np.ndarray) -> None:
         """Make the auto choice now, if it is still open, on this preprocessed frame (1, 3, h, w)
         at the network size: what the first frame does in ``segment``. The frame, with any
         calibration frames at hand, is what reduced precisions are checked on. For callers
         that preprocess themselves (``eacnet eval``)."""
-        size = (batch.shape[2], batch.shape[3])
-        if self._can_autotune and self.autotune_size is None:
-            self._pick_fastest_cpu_path(batch, probes=[batch, *self._calibration_probes(size)])
-        elif self._can_autotune_cuda and self.autotune_size is None:
-            self._pick_fastest_cuda_path(size)
-        self._tune_on_first_frame = False
+        self.chooser.settle(batch)
 
     def _network_size(self, height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int]]:
         """(h, w) the network runs at for images of height x width; None when not known."""
@@ -628,179 +612,6 @@ class Segmenter:
     def _blank_batch(self, size_hw: tuple[int, int]) -> np.ndarray:
         """A preprocessed black frame at the network size (timing and warm-up input)."""
         return self.preprocess(np.zeros((*size_hw, 3), np.uint8))
-
-    # ------------------------------------------------------------------ the auto choice
-    def _candidates(self, int8: bool = True) -> list[Candidate]:
-        """What backend/precision auto may run here, in timing order. Under precision auto:
-        fp32; bf16 where the CPU runs it natively; int8 (``int8``) where its model can be had."""
-        backends = ["onnxruntime", "torch", "openvino"] if self.options.backend == "auto" else [self.options.backend]
-        precisions = [self.precision]
-        if self._auto_precision:
-            precisions = ["fp32"] + (["bf16"] if cpu_supports_bf16() else []) + (["int8"] if int8 else [])
-        graphs = _ort_available()
-        found = []
-        for precision in precisions:
-            for backend in backends:
-                if backend == "torch" and (precision == "fp32" or not self._auto_precision) and precision != "int8":
-                    layouts = [True, False] if self.options.backend == "auto" else [self.options.channels_last]
-                    found += [Candidate("torch", precision, layout) for layout in layouts]
-                elif backend == "onnxruntime" and graphs and precision in ("fp32", "int8"):
-                    found.append(Candidate(backend, precision))
-                elif (backend == "openvino" and graphs and _ov_available() and precision in OvModels.HINTS
-                      and (precision != "int8" or _nncf_available())):
-                    found.append(Candidate(backend, precision))
-        return found
-
-    def _wants_probes(self) -> bool:
-        """Some candidate has a reduced precision, to be checked against fp32 on real frames."""
-        if not self._auto_precision:
-            return False
-        return any(c.precision != "fp32" for c in self._candidates(int8=False)) or self._int8_at_hand()
-
-    def _int8_at_hand(self) -> bool:
-        """precision auto times int8 only where its model needs no long build now: calibration
-        frames were given (the build is then the user's request), or a model is cached."""
-        from eacnet_core.infer.quantize import Int8Cache
-
-        if self.options.calibration_data:
-            return True
-        cache = Int8Cache.beside(self.weights)
-        return cache.folder.is_dir() and any(cache.folder.glob(f"{self.model_name}-*.int8.*"))
-
-    def _calibration_probes(self, size_hw: tuple[int, int]) -> list[np.ndarray]:
-        """A few calibration frames (never val or test) at the network size, preprocessed: what
-        reduced precisions are compared with fp32 on. [] when no frames are at hand."""
-        from eacnet_core.infer.quantize import calibration_images
-
-        root = self.options.calibration_data or _default_calibration_root()
-        if not root or not self._auto_precision:
-            return []
-        probes = []
-        for path in calibration_images(root, PROBE_FRAMES):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is not None:
-                probes.append(self.preprocess(cv2.resize(bgr, (size_hw[1], size_hw[0]),
-                                                         interpolation=cv2.INTER_LINEAR)))
-        return probes
-
-    def _pick_fastest_cpu_path(self, batch: np.ndarray, runs: int = 3,
-                               probes: Sequence[np.ndarray] = ()) -> None:
-        """On the CPU: time the candidates on this machine, model and size, and keep the
-        fastest whose masks agree with fp32 (>= ``AGREEMENT_MIN`` of the pixels of ``probes``;
-        fp32 paths compute the same function to float rounding). Which one wins differs by
-        model, size and CPU (docs/RESULTS.md), hence measuring, not guessing.
-
-        Each candidate's first timed run is not counted, except that a path whose first two
-        runs both took over twice the best time so far is dropped there: at 720p on a loaded
-        2-core CPU a torch run took 4 s, and 4 of each made a 48 s first frame. The time kept
-        is the least of ``runs`` runs (load from other processes only adds). Graph engines
-        get one untimed run before it (their first inference allocates: OpenVINO bf16 and
-        the int8 models were dropped on it on a loaded CPU, though faster afterwards).
-        Reduced precisions need ``probes``; without them only fp32 is timed. The result is
-        remembered (``choice.ChoiceCache``): the same situation later reuses it."""
-        self._tune_on_first_frame = False
-        self.autotune_complete = bool(probes) or not self._wants_probes()
-        size = (batch.shape[2], batch.shape[3])
-        reference = "fp32" if self._auto_precision else self.precision
-        int8 = self._auto_precision and bool(probes) and self._int8_at_hand()
-        candidates = [c for c in self._candidates(int8=int8) if c.precision == reference or probes]
-        labels = [c.label for c in candidates]
-        fields = choice_fields(self.model_name, self.weights_digest, size, self._threads(), labels, bool(probes))
-        cache = ChoiceCache.default() if self.options.choice_cache else None
-        record = cache.load(fields) if cache else None
-        if record is not None:
-            self.autotune_ms, self.autotune_agreement = record["ms"], record["agreement"]
-            self.autotune_dropped = record["dropped"]
-            self._keep(next(c for c in candidates if c.label == record["choice"]), size, "remembered",
-                       self.autotune_dropped)
-            return
-        truth = [self._reference_ids(p) for p in probes] if self._auto_precision and len(candidates) > 1 else []
-        self.autotune_ms, self.autotune_agreement, self.autotune_dropped = {}, {}, []
-        dropped = self.autotune_dropped
-        for candidate in candidates:
-            try:
-                self._use(candidate)
-                if candidate.backend != "torch":  # compiling, building, a session and its first run
-                    self.engine(candidate.backend, candidate.precision).runner(*size)(batch)  # (allocations):
-                first = _elapsed_ms(self.logits, batch)  # set-up, untimed; torch's first run is the timed one
-            except (RuntimeError, ValueError, OSError) as exc:  # e.g. an int8 model that cannot be had
-                log.warning("auto at %dx%d: %s not timed: %s", size[1], size[0], candidate.label, exc)
-                continue
-            limit = 2 * min(self.autotune_ms.values(), default=float("inf"))
-            if first > limit:  # once more: on a shared CPU one run can be hit by another process
-                first = min(first, _elapsed_ms(self.logits, batch))
-                if first > limit:
-                    self.autotune_ms[candidate.label] = first
-                    dropped.append(candidate.label)
-                    continue
-            # the least of a few runs: other processes only ever add time to a run
-            self.autotune_ms[candidate.label] = min(_elapsed_ms(self.logits, batch) for _ in range(runs))
-            if candidate.precision != reference and truth:
-                self.autotune_agreement[candidate.label] = self._agreement(probes, truth)
-        eligible = [k for k in self.autotune_ms if k not in dropped
-                    and self.autotune_agreement.get(k, 1.0) >= AGREEMENT_MIN] or list(self.autotune_ms)
-        best = min(eligible, key=self.autotune_ms.get)
-        self._keep(next(c for c in candidates if c.label == best), size, "measured", dropped)
-        if cache:
-            cache.store(fields, best, self.autotune_ms, self.autotune_agreement, dropped)
-
-    def _keep(self, chosen: Candidate, size: tuple[int, int], how: str, dropped: Sequence[str] = ()) -> None:
-        """Run ``chosen`` from now on, free the engines it does not need, log the choice."""
-        self._use(chosen)
-        graph_source = ("onnxruntime", "fp32")
-        for key in list(self.engines):
-            if key == (chosen.backend, chosen.precision):
-                continue
-            if key == graph_source and chosen.backend == "openvino":
-                self.engines[key].clear(keep_graph=True)  # OpenVINO compiles other sizes from the graph
-            else:  # (onnxruntime's int8 graph, once made, needs the fp32 one no more)
-                self.engines.pop(key).clear()
-        self.autotune_size = size
-        timings = ", ".join(f"{k} {v:.0f} ms" + (" (dropped after its first runs)" if k in dropped else "")
-                            + (f" agrees {100 * self.autotune_agreement[k]:.2f}%" if k in self.autotune_agreement
-                               else "") for k, v in self.autotune_ms.items())
-        log.info("auto at %dx%d (%s): %s -> %s", size[1], size[0], how, timings, chosen.label)
-
-    def _reference_ids(self, probe: np.ndarray) -> np.ndarray:
-        """fp32 class ids of a probe (torch, NCHW): what reduced precisions must reproduce."""
-        self._use(Candidate("torch", "fp32"))
-        return _argmax_classes(self.logits(probe))
-
-    def _agreement(self, probes: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
-        """Share of the probes' pixels whose class id equals fp32's, on the running path."""
-        equal = sum(int((_argmax_classes(self.logits(p)) == t).sum()) for p, t in zip(probes, truth, strict=True))
-        return equal / sum(t.size for t in truth)
-
-    def _threads(self) -> int:
-        return self.options.threads if self.options.threads > 0 else torch.get_num_threads()
-
-    def _pick_fastest_cuda_path(self, size_hw: tuple[int, int], runs: int = 20) -> None:
-        """backend=auto on CUDA: time eager torch and torch_compiled (compiled.py: torch.compile
-        and a CUDA graph per shape) at the network size, batch 1, and keep the faster. Both run
-        the same function at this precision (masks agree to float rounding). Compiling is set-up,
-        not a run: it happens first, untimed and logged; a compiler that fails (no Triton, say)
-        leaves eager torch, with a warning."""
-        self._tune_on_first_frame = False
-        x = torch.zeros((1, 3, *size_hw), device=self.device, dtype=DTYPES[self.precision])
-        self.autotune_ms = {}
-        for backend in TORCH_BACKENDS:
-            self._use(Candidate(backend, self.precision, self.options.channels_last))
-            try:
-                with torch.inference_mode():
-                    for _ in range(3):  # compiles / captures, picks cuDNN algorithms
-                        self._device_forward(x)
-                    self.autotune_ms[backend] = _device_ms(self._device_forward, x, self.device, runs)
-            except Exception as exc:  # torch.compile raises many types (BackendCompilerFailed, OSError...)
-                log.warning("backend auto: %s failed at %dx%d (%s: %s); not used", backend, size_hw[1], size_hw[0],
-                            type(exc).__name__, exc)
-                self._drop_compiled()
-        best = min(self.autotune_ms, key=self.autotune_ms.get)
-        self._use(Candidate(best, self.precision, self.options.channels_last))
-        if best != "torch_compiled":
-            self._drop_compiled()
-        self.autotune_size = tuple(size_hw)
-        log.info("backend auto at %dx%d on %s: %s -> %s", size_hw[1], size_hw[0], self.device,
-                 ", ".join(f"{k} {v:.2f} ms" for k, v in self.autotune_ms.items()), best)
 
 
 def wanted_outputs(wanted: Optional[Sequence[Sequence[bool]]], count: int) -> list[tuple[bool, bool, bool]]:
@@ -817,23 +628,6 @@ def wanted_outputs(wanted: Optional[Sequence[Sequence[bool]]], count: int) -> li
             raise ValueError(f"an output choice is (colour, overlay) or (colour, overlay, confidence); got {want!r}")
         out.append((bool(want[0]), bool(want[1]), bool(want[2]) if len(want) == 3 else False))
     return out
-
-
-def _device_ms(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
-               runs: int) -> float:
-    """Median milliseconds of ``forward(x)``, the device synchronised around each run."""
-    def run() -> None:
-        forward(x)
-        sync(device)
-
-    sync(device)
-    return float(np.median([_elapsed_ms(run) for _ in range(runs)]))
-
-
-def _elapsed_ms(run: Callable[..., object], *args: object) -> float:
-    start = time.perf_counter()
-    run(*args)
-    return 1000 * (time.perf_counter() - start)
 
 
 def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
@@ -884,7 +678,7 @@ def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def _resolve_backend(backend: str, precision: str) -> str:
     """'auto' starts as torch, which runs every float precision; on CPU, warmup(), tune() or
-    the first frame then measures the alternatives (``_pick_fastest_cpu_path``). int8 starts
+    the first frame then measures the alternatives (``Chooser.choose_cpu``). int8 starts
     as onnxruntime's (a statically quantised graph); OpenVINO's (NNCF) is the other."""
     if precision == "int8":
         if backend not in ("auto", "onnxruntime", "openvino"):
@@ -904,14 +698,6 @@ def _resolve_backend(backend: str, precision: str) -> str:
             raise ValueError("backend openvino needs openvino, onnx and onnxruntime (pip install openvino onnx "
                              "onnxruntime, or the package's openvino extra)")
     return "torch" if backend == "auto" else backend
-
-
-def _default_calibration_root() -> str:
-    """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''."""
-    from eacnet_core.data.datasets import find_camvid
-
-    root = find_camvid()
-    return str(root) if root is not None and (root / "train").is_dir() else ""
 
 
 def _check_size(height: int, width: int) -> None:

@@ -206,7 +206,7 @@ def _run_frame_on_device(segmenter: Segmenter, bgr: np.ndarray, msg: Any, store:
     synchronisations (``Segmenter.segment_frames``), so the sum is an upper bound."""
     import torch
 
-    if segmenter._tune_on_first_frame:  # backend=auto settles on the first frame, as in submit_frames
+    if segmenter.chooser.pending:  # backend=auto settles on the first frame, as in submit_frames
         segmenter.tune(*bgr.shape[:2])
     frames = segmenter._frames
     with torch.inference_mode():
@@ -214,7 +214,7 @@ def _run_frame_on_device(segmenter: Segmenter, bgr: np.ndarray, msg: Any, store:
         batch = frames.network_input([frame], frames.network_size(bgr.shape[:2]))
         sync(segmenter.device)
         marks.append(clock())
-        logits = segmenter._device_forward(batch)
+        logits = segmenter.device_forward(batch)
         sync(segmenter.device)
         marks.append(clock())
         mask_t = frames.nearest(frames.argmax(logits)[0], bgr.shape[:2])
