@@ -10,7 +10,8 @@ from torch import nn
 
 from eacnet_core.data.classes import CAMVID
 from eacnet_core.infer.device_frame import DeviceFrames, FrameResult
-from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions, mask_at_size
+from eacnet_core.infer.masks import mask_at_size
+from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,7 +28,7 @@ def pixel_model(classes: int = 11, seed: int = 0) -> nn.Module:
 def frames_for(segmenter: Segmenter, device: str = "cpu") -> DeviceFrames:
     opts = segmenter.options
     return DeviceFrames(torch.device(device), torch.float32, segmenter.dataset.mean, segmenter.dataset.std,
-                        segmenter._palette_bgr, (opts.inference_height, opts.inference_width),
+                        segmenter.palette.bgr, (opts.inference_height, opts.inference_width),
                         channels_last=True)
 
 
@@ -137,7 +138,7 @@ def test_bad_arguments_are_named():
 def test_cuda_frames_match_the_cpu_path_and_overlap_uploads():
     seg = cpu_segmenter()
     model = seg._model.to("cuda")
-    dev = DeviceFrames(torch.device("cuda"), torch.float32, CAMVID.mean, CAMVID.std, seg._palette_bgr)
+    dev = DeviceFrames(torch.device("cuda"), torch.float32, CAMVID.mean, CAMVID.std, seg.palette.bgr)
     images = [random_frame(32, 48, seed=s) for s in range(4)]
     pending = []
     with torch.inference_mode():

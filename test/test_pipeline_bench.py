@@ -165,20 +165,20 @@ def test_mask_is_the_argmax_of_the_logits(segmenter):
 
 
 def test_argmax_keeps_the_first_maximum_for_every_input_kind():
-    from eacnet_core.infer.segmenter import _argmax_classes
+    from eacnet_core.infer.masks import argmax_classes
 
     logits = np.random.default_rng(1).standard_normal((1, 11, 7, 9)).astype(np.float32)
     logits[0, 4, :2] = logits[0, 7, :2] = 99.0  # ties: the lower id wins, as in argmax
     tensor = torch.from_numpy(logits)
     for variant in (logits, tensor, tensor.contiguous(memory_format=torch.channels_last)):
-        ids = _argmax_classes(variant)
+        ids = argmax_classes(variant)
         assert ids.dtype == np.uint8 and np.array_equal(ids, logits[0].argmax(0))
-    assert (_argmax_classes(logits)[:2] == 4).all()
+    assert (argmax_classes(logits)[:2] == 4).all()
 
 
 def test_colorize_lut_matches_palette_indexing(segmenter):
     mask = np.arange(256, dtype=np.uint8).reshape(16, 16)
     palette = np.zeros((256, 3), np.uint8)
-    palette[:segmenter.num_classes] = segmenter._palette_bgr
+    palette[:segmenter.num_classes] = segmenter.palette.bgr
     assert np.array_equal(segmenter.colorize(mask), palette[mask])  # ids without a colour are black
     assert np.array_equal(segmenter.colorize(mask.astype(np.int64) % 11), palette[mask % 11])

@@ -44,7 +44,8 @@ from eacnet_core.data.datasets import (
 from eacnet_core.data.transforms import EvalTransform
 from eacnet_core.evaluate.metrics import ConfusionMatrix
 from eacnet_core.infer.args import add_int8_calibration
-from eacnet_core.infer.segmenter import BACKENDS, Segmenter, SegmenterOptions, mask_at_size
+from eacnet_core.infer.masks import mask_at_size
+from eacnet_core.infer.segmenter import BACKENDS, Segmenter, SegmenterOptions
 from eacnet_core.models import MODELS
 from eacnet_core.options import (
     Alias,
@@ -92,7 +93,7 @@ class EvalResult:
 
 def predict_to_label_size(logits: torch.Tensor, label_hw: tuple[int, int]) -> np.ndarray:
     """(B, C, h, w) logits -> (B, H, W) uint8 class ids at the label size, each image through
-    ``inference.mask_at_size`` (what ``Segmenter.segment`` does). Labels are uint8 PNGs, so
+    ``masks.mask_at_size`` (what ``Segmenter.segment`` does). Labels are uint8 PNGs, so
     class ids fit uint8."""
     return np.stack([mask_at_size(logits[i:i + 1], label_hw) for i in range(logits.shape[0])])
 

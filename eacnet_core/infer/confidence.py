@@ -60,7 +60,7 @@ def ids_and_confidence(logits: np.ndarray | torch.Tensor, temperature: float = 1
 
     The maximum of a softmax needs no normalised planes: it is 1 / sum_c exp((l_c - max) / T).
     On the CPU this walks the C contiguous planes of NCHW memory once with a running maximum
-    (as ``inference._argmax_classes``) and once for the sum, single-threaded on purpose (see
+    (as ``masks.argmax_classes``) and once for the sum, single-threaded on purpose (see
     there); channels-last tensors and GPUs use torch."""
     if isinstance(logits, torch.Tensor):
         x = logits[0]
@@ -85,7 +85,7 @@ def ids_and_confidence(logits: np.ndarray | torch.Tensor, temperature: float = 1
 def argmax_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(C, h, w) class planes -> (uint8 ids of the first maximum, as argmax; the float32
     maximum), walking the C contiguous planes once with a running maximum: the ids in a
-    fraction of a strided argmax's time on NCHW memory (``inference._argmax_classes``)."""
+    fraction of a strided argmax's time on NCHW memory (``masks.argmax_classes``)."""
     best = planes[0].astype(np.float32, copy=True)
     ids = np.zeros(best.shape, np.uint8)
     greater = np.empty(best.shape, bool)

@@ -6,7 +6,7 @@ tools measure is what the robot runs.
 Mask back to input size: the network already returns logits at the inference size
 (bilinear from 1/8 inside the model); when the camera image is larger we take the
 argmax at the inference size and resize the *mask* with nearest neighbour, instead of
-upsampling C logit planes and taking the argmax there. See ``_restore_size``.
+upsampling C logit planes and taking the argmax there. See ``restore_size``.
 
 Which engine, precision and compiled path run is backend/precision auto's choice, made by
 the ``Chooser`` beside the Segmenter (chooser.py): the Segmenter preprocesses, runs the
@@ -40,7 +40,7 @@ from eacnet_core.data.classes import CAMVID, DatasetInfo, generic
 from eacnet_core.data.transforms import normalisation_lut
 from eacnet_core.infer.chooser import Candidate, Chooser
 from eacnet_core.infer.compiled import CompiledForward
-from eacnet_core.infer.confidence import argmax_planes, ids_and_confidence
+from eacnet_core.infer.confidence import ids_and_confidence
 from eacnet_core.infer.device_frame import DeviceFrames, FrameResult, ReadyFrames
 from eacnet_core.infer.engines import (
     Engine,
@@ -50,6 +50,16 @@ from eacnet_core.infer.engines import (
     _ort_available,
     _ov_available,
     return_freed_memory,  # noqa: F401  (the node imports it from here)
+)
+from eacnet_core.infer.masks import (
+    Palette,
+    argmax_classes,
+    check_alpha,
+    check_image,
+    mask_at_size,
+    restore_size,
+    stack_batches,
+    wanted_outputs,
 )
 from eacnet_core.models import build_model
 from eacnet_core.runtime import DTYPES, configure_torch, resolve_device, resolve_precision
@@ -139,9 +149,7 @@ class Segmenter:
             raise ValueError(f"backend openvino runs on the CPU; got device {self.device}")
         configure_torch(self.device, options.threads)
         self._norm_lut = normalisation_lut(dataset.mean, dataset.std)  # one cv2.LUT pass, as training
-        self._palette_bgr = np.ascontiguousarray(dataset.palette_array()[:, ::-1])
-        self._colour_lut = np.zeros((256, 1, 3), np.uint8)  # ids without a colour stay black
-        self._colour_lut[:min(len(self._palette_bgr), 256), 0] = self._palette_bgr[:256]
+        self.palette = Palette(dataset.palette_array())
         self._model = model.eval()
         #: every backend but eager torch, by (backend, precision) (engines.Engine), made on first
         #: use: ``logits`` runs ``engines[(backend, precision)]`` (torch_compiled: compiled.py)
@@ -281,7 +289,7 @@ class Segmenter:
         if mode == "off" or (mode == "auto" and self.device.type != "cuda") or self.precision not in DTYPES:
             return None
         layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        frames = DeviceFrames(self.device, dtype, self.dataset.mean, self.dataset.std, self._palette_bgr,
+        frames = DeviceFrames(self.device, dtype, self.dataset.mean, self.dataset.std, self.palette.bgr,
                               (self.options.inference_height, self.options.inference_width))
         frames.layout = layout
         return frames
@@ -311,7 +319,7 @@ class Segmenter:
     # ------------------------------------------------------------------ the pipeline
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 (H, W, 3) -> normalised RGB float32 (1, 3, h, w) at the inference size."""
-        _check_image(bgr)
+        check_image(bgr)
         h, w = self.options.inference_height, self.options.inference_width
         if h and (bgr.shape[0], bgr.shape[1]) != (h, w):
             bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -338,14 +346,14 @@ class Segmenter:
         batch = self.preprocess(bgr)
         if self.chooser.pending:
             self.chooser.settle(batch)
-        return _restore_size(self.class_ids(batch), bgr.shape[:2])
+        return restore_size(self.class_ids(batch), bgr.shape[:2])
 
     def class_ids(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (h, w) class ids of a preprocessed (1, 3, h, w) batch at the network size: the
         engine's own argmax where it has one (``graph_ids``), else the argmax of ``logits``.
         Both keep the first maximum, so the ids are the same wherever the logits are."""
         ids = self.graph_ids(batch)
-        return ids if ids is not None else _argmax_classes(self.logits(batch))
+        return ids if ids is not None else argmax_classes(self.logits(batch))
 
     def class_ids_confidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (h, w) class ids and confidence (the softmax maximum, 255 = 1.0:
@@ -381,7 +389,7 @@ class Segmenter:
     def mask_from_ids(self, ids: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         """Class ids at the network size -> the mask at ``size_hw`` (nearest neighbour, only
         when the sizes differ)."""
-        return _restore_size(ids, size_hw)
+        return restore_size(ids, size_hw)
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Class-id masks of several images (one per camera of a node), in their order, with
@@ -416,16 +424,16 @@ class Segmenter:
                 size = images[i].shape[:2]
                 if confidence[i]:
                     ids, conf = self.class_ids_confidence(batches[i])
-                    out[i] = (_restore_size(ids, size), _restore_size(conf, size))
+                    out[i] = (restore_size(ids, size), restore_size(conf, size))
                 else:
-                    out[i] = (_restore_size(self.class_ids(batches[i]), size), None)
+                    out[i] = (restore_size(self.class_ids(batches[i]), size), None)
                 continue
-            logits = self.logits(_stack([batches[i] for i in members]))
+            logits = self.logits(stack_batches([batches[i] for i in members]))
             for row, i in enumerate(members):
                 size = images[i].shape[:2]
                 if confidence[i]:
                     ids, conf = ids_and_confidence(logits[row:row + 1], self.temperature)
-                    out[i] = (_restore_size(ids, size), _restore_size(conf, size))
+                    out[i] = (restore_size(ids, size), restore_size(conf, size))
                 else:
                     out[i] = (self.mask_from_logits(logits[row:row + 1], size), None)
         return out
@@ -444,10 +452,9 @@ class Segmenter:
         that submits the next frame before collecting this one overlaps its upload with this
         forward pass. Off the device, the work is done before this returns."""
         wanted = wanted_outputs(wanted, len(images))
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+        check_alpha(alpha)
         for bgr in images:
-            _check_image(bgr)
+            check_image(bgr)
         if images:  # backend=auto settles on the first frame's network size
             self.chooser.first_frame(images[0])
         if not self.frame_on_device:
@@ -480,23 +487,12 @@ class Segmenter:
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """BGR colour mask; ids outside the palette (e.g. ignore) are black."""
-        if mask.dtype == np.uint8 and mask.ndim == 2:  # the node's case: one table lookup per pixel
-            # applyColorMap with a user table is that lookup in one pass: 0.08 ms at 480x360
-            # against 0.73 ms for merge + LUT (same bytes), which kept the stages outside the
-            # network above 5% of a bf16 forward pass.
-            return cv2.applyColorMap(mask, self._colour_lut)
-        palette = self._palette_bgr
-        if mask.max(initial=0) >= len(palette):
-            palette = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
-        return palette[mask]
+        return self.palette.colorize(mask)
 
     def overlay(self, bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
                 color_mask: Optional[np.ndarray] = None) -> np.ndarray:
         """alpha * colour mask + (1 - alpha) * image, BGR uint8."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
-        colours = self.colorize(mask) if color_mask is None else color_mask
-        return cv2.addWeighted(colours, alpha, _as_bgr(bgr), 1.0 - alpha, 0.0)
+        return self.palette.overlay(bgr, mask, alpha, color_mask)
 
     def warmup(self, height: Optional[int] = None, width: Optional[int] = None, runs: int = 2) -> None:
         """Run a few frames so first-frame costs (allocations, kernel choice, the ONNX export)
@@ -614,68 +610,6 @@ class Segmenter:
         return self.preprocess(np.zeros((*size_hw, 3), np.uint8))
 
 
-def wanted_outputs(wanted: Optional[Sequence[Sequence[bool]]], count: int) -> list[tuple[bool, bool, bool]]:
-    """(colour, overlay, confidence) per image from ``segment_frames``' ``wanted`` (pairs or
-    triples; None: none of them), checked against the number of images."""
-    if wanted is None:
-        return [(False, False, False)] * count
-    wanted = list(wanted)
-    if len(wanted) != count:
-        raise ValueError(f"{len(wanted)} output choices for {count} images")
-    out = []
-    for want in wanted:
-        if len(want) not in (2, 3):
-            raise ValueError(f"an output choice is (colour, overlay) or (colour, overlay, confidence); got {want!r}")
-        out.append((bool(want[0]), bool(want[1]), bool(want[2]) if len(want) == 3 else False))
-    return out
-
-
-def mask_at_size(logits: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
-    """(1, C, h, w) logits -> uint8 (H, W) class ids at ``size_hw``: the argmax at the network's
-    size, then a nearest-neighbour resize. The one home of this rule: ``eacnet eval`` scores
-    masks made by it, so its mIoU is the mIoU of what the Segmenter and the node publish."""
-    return _restore_size(_argmax_classes(logits), size_hw)
-
-
-def _argmax_classes(logits: np.ndarray | torch.Tensor) -> np.ndarray:
-    """uint8 class id per pixel of (1, C, h, w) logits; the first maximum wins, as in argmax.
-
-    On CPU, argmax over the channel axis of NCHW memory walks it with a stride of h*w and
-    was the slowest step after the forward pass (50 ms at 480x360 and 236 ms at 1280x720,
-    11 classes, one thread, `eacnet bench-pipeline`). A running maximum over the C contiguous
-    planes gives the same ids in 1.5 ms / 11 ms, in single-threaded numpy on purpose: a loop
-    of small multi-threaded torch ops slowed down 7x when other processes loaded the CPU.
-    Channels-last memory and GPUs keep torch's argmax, fast there."""
-    if isinstance(logits, torch.Tensor):
-        x = logits[0]
-        if x.device.type != "cpu" or x.stride(0) == 1:
-            return x.argmax(0).to(torch.uint8).cpu().numpy()
-        planes = x.float().numpy()
-    else:
-        planes = logits[0]
-    return argmax_planes(planes)[0]
-
-
-def _stack(batches: Sequence[np.ndarray]) -> np.ndarray:
-    """Preprocessed (1, 3, h, w) frames -> one (N, 3, h, w) batch with the channels-last
-    memory ``preprocess`` gives, so the torch path makes no layout copy for it either."""
-    if len(batches) == 1:
-        return batches[0]
-    return np.stack([b[0].transpose(1, 2, 0) for b in batches]).transpose(0, 3, 1, 2)
-
-
-def _restore_size(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of the class mask to the input image's size.
-
-    Chosen over "bilinear-upsample the logits, then argmax" by measurement (erfnet_enc on
-    30 CamVid val images, inference at 320x240 and 240x180, masks at 480x360): the same
-    mIoU to 0.02 points, 99.4% identical pixels, at 1-2 ms instead of 28 ms per frame
-    (one uint8 resize instead of C float planes). Details in docs/RESULTS.md."""
-    if mask.shape == tuple(size_hw):
-        return mask
-    return cv2.resize(mask, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
-
-
 def _resolve_backend(backend: str, precision: str) -> str:
     """'auto' starts as torch, which runs every float precision; on CPU, warmup(), tune() or
     the first frame then measures the alternatives (``Chooser.choose_cpu``). int8 starts
@@ -704,15 +638,3 @@ def _check_size(height: int, width: int) -> None:
     if height < 0 or width < 0 or (height == 0) != (width == 0):
         raise ValueError(f"inference size must be two positive numbers or both 0 (the image's own size); "
                          f"got height={height} width={width}")
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"expected a BGR uint8 image of shape (H, W, 3), got a {desc}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"empty image of shape {image.shape}")
-
-
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
