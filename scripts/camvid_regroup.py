@@ -19,7 +19,8 @@ import numpy as np
 import yaml
 
 from eacnet_core.data.classes import CAMVID
-from eacnet_core.data.datasets import camvid_pairs, default_data_root
+from eacnet_core.data.datasets import camvid_pairs
+from eacnet_core.data.roots import default_data_root
 
 #: new class -> the CamVid classes it merges (road, sidewalk, vehicle, person, other).
 GROUPS = {

@@ -16,7 +16,7 @@ import time
 
 import cv2
 
-from eacnet_core.data.datasets import find_camvid
+from eacnet_core.data.roots import find_camvid
 from eacnet_core.infer.confidence import frame_score, ids_and_confidence
 from eacnet_core.infer.segmenter import Segmenter, SegmenterOptions, _argmax_classes
 

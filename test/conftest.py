@@ -99,7 +99,7 @@ def no_camvid_anywhere(tmp_path, monkeypatch):
     """Nothing where the commands look for CamVid: no $EACNET_DATA, no ../shared beside the
     current folder (a fresh one under tmp_path) or beside the source tree. Returns tmp_path."""
     monkeypatch.delenv("EACNET_DATA", raising=False)
-    monkeypatch.setattr("eacnet_core.data.datasets.SOURCE_TREE", tmp_path / "site-packages")
+    monkeypatch.setattr("eacnet_core.data.roots.SOURCE_TREE", tmp_path / "site-packages")
     work = tmp_path / "proj" / "repo"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)

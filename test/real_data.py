@@ -1,5 +1,5 @@
 """Where the real CamVid copy is for the tests that use it: where every command looks
-(``eacnet_core.data.datasets.find_camvid``: ``$EACNET_DATA`` or its ``CamVid/`` child, else
+(``eacnet_core.data.roots.find_camvid``: ``$EACNET_DATA`` or its ``CamVid/`` child, else
 ``../shared/data/CamVid``). Tests marked ``needs_real_camvid`` skip when it is not there
 with its train and val splits."""
 
@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from eacnet_core.data.datasets import CAMVID_LOOKUP, find_camvid
+from eacnet_core.data.roots import CAMVID_LOOKUP, find_camvid
 
 
 def find_real_camvid() -> Optional[Path]:

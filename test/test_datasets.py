@@ -11,7 +11,6 @@ from real_data import needs_real_camvid
 from eacnet_core.data.classes import CAMVID, CITYSCAPES
 from eacnet_core.data.datasets import (
     CITYSCAPES_ID_TO_TRAINID,
-    DATA_ENV,
     DatasetError,
     LabelRule,
     build_dataset,
@@ -19,11 +18,10 @@ from eacnet_core.data.datasets import (
     cityscapes,
     class_pixel_counts,
     dataset_info,
-    default_data_root,
-    find_camvid,
     folder_info,
     image_folder,
 )
+from eacnet_core.data.roots import DATA_ENV, default_data_root, find_camvid
 from eacnet_core.data.transforms import TrainTransform, normalize_bgr
 
 # ---------------------------------------------------------------------------- CamVid

@@ -1,2 +1,2 @@
-"""Data: the datasets (CamVid, Cityscapes, plain folders with classes.yaml) and the one
-data-root rule, their transforms and class tables, the label tools and image corruptions."""
+"""Data: the datasets (CamVid, Cityscapes, plain folders with classes.yaml), where they live
+(roots: the one data-root rule), their transforms and classes, the label tools, image corruptions."""

@@ -261,7 +261,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from eacnet_core.checkpoint import load_checkpoint, save_atomic
     from eacnet_core.data.classes import CAMVID
-    from eacnet_core.data.datasets import find_camvid
+    from eacnet_core.data.roots import find_camvid
     from eacnet_core.infer.segmenter import Segmenter
 
     root = find_camvid(args.data or None)

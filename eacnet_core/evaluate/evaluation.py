@@ -33,14 +33,13 @@ from eacnet_core.checkpoint import (
 )
 from eacnet_core.data.classes import DatasetInfo
 from eacnet_core.data.datasets import (
-    DATA_ROOT_HELP,
     DATASET_KINDS,
     DatasetError,
     SegmentationDataset,
     build_dataset,
-    default_data_root,
     prepare_worker_fork,
 )
+from eacnet_core.data.roots import DATA_ROOT_HELP, default_data_root
 from eacnet_core.data.transforms import EvalTransform
 from eacnet_core.evaluate.metrics import ConfusionMatrix
 from eacnet_core.infer.args import add_int8_calibration

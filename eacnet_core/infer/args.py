@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from eacnet_core.data.datasets import CAMVID_LOOKUP
+from eacnet_core.data.roots import CAMVID_LOOKUP
 from eacnet_core.infer.segmenter import BACKENDS, Segmenter, SegmenterOptions
 from eacnet_core.models import MODELS
 from eacnet_core.options import INFERENCE_SIZE_HXW, add_device, add_resize, add_threads

@@ -71,9 +71,9 @@ class CalibrationSpec:
 
 
 def default_calibration_root() -> str:
-    """The CamVid that ``datasets.find_camvid`` finds, when it holds the train split; else ''.
+    """The CamVid that ``roots.find_camvid`` finds, when it holds the train split; else ''.
     Where int8 calibrates, and precision auto checks reduced precisions, without frames given."""
-    from eacnet_core.data.datasets import find_camvid
+    from eacnet_core.data.roots import find_camvid
 
     root = find_camvid()
     return str(root) if root is not None and (root / "train").is_dir() else ""

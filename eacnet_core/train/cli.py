@@ -9,7 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from eacnet_core.data.datasets import DATA_ROOT_HELP, DATASET_KINDS
+from eacnet_core.data.datasets import DATASET_KINDS
+from eacnet_core.data.roots import DATA_ROOT_HELP
 from eacnet_core.models import MODELS
 from eacnet_core.options import Alias, add_device, add_option, add_threads, hxw, wxh
 from eacnet_core.train.config import AMP_DTYPES, COMPILE_MODES, OPTIMIZERS, RECIPES, TrainConfig

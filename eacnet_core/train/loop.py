@@ -38,7 +38,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from eacnet_core.checkpoint import make_checkpoint, save_atomic
-from eacnet_core.data.datasets import DatasetError, default_data_root, prepare_worker_fork
+from eacnet_core.data.datasets import DatasetError, prepare_worker_fork
+from eacnet_core.data.roots import default_data_root
 from eacnet_core.evaluate.evaluation import EvalResult, eval_loader, evaluate_model
 from eacnet_core.progress import progress_bar
 from eacnet_core.runtime import configure_torch

@@ -53,7 +53,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from eacnet_core.data.datasets import CAMVID_LOOKUP, DatasetError, default_data_root
+from eacnet_core.data.datasets import DatasetError
+from eacnet_core.data.roots import CAMVID_LOOKUP, default_data_root
 from eacnet_core.infer.segmenter import BACKENDS, Segmenter
 from eacnet_core.models.registry import model_for
 from eacnet_core.options import add_overwrite, at_least, number_in
