@@ -31,6 +31,48 @@ from eacnet_core.models import build_model
 PACKAGE_LOGGERS = [logging.getLogger(name) for name in ("eacnet_core", "eacnet_ros")]
 
 
+#: The test files that take longest on a 2-core machine (seconds of one file run alone,
+#: ``pytest --durations``; 2026-12), longest first, alternating files that mostly wait on ROS
+#: processes and launches with files that keep a core busy, so the two workers tend to run
+#: one of each. pytest-xdist's ``--dist loadfile`` hands each file whole to the next free
+#: worker in collection order (``pytest_configure`` below keeps it from reordering by test
+#: count), so these start first and the many short files fill in behind them: both workers
+#: end together instead of one running a long file at the end while the other has
+#: finished. Files not named keep their order, after these.
+LONGEST_FIRST = (
+    "test_node_real_process.py", "test_ros2_workflow.py", "test_inference.py", "test_node_real.py",
+    "test_train.py", "test_bag_replay_real.py", "test_gpu_campaign.py", "test_node_ready_real.py",
+    "test_campaign.py", "test_multi_camera_real.py", "test_gpu_bench_script.py", "test_dds_bench.py",
+    "test_train_step.py", "test_node_malformed_real.py", "test_demo.py", "test_dds_soak.py", "test_confidence.py",
+    "test_node_real_confidence.py", "test_openvino.py", "test_lifecycle_real.py", "test_quantize.py",
+    "test_launch_real.py", "test_packaged_weights.py", "test_evaluate.py", "test_bags.py", "test_bench_export.py",
+    "test_models.py", "test_compiled.py",
+)
+
+
+def pytest_configure(config):
+    """With pytest-xdist, files go to the workers in LONGEST_FIRST's order, not sorted by
+    how many tests each holds (a few-test file can be the longest)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (LONGEST_FIRST); the order within a file is kept."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(autouse=True)
+def _same_random_state():
+    """Every test starts from the same torch and NumPy random state, so what a test draws
+    without a seed of its own (``torch.randn`` inputs, a model's initial weights) never
+    depends on which tests ran before it on its worker. Python's ``random`` is left alone:
+    the random ROS domains of the real-middleware tests come from it."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_user_cache(tmp_path_factory):
     """$XDG_CACHE_HOME in a temporary folder for the whole run (subprocesses inherit it):

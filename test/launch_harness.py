@@ -58,7 +58,7 @@ def skip_reason() -> Optional[str]:
 
 def ros_environment() -> dict[str, str]:
     """Variables for every ROS participant of one launch: isolated, and local only."""
-    return {"ROS_DOMAIN_ID": str(random.randint(1, 232)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    return {"ROS_DOMAIN_ID": str(random.SystemRandom().randint(1, 232)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
             "RCUTILS_COLORIZED_OUTPUT": "0"}
 
 

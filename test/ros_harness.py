@@ -357,6 +357,31 @@ def frames_through(pub: Any, masks: Inbox, size: tuple[int, int], count: int, pe
     return got
 
 
+class Slowed:
+    """A node's segmenter with every forward pass ``pass_s`` slower (a sleep: no CPU), for
+    a model slower than a camera on any machine without the cost of a large one."""
+
+    def __init__(self, inner: Any, pass_s: float):
+        self._inner = inner
+        self.pass_s = pass_s
+
+    def segment(self, bgr: Any) -> Any:
+        time.sleep(self.pass_s)
+        return self._inner.segment(bgr)
+
+    def segment_batch(self, images: Any) -> Any:
+        time.sleep(self.pass_s)
+        return self._inner.segment_batch(images)
+
+    def segment_frames(self, images: Any, *args: Any, **kwargs: Any) -> Any:
+        """The node's path: one pass per batch of frames (colour and overlay only when wanted)."""
+        time.sleep(self.pass_s)
+        return self._inner.segment_frames(images, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 # ---------------------------------------------------------------------------- the probe
 
 class Probe:

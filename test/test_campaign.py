@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_camvid
 
 from eacnet_core.checkpoint import load_checkpoint
 from eacnet_core.train.campaign import (
@@ -33,9 +34,11 @@ def _quiet(_: str) -> None:
     pass
 
 
-@pytest.fixture
-def camvid(tmp_path, synthetic):
-    return synthetic.camvid(tmp_path / "CamVid", {"train": 4, "val": 2, "test": 1}, height=32, width=48)
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory):
+    """The module's dataset (read only)."""
+    return make_camvid(tmp_path_factory.mktemp("data") / "CamVid", {"train": 4, "val": 2, "test": 1}, height=32,
+                       width=48)
 
 
 def _uninterrupted(camvid, out):
@@ -44,31 +47,42 @@ def _uninterrupted(camvid, out):
     return train_together(cfgs, log=_quiet)
 
 
-def test_windows_of_one_step_end_where_one_run_ends(tmp_path, camvid):
+@pytest.fixture(scope="module")
+def full(camvid, tmp_path_factory):
+    """The pair trained through TINY uninterrupted, once for the module; tests only read it
+    (its folder holds <model>/last.pt and metrics.jsonl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test runs (conftest): the windows must match it bit for bit
+    try:
+        out = tmp_path_factory.mktemp("full")
+        _uninterrupted(camvid, out)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_windows_of_one_step_end_where_one_run_ends(tmp_path, camvid, full):
     """Six one-step windows (budget 0: stop after the first step), the moments stored in
     fp32: bit-identical to the uninterrupted pair, history included."""
-    _uninterrupted(camvid, tmp_path / "full")
     campaign = tmp_path / "campaign"
     for window in range(6):
         run_campaign(campaign, tmp_path / f"work{window}", 0.0, PAIR, "fp32", log=_quiet, recipe=TINY,
                      data_root=str(camvid), **MACHINE)
     for model in PAIR:
         state = torch.load(campaign / model / "state.pt", weights_only=True)
-        full = load_checkpoint(tmp_path / "full" / model / "last.pt")
+        last = load_checkpoint(full / model / "last.pt")
         assert (state["epoch"], state["iteration"]) == (2, 6)
-        for key, value in full["state_dict"].items():
+        for key, value in last["state_dict"].items():
             assert torch.equal(value, state["state_dict"][key]), (model, key)
         history = [json.loads(line) for line in (campaign / model / "metrics.jsonl").read_text().splitlines()]
-        full_history = [json.loads(line) for line in (tmp_path / "full" / model / "metrics.jsonl").read_text()
-                        .splitlines()]
+        full_history = [json.loads(line) for line in (full / model / "metrics.jsonl").read_text().splitlines()]
         assert [r["train_loss"] for r in history] == [r["train_loss"] for r in full_history]
     assert run_campaign(campaign, tmp_path / "more", 0.0, PAIR, log=_quiet, recipe=TINY, data_root=str(camvid),
                         **MACHINE) is not None
 
 
-def test_compact_state_stores_moments_in_bf16_and_expands(tmp_path, camvid):
-    _uninterrupted(camvid, tmp_path / "run")
-    ckpt = load_checkpoint(tmp_path / "run" / "dabnet" / "last.pt")
+def test_compact_state_stores_moments_in_bf16_and_expands(full):
+    ckpt = load_checkpoint(full / "dabnet" / "last.pt")
     small = compact(ckpt, "bf16")
     moments = [v for entry in small["optimizer"]["state"].values() for k, v in entry.items() if k.startswith("exp")]
     assert moments and all(v.dtype == torch.bfloat16 for v in moments)
@@ -82,25 +96,22 @@ def test_compact_state_stores_moments_in_bf16_and_expands(tmp_path, camvid):
     assert "stored_moments" not in back and small["stored_moments"] == "bf16"
 
 
-def test_adopt_takes_a_recipe_run_and_refuses_others(tmp_path, camvid):
-    _uninterrupted(camvid, tmp_path / "run")
+def test_adopt_takes_a_recipe_run_and_refuses_others(tmp_path, full):
     campaign = tmp_path / "campaign"
-    path = adopt(tmp_path / "run" / "dabnet", campaign, recipe=TINY)
+    path = adopt(full / "dabnet", campaign, recipe=TINY)
     assert path == campaign / "dabnet" / "state.pt"
     row = standing(campaign, "dabnet")
     assert (row["epoch"], row["iteration"], row["moments"]) == (2, 6, "bf16")
-    assert (campaign / "dabnet" / "metrics.jsonl").read_text() == (tmp_path / "run" / "dabnet" / "metrics.jsonl") \
-        .read_text()
+    assert (campaign / "dabnet" / "metrics.jsonl").read_text() == (full / "dabnet" / "metrics.jsonl").read_text()
     assert checkout(campaign, "dabnet", tmp_path / "work")
     resumed = load_checkpoint(tmp_path / "work" / "dabnet" / "last.pt")
     assert resumed["iteration"] == 6 and "stored_moments" not in resumed
     with pytest.raises(ValueError, match=r"not the campaign.s recipe: .*--batch-size 2 \(recipe 16\)"):
-        adopt(tmp_path / "run" / "dabnet", tmp_path / "other")  # the real recipe: batch 16, 480x360
+        adopt(full / "dabnet", tmp_path / "other")  # the real recipe: batch 16, 480x360
 
 
-def test_cli_status_and_adopt(tmp_path, camvid, capsys):
-    _uninterrupted(camvid, tmp_path / "run")
-    assert cli_main(["campaign", "adopt", str(tmp_path / "run" / "dabnet" / "last.pt"), "--campaign",
+def test_cli_status_and_adopt(tmp_path, full, capsys):
+    assert cli_main(["campaign", "adopt", str(full / "dabnet" / "last.pt"), "--campaign",
                      str(tmp_path / "c"), "--force"]) == 0
     assert cli_main(["campaign", "status", "--campaign", str(tmp_path / "c")]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

@@ -31,7 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def private_ros_domain(monkeypatch):
     """Nothing may leave this machine, nor meet another test's nodes."""
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randint(1, 232)))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 232)))
 
 
 def test_tiny_run_through_dds(tmp_path, capsys, private_ros_domain):

@@ -26,7 +26,7 @@ def test_tiny_open_loop_soak_reports_windows_losses_and_the_process(tmp_path, ca
     for module in ("rclpy", "sensor_msgs.msg", "diagnostic_msgs.msg"):
         pytest.importorskip(module)
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randint(1, 232)))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 232)))
     out = tmp_path / "soak.json"
     args = parse(["--backbone", "dabnet", "--attention", "none", "--backend", "torch", "--threads", "1",
                   "--sizes", "64x48", "--transports", "raw", "--rate", str(RATE), "--duration", str(DURATION),

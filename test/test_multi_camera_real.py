@@ -98,30 +98,9 @@ def _statuses(probe: h.Probe, node: RunningNode, since: float) -> list[Any]:
     return list(arrays[-1].status) if arrays else []
 
 
-class _Slowed:
-    """The node's segmenter with every forward pass SLOW_PASS_S slower: slower than a 30 Hz
-    camera's frame interval on any machine, so that camera alone keeps the worker busy."""
-
-    SLOW_PASS_S = 0.06
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-
-    def segment(self, bgr: Any) -> Any:
-        time.sleep(self.SLOW_PASS_S)
-        return self._inner.segment(bgr)
-
-    def segment_batch(self, images: Any) -> Any:
-        time.sleep(self.SLOW_PASS_S)
-        return self._inner.segment_batch(images)
-
-    def segment_frames(self, images: Any, *args: Any, **kwargs: Any) -> Any:
-        """The node's path: one pass per batch of frames (colour and overlay only when wanted)."""
-        time.sleep(self.SLOW_PASS_S)
-        return self._inner.segment_frames(images, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+#: Slower than a 30 Hz camera's frame interval on any machine, so that camera alone keeps the
+#: worker busy.
+SLOW_PASS_S = 0.06
 
 
 @pytest.mark.parametrize("batch", ["never", "always"])
@@ -130,7 +109,7 @@ def test_a_camera_at_1_hz_is_not_starved_by_one_at_30_hz(session, batch):
     1 Hz frame must still be served, before its next one."""
     probe = session.probe
     with session.node(f"fair_{batch}", cameras=["fast", "slow"], batch_cameras=batch) as node:
-        node.node.processor.segmenter = _Slowed(node.node.processor.segmenter)
+        node.node.processor.segmenter = h.Slowed(node.node.processor.segmenter, SLOW_PASS_S)
         (fast, fast_in), (slow, slow_in) = (_camera_endpoints(probe, node, c) for c in ("fast", "slow"))
         with endpoints(probe, fast, slow, fast_in["mask"][0], slow_in["mask"][0]):
             for pub, inboxes in ((fast, fast_in), (slow, slow_in)):

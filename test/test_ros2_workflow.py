@@ -12,7 +12,11 @@ module is skipped. Isolation as everywhere (ros_harness): LOCALHOST discovery an
 domain; the ``ros2`` daemon that the commands start is stopped at the end.
 
 Speed: one build, one plain and one managed launch shared by the checks, the smallest model
-(dabnet without attention, torch, one thread) at a 48x32 inference size.
+(dabnet without attention, torch, one thread) at a 48x32 inference size. A ``ros2`` command
+spends most of its second or two waiting (discovery, the node's answer), so commands that do
+not depend on one another run at once (``together``); between lifecycle transitions the
+probe reads the state through the node's ``get_state`` service, and ``ros2 lifecycle get``
+reads it where the state is first, last and active.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import numpy as np
 import pytest
@@ -96,6 +101,15 @@ def sourced(workspace) -> Iterator[dict[str, str]]:
 
 def ros2(env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "ros2"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+T = TypeVar("T")
+
+
+def together(*commands: Callable[[], T]) -> list[T]:
+    """Run commands that do not depend on one another at once; their results in order."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return [future.result() for future in [pool.submit(command) for command in commands]]
 
 
 def until(run: Callable[[], subprocess.CompletedProcess], ok: Callable[[subprocess.CompletedProcess], bool],
@@ -246,13 +260,14 @@ def _expected_parameters(**changes) -> dict:
 
 def test_ros2_param_dump_holds_every_parameter_with_its_value(sourced, plain):
     _, node = plain
-    dump = until(lambda: ros2(sourced, "param", "dump", node), lambda r: r.returncode == 0)
+    dump, cameras = together(lambda: until(lambda: ros2(sourced, "param", "dump", node), lambda r: r.returncode == 0),
+                             lambda: until(lambda: ros2(sourced, "param", "get", node, "cameras"),
+                                           lambda r: r.returncode == 0))
     assert dump.returncode == 0, dump.stderr
     values = yaml.safe_load(dump.stdout)[node]["ros__parameters"]
     expected = _expected_parameters()
     assert {k: values[k] for k in expected} == expected
     assert values["use_sim_time"] is False
-    cameras = ros2(sourced, "param", "get", node, "cameras")
     assert cameras.returncode == 0 and "String values are: []" in cameras.stdout, cameras.stdout + cameras.stderr
 
 
@@ -262,12 +277,15 @@ def test_ros2_param_set_is_accepted_and_refused_with_the_reason(sourced, plain):
     assert accepted.returncode == 0 and "Set parameter successful" in accepted.stdout, accepted.stdout
     as_integer = ros2(sourced, "param", "set", node, "overlay_alpha", "1")  # users type 1
     assert "Set parameter successful" in as_integer.stdout, as_integer.stdout + as_integer.stderr
-    assert "Double value is: 1.0" in ros2(sourced, "param", "get", node, "overlay_alpha").stdout
-    out_of_range = ros2(sourced, "param", "set", node, "overlay_alpha", "1.5")
+    # the refused sets change nothing: they, the read-back and describe go at once
+    got, out_of_range, read_only, described = together(
+        lambda: ros2(sourced, "param", "get", node, "overlay_alpha"),
+        lambda: ros2(sourced, "param", "set", node, "overlay_alpha", "1.5"),
+        lambda: ros2(sourced, "param", "set", node, "threads", "2"),
+        lambda: ros2(sourced, "param", "describe", node, "overlay_alpha", "threads"))
+    assert "Double value is: 1.0" in got.stdout, got.stdout + got.stderr
     assert "Setting parameter failed" in out_of_range.stderr, out_of_range.stdout + out_of_range.stderr
-    read_only = ros2(sourced, "param", "set", node, "threads", "2")
     assert "Setting parameter failed" in read_only.stderr and "read-only" in read_only.stderr, read_only.stderr
-    described = ros2(sourced, "param", "describe", node, "overlay_alpha", "threads")
     assert "Min value: 0.0" in described.stdout and "Max value: 1.0" in described.stdout, described.stdout
     assert "Read only: true" in described.stdout.split("Parameter name: threads")[1]
 
@@ -276,16 +294,17 @@ def test_ros2_topic_hz_and_echo_see_the_outputs(sourced, plain, probe):
     _, node = plain
     namespace = node.rsplit("/", 1)[0]
     with Frames(probe, f"{namespace}/camera"):
-        echo = until(lambda: ros2(sourced, "topic", "echo", "--once", "--no-arr", f"{namespace}/mask", timeout=30),
-                     lambda r: "height: 36" in r.stdout)
-        assert "height: 36" in echo.stdout and "width: 48" in echo.stdout and "encoding: mono8" in echo.stdout, \
-            echo.stdout + echo.stderr
+        # hz listens while echo waits for its one message
         hz = subprocess.Popen([str(BIN / "ros2"), "topic", "hz", f"{namespace}/mask", "--window", "5"], env=sourced,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             lines: list[str] = []
             reader = threading.Thread(target=lambda: lines.extend(iter(hz.stdout.readline, "")), daemon=True)
             reader.start()
+            echo = until(lambda: ros2(sourced, "topic", "echo", "--once", "--no-arr", f"{namespace}/mask",
+                                      timeout=30), lambda r: "height: 36" in r.stdout)
+            assert "height: 36" in echo.stdout and "width: 48" in echo.stdout and "encoding: mono8" in echo.stdout, \
+                echo.stdout + echo.stderr
             h.wait_until(lambda: any("average rate:" in line for line in lines), 45.0, "a rate from ros2 topic hz")
         finally:
             os.killpg(hz.pid, signal.SIGINT)
@@ -321,24 +340,30 @@ def test_ros2_param_dump_of_the_managed_node_holds_every_parameter(sourced, mana
 def test_ros2_lifecycle_set_through_every_transition(sourced, managed, probe):
     launch, node = managed
     namespace = node.rsplit("/", 1)[0]
-    get = lambda: ros2(sourced, "lifecycle", "get", node).stdout  # noqa: E731
-    assert get().startswith("unconfigured")
-    accepted = ros2(sourced, "param", "set", node, "threads", "2")  # start-up parameters change while unconfigured
+    # until the command has discovered the node (a first command may not have yet)
+    get = lambda: until(lambda: ros2(sourced, "lifecycle", "get", node), lambda r: r.stdout.strip()).stdout  # noqa: E731
+    # start-up parameters change while unconfigured
+    state, accepted = together(get, lambda: ros2(sourced, "param", "set", node, "threads", "2"))
+    assert state.startswith("unconfigured"), state
     assert "Set parameter successful" in accepted.stdout, accepted.stdout + accepted.stderr
     for transition, state in (("configure", "inactive"), ("activate", "active")):
         result = _lifecycle(sourced, node, transition)
         assert "Transitioning successful" in result.stdout, result.stdout + result.stderr + launch.output[-3000:]
-        assert get().startswith(state)
-    after = ros2(sourced, "param", "set", node, "threads", "1")
-    assert "Setting parameter failed" in after.stderr and "unconfigured" in after.stderr, after.stdout + after.stderr
+        assert probe.lifecycle_state(node) == state
     with Frames(probe, f"{namespace}/camera/compressed", compressed=True):
-        echo = until(lambda: ros2(sourced, "topic", "echo", "--once", "--no-arr", f"{namespace}/mask", timeout=30),
-                     lambda r: "height: 36" in r.stdout)
-        assert "height: 36" in echo.stdout, echo.stdout + echo.stderr
+        state, after, echo = together(
+            get, lambda: ros2(sourced, "param", "set", node, "threads", "1"),
+            lambda: until(lambda: ros2(sourced, "topic", "echo", "--once", "--no-arr", f"{namespace}/mask", timeout=30),
+                          lambda r: "height: 36" in r.stdout))
+    assert state.startswith("active"), state
+    assert "Setting parameter failed" in after.stderr and "unconfigured" in after.stderr, after.stdout + after.stderr
+    assert "height: 36" in echo.stdout, echo.stdout + echo.stderr
     for transition, state in (("deactivate", "inactive"), ("cleanup", "unconfigured"), ("shutdown", "finalized")):
         result = _lifecycle(sourced, node, transition)
         assert "Transitioning successful" in result.stdout, result.stdout + result.stderr
-        assert get().startswith(state)
+        if state != "finalized":
+            assert probe.lifecycle_state(node) == state
+    assert get().startswith("finalized")
     assert launch.stop() == 0, launch.output[-4000:]
 
 
