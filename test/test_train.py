@@ -4,6 +4,7 @@ hierarchical init, DDP on two CPU processes, and a smoke run on the real CamVid.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -206,6 +207,8 @@ def test_bad_label_during_training_names_the_file(tmp_path, synthetic, capsys):
     err = capsys.readouterr().err
     assert "img001.png: label values 7 are outside the class range" in err
     assert "Traceback" not in err
+    # the DataLoader's worker is shut down with the error, not left to a later garbage collection
+    assert not multiprocessing.active_children()
 
 
 def test_cli_errors_are_one_line(tmp_path, synthetic, capsys):

@@ -373,8 +373,9 @@ class Trainer:
         loader = self.batches()
         bar = self._progress(len(loader))
         tick = time.perf_counter()
+        pairs = iter(loader)
         try:
-            for image, label in loader:
+            for image, label in pairs:
                 image, label = self.to_device(image, label)
                 stop = self.step(image, label)
                 if bar is not None:
@@ -382,8 +383,14 @@ class Trainer:
                 if stop:
                     return False
         except DatasetError as exc:
-            raise DatasetError.clean(exc) from None
+            # the worker's error keeps the DataLoader's frames in its traceback: without them and
+            # with the batches closed below, the workers are shut down now, not at a later
+            # garbage collection that then waits out the DataLoader's 5 s timeout
+            raise DatasetError.clean(exc.with_traceback(None)) from None
         finally:
+            close = getattr(pairs, "close", None)
+            if close is not None:
+                close()
             if bar is not None:
                 bar.close()
         return True
