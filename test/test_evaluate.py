@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from pathlib import Path
 
 import cv2
@@ -159,6 +160,17 @@ def test_test_split_with_withheld_labels_names_missing_files(shared_checkpoint, 
     assert cli_main(["eval", "--weights", str(weights), "--data-root", str(root), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "2 of 2 annotation files missing" in err and "testannot/test_000.png" in err
+
+
+def test_bad_label_in_a_worker_is_one_line_and_stops_the_workers(shared_checkpoint, tmp_path, synthetic, capsys):
+    root = synthetic.camvid(tmp_path / "CamVid", {"val": 2})
+    label = root / "valannot" / "val_001.png"
+    cv2.imwrite(str(label), np.full(cv2.imread(str(label), cv2.IMREAD_GRAYSCALE).shape, 40, np.uint8))
+    assert cli_main(["eval", "--weights", str(shared_checkpoint), "--data-root", str(root), "--workers", "1",
+                     "--batch-size", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "val_001.png: label values 40 are outside the class range" in err and "Traceback" not in err
+    assert not multiprocessing.active_children()  # stopped with the error, not at a later collection
 
 
 def test_test_split_works_where_annotations_exist(shared_checkpoint, tmp_path, synthetic):

@@ -56,7 +56,10 @@ class DatasetError(ValueError):
     @classmethod
     def clean(cls, exc: DatasetError) -> DatasetError:
         """A DatasetError re-raised from a DataLoader worker carries the worker's traceback
-        in its message; keep only the original one-line message (which names the file)."""
+        in its message; keep only the original one-line message (which names the file).
+        ``exc`` loses its own traceback: its frames hold the DataLoader's iterator, whose
+        workers would then wait for a later garbage collection (and its 5 s timeout) to stop."""
+        exc.with_traceback(None)
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         return cls(last.split("DatasetError: ", 1)[-1])
 

@@ -89,6 +89,14 @@ class _Pairs:
         return ((image, label) for image, label, _ in self.loader)
 
 
+def close_batches(batches: Iterator) -> None:
+    """End an epoch's batches now: a DataLoader's workers stop when its iterator goes, and a
+    frame kept by an error's traceback would otherwise keep it until a garbage collection."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+
+
 class _DeviceBatches:
     """The sampler's order cut into batches on the device (DeviceTrainData)."""
 
@@ -383,14 +391,9 @@ class Trainer:
                 if stop:
                     return False
         except DatasetError as exc:
-            # the worker's error keeps the DataLoader's frames in its traceback: without them and
-            # with the batches closed below, the workers are shut down now, not at a later
-            # garbage collection that then waits out the DataLoader's 5 s timeout
-            raise DatasetError.clean(exc.with_traceback(None)) from None
+            raise DatasetError.clean(exc) from None
         finally:
-            close = getattr(pairs, "close", None)
-            if close is not None:
-                close()
+            close_batches(pairs)  # the error's traceback keeps this frame: stop the workers now
             if bar is not None:
                 bar.close()
         return True

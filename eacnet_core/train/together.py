@@ -17,7 +17,7 @@ from torch import nn
 from eacnet_core.checkpoint import CheckpointError
 from eacnet_core.data.datasets import DatasetError
 from eacnet_core.train.config import TrainConfig
-from eacnet_core.train.loop import Trainer, TrainResult, train
+from eacnet_core.train.loop import Trainer, TrainResult, close_batches, train
 
 #: Options that must agree for models to train on the same batches (``train_together``).
 SHARED_DATA_FIELDS = ("dataset", "data_root", "train_split", "val_split", "epochs", "batch_size", "crop", "scales",
@@ -124,8 +124,9 @@ def _run_together(members: list[Trainer], rngs: list, on_step) -> list[TrainResu
             started = time.perf_counter()
             for member in members:
                 member.begin_epoch()
+            pairs = iter(first.batches())
             try:
-                for image, label in first.batches():
+                for image, label in pairs:
                     image, label = first.to_device(image, label)
                     for member, stream, rng in zip(members, streams, rngs, strict=True):
                         with _on_stream(stream, (image, label)), (rng.active() if rng else contextlib.nullcontext()):
@@ -139,6 +140,8 @@ def _run_together(members: list[Trainer], rngs: list, on_step) -> list[TrainResu
                         break
             except DatasetError as exc:
                 raise DatasetError.clean(exc) from None
+            finally:
+                close_batches(pairs)
             seconds = time.perf_counter() - started
             for member, history in zip(members, histories, strict=True):
                 history.append(member.end_epoch(seconds))
