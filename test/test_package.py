@@ -324,3 +324,12 @@ def test_the_ros_guide_names_every_package_xml_dependency_as_a_rosdep_key(manife
     keys = {e.text for e in manifest if e.tag.endswith("depend")}
     assert [k for k in sorted(keys) if f"`{k}`" not in guide] == []
 
+
+
+def test_the_suites_file_order_names_files_that_exist():
+    """conftest's LONGEST_FIRST orders the files across the workers; a renamed file would
+    silently drop to the end of the queue."""
+    from conftest import LONGEST_FIRST
+
+    missing = [name for name in LONGEST_FIRST if not (REPO / "test" / name).is_file()]
+    assert not missing and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST), missing
